@@ -1,0 +1,17 @@
+"""Exception hierarchy of the board side (nodes, and what the agent reports).
+
+``testbed`` may catch these; ``nodes`` never imports ``testbed``.
+"""
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Base of every error a board-side component raises on purpose."""
+
+
+class RuntimeLoadError(NodeError):
+    """A shard could not be loaded by the chosen runtime."""
+
+
+class TransportError(NodeError):
+    """A data-plane transport could not be opened or used."""

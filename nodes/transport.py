@@ -1,0 +1,117 @@
+"""Data-plane transports: one facade, backends chosen by name from a link's ``transport.type``.
+
+Holds the ``Transport`` ABC (send a frame, deliver received frames to a callback, counters,
+context manager) and the MQTT backend (one topic per link, QoS 0 by default: a lost frame is
+a lost frame). Serial and BLE backends plug into the same registry. Transports move opaque
+frame bytes; encoding and link shaping happen elsewhere.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nodes.errors import TransportError
+from nodes.mqtt import MqttClient
+from nodes.registry import Registry
+
+FrameHandler = Callable[[bytes], None]
+
+
+@dataclass
+class TransportCounters:
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    send_failures: int = 0
+    frames_received: int = 0
+    bytes_received: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Transport(ABC):
+    """One end of one link."""
+
+    type_name = "?"
+
+    def __init__(self) -> None:
+        self.counters = TransportCounters()
+        self._receiver: FrameHandler | None = None
+
+    @abstractmethod
+    def open(self) -> Transport:
+        """Connect; returns self."""
+
+    @abstractmethod
+    def _send(self, frame: bytes) -> bool:
+        """Backend send; False when the frame was refused."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Disconnect and release everything this transport opened."""
+
+    def send(self, frame: bytes) -> bool:
+        ok = self._send(frame)
+        if ok:
+            self.counters.frames_sent += 1
+            self.counters.bytes_sent += len(frame)
+        else:
+            self.counters.send_failures += 1
+        return ok
+
+    def on_frame(self, handler: FrameHandler) -> None:
+        """Register the callback that receives every frame (called from a transport thread)."""
+        self._receiver = handler
+
+    def _deliver(self, frame: bytes) -> None:
+        self.counters.frames_received += 1
+        self.counters.bytes_received += len(frame)
+        if self._receiver is not None:
+            self._receiver(frame)
+
+    def __enter__(self) -> Transport:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+TRANSPORTS: Registry[Transport] = Registry("transport", error=TransportError)
+_ids = itertools.count()
+
+
+@TRANSPORTS.register("mqtt")
+class MqttTransport(Transport):
+    """Frames as MQTT messages on one topic (the link's), through a broker."""
+
+    type_name = "mqtt"
+
+    def __init__(self, *, host: str, port: int, topic: str, receive: bool, qos: int = 0,
+                 max_queued: int = 1000, client_id: str | None = None) -> None:
+        super().__init__()
+        if qos not in (0, 1):
+            raise TransportError(f"mqtt transport qos must be 0 or 1, got {qos!r}")
+        self.topic, self.qos, self.receive = topic, qos, receive
+        cid = client_id or f"data-{os.getpid()}-{next(_ids)}"
+        self._client = MqttClient(host=host, port=port, client_id=cid, max_queued=max_queued,
+                                  on_message=lambda _t, payload: self._deliver(payload))
+
+    def open(self) -> MqttTransport:
+        if self.receive:
+            self._client.subscribe(self.topic, qos=self.qos)
+        self._client.connect()
+        return self
+
+    def _send(self, frame: bytes) -> bool:
+        return self._client.publish(self.topic, frame, qos=self.qos)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_transport(type_name: str, **settings: object) -> Transport:
+    """Construct (not yet open) the transport backend called ``type_name``."""
+    return TRANSPORTS.get(type_name)(**settings)

@@ -1,0 +1,101 @@
+"""Bundles: the directory a partitioned model travels in, from laptop to boards.
+
+Holds export of the spine's model (one TorchScript shard per student, one for the merge) and
+``manifest.json``: shards with roles, input/output shapes and dtypes, merge rule, sha256 of
+every file, versions, offline evaluation. ``load_manifest`` verifies every hash and refuses a
+tampered or missing shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from testbed.errors import TestbedError
+from testbed.model import StudentsConfig, UnifiedStudents
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class BundleError(TestbedError):
+    """A bundle is incomplete, tampered with, or of an unknown format."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
+    module = module.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+        out = traced(example)
+    traced.save(str(path))
+    return {"input": {"shape": list(example.shape), "dtype": "float32"},
+            "output": {"shape": list(out.shape), "dtype": "float32"}}
+
+
+def export_bundle(model: UnifiedStudents, cfg: StudentsConfig, *, out_dir: Path,
+                  evaluation: dict[str, Any], classes: tuple[str, ...]) -> Path:
+    """Write one TorchScript shard per student plus the merge shard and the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = []
+    x = torch.zeros((1, *cfg.input_shape), dtype=torch.float32)
+    for i, student in enumerate(model.students):
+        name = f"student_{i}"
+        io = _export(student, x, out_dir / f"{name}.ts")
+        shards.append({"name": name, "role": "student", "index": i, "part": i, "runtime": "torch",
+                       "file": f"{name}.ts", **io})
+    z = torch.zeros((1, cfg.students * cfg.out_dim), dtype=torch.float32)
+    shards.append({"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts",
+                   **_export(model.merge, z, out_dir / "merge.ts")})
+    for shard in shards:
+        shard["sha256"] = sha256_file(out_dir / shard["file"])
+    manifest = {
+        "format": FORMAT, "method": "joint", "students": cfg.students, "parts": cfg.students,
+        "part_dim": cfg.out_dim, "merge_rule": "concat", "student_part": list(range(cfg.students)),
+        "dataset": cfg.dataset, "classes": list(classes), "config": asdict(cfg), "config_key": cfg.key(),
+        "shards": shards, "evaluation": evaluation,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def load_manifest(bundle_dir: Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read the manifest; with ``verify`` check every shard's sha256."""
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: cannot read bundle manifest ({exc})") from exc
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r}; expected {FORMAT}")
+    if verify:
+        for shard in manifest["shards"]:
+            f = Path(bundle_dir) / shard["file"]
+            if not f.exists():
+                raise BundleError(f"{path}: shard file {shard['file']} is missing")
+            digest = sha256_file(f)
+            if digest != shard["sha256"]:
+                raise BundleError(f"{f}: sha256 {digest[:12]}… does not match the manifest's "
+                                  f"{shard['sha256'][:12]}…; the bundle was modified, rebuild it")
+    return manifest
+
+
+def shard_for(manifest: dict[str, Any], *, role: str, index: int | None = None) -> dict[str, Any]:
+    """The manifest entry of the merge shard, or of student ``index``."""
+    for shard in manifest["shards"]:
+        if shard["role"] == role and (index is None or shard.get("index") == index):
+            return shard
+    raise BundleError(f"bundle has no {role} shard" + (f" with index {index}" if index is not None else ""))

@@ -1,0 +1,215 @@
+"""The ``testbed`` command line: argument parsing and wiring, nothing else.
+
+Commands: ``inventory check``, ``run``, ``demo``, ``monitor --replay``. Errors a user can fix
+(bad YAML, missing dataset, agents that never come up) are printed on one line without a
+traceback and give a non-zero exit: 2 for configuration and input errors, 1 for run failures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from nodes.errors import NodeError
+from testbed.errors import TestbedError
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def _console(*, stderr: bool) -> Any:
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False)
+
+
+def cmd_inventory_check(args: argparse.Namespace) -> int:
+    from testbed.config import load_inventory
+    from testbed.inventory_view import inventory_tables
+
+    inv = load_inventory(args.file)
+    console = _console(stderr=False)
+    console.print(f"[bold]{inv.path}[/]: bench [cyan]{inv.bench}[/], broker {inv.broker.mode}"
+                  + (f" {inv.broker.host}:{inv.broker.port}" if inv.broker.host else "")
+                  + f", {len(inv.boards)} boards, {len(inv.links)} links: OK")
+    for table in inventory_tables(inv):
+        console.print(table)
+    return 0
+
+
+def _train_progress(console: Any, enabled: bool) -> Any:
+    """A rich progress bar for training, as a context manager yielding the callback."""
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    class _Bar:
+        def __enter__(self) -> Any:
+            self.p = Progress(TextColumn("training {task.description}"), BarColumn(),
+                              TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
+                              TimeRemainingColumn(), console=console, transient=True)
+            self.p.__enter__()
+            self.task = self.p.add_task("students", total=None)
+
+            def cb(_phase: str, done: int, total: int) -> None:
+                self.p.update(self.task, completed=done, total=total)
+            return cb
+
+        def __exit__(self, *exc: object) -> None:
+            self.p.__exit__(None, None, None)
+
+    return _Bar()
+
+
+def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace, *,
+         overrides: dict[str, Any]) -> int:
+    from testbed.config import check_compatible, load_experiment, load_inventory, with_overrides
+    from testbed.orchestrator import Orchestrator, default_cache_dir, new_run_id, prepare_bundle
+
+    inv = load_inventory(inventory_path)
+    exp = load_experiment(experiment_path)
+    if overrides:
+        exp = with_overrides(exp, **overrides)
+    check_compatible(exp, inv)
+    console = _console(stderr=args.json)
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    with _train_progress(console, not args.headless) as cb:
+        if not args.json:
+            console.print(f"model: {exp.model.students} students on {exp.dataset.name} (cache {cache})")
+        prepared = prepare_bundle(exp, cache_dir=cache, progress=cb)
+    tr = prepared.training
+    how = "loaded from cache" if tr.get("cached") else f"trained in {tr['train_seconds']} s"
+    console.print(f"model: {how}, offline test accuracy {tr['test_accuracy']:.4f}")
+    run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
+    orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir)
+    if args.headless:
+        summary = orch.run()
+    else:
+        from testbed.dashboard import LiveDashboard
+        with LiveDashboard(orch.state, console=console):
+            summary = orch.run()
+    summary["model"] = {"test_accuracy": tr["test_accuracy"], "cached": bool(tr.get("cached")),
+                        "train_seconds": tr.get("train_seconds")}
+    _print_summary(console, summary)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _print_summary(console: Any, s: dict[str, Any]) -> None:
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    lat = s["latency_ms"]
+    console.print(
+        f"[bold]{s['samples']} samples[/]: {s['complete']} complete, {s['partial']} partial, "
+        f"{s['timed_out']} timed out | accuracy {pct(s['accuracy'])} (all parts {pct(s['accuracy_all_parts'])}, "
+        f"partial {pct(s['accuracy_partial'])}, during outage {pct(s['accuracy_during_outage'])} "
+        f"of {s['samples_during_outage']}) | latency p50 {lat['p50']} ms, p95 {lat['p95']} ms")
+    for lk in s["links"]:
+        console.print(f"  link {lk['name']}: {lk['bytes']} B delivered in {lk['frames']} frames, "
+                      f"{lk['dropped']} dropped ({lk['dropped_outage']} by outage)")
+    console.print(f"run directory: [bold]{s['run_dir']}[/]")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.samples is not None:
+        out["samples"] = args.samples
+    if args.rate is not None:
+        out["rate_hz"] = args.rate
+    if args.output is not None:
+        out["output"] = args.output
+    if args.no_faults:
+        out["faults"] = ()
+    train: dict[str, Any] = {}
+    if getattr(args, "dataset", None):
+        out["dataset"] = args.dataset
+        if args.dataset == "digits" and args.epochs is None:
+            train["epochs"] = 20  # 1,347 training images: more passes, still seconds
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if train:
+        out["train"] = train
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(Path(args.inventory), Path(args.experiment), args, overrides=_overrides(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _run(DEMO_DIR / "inventory.yaml", DEMO_DIR / "experiment.yaml", args, overrides=_overrides(args))
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from testbed.dashboard import replay
+
+    path = Path(args.replay)
+    if path.is_dir():
+        path = path / "events.jsonl"
+    if not path.exists():
+        raise TestbedError(f"{path}: no such events file; expected runs/<id>/events.jsonl")
+    st = replay(path, console=_console(stderr=False), speed=args.speed)
+    if args.json:
+        sys.stdout.write(json.dumps(st.summary(), separators=(",", ":")) + "\n")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
+    p.add_argument("--headless", action="store_true", help="no live dashboard")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line last on stdout")
+    p.add_argument("--samples", type=int, help="override run.samples")
+    p.add_argument("--rate", type=float, help="override run.rate_hz")
+    p.add_argument("--output", help="override run.output (folder for run directories)")
+    p.add_argument("--no-faults", action="store_true", help="drop the experiment's fault schedule")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    if demo:
+        p.add_argument("--dataset", choices=("fashion-mnist", "digits"), help="override the demo's dataset")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="testbed", description="Distributed NN inference over emulated "
+                                     "human body communication links, on a bench of boards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inv = sub.add_parser("inventory", help="inspect an inventory file")
+    inv_sub = inv.add_subparsers(dest="inventory_command", required=True)
+    chk = inv_sub.add_parser("check", help="validate inventory.yaml and print its boards and links")
+    chk.add_argument("file", nargs="?", default="inventory.yaml")
+    chk.set_defaults(func=cmd_inventory_check)
+    run = sub.add_parser("run", help="run an experiment on the inventory's boards")
+    run.add_argument("experiment")
+    run.add_argument("--inventory", default="inventory.yaml")
+    _add_run_options(run, demo=False)
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="the whole pipeline on simulated boards on this machine")
+    _add_run_options(demo, demo=True)
+    demo.set_defaults(func=cmd_demo)
+    mon = sub.add_parser("monitor", help="render a run's dashboard from its events")
+    mon.add_argument("--replay", required=True, help="runs/<id>/events.jsonl (or the run directory)")
+    mon.add_argument("--speed", type=float, default=0.0, help="replay pace (1 = real time; 0 = final state)")
+    mon.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    mon.set_defaults(func=cmd_monitor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TestbedError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NodeError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("testbed: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

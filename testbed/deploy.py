@@ -1,0 +1,151 @@
+"""Deploying a bundle to boards, and the agent processes of local (simulated) boards.
+
+Holds ``agent_config`` (the agent.json a board's agent reads), ``deploy_local`` (copies a
+board's shard files and its sample inputs into its board directory, checking hashes) and
+``AgentProcess`` (``python -m nodes.agent`` as a subprocess with its log in the board dir,
+terminated in ``finally``). SSH deploy to physical boards builds on the same agent.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linkemu.profile import LinkProfile
+from nodes.mqtt import topic
+from testbed.bundle import BundleError, sha256_file, shard_for
+from testbed.config import BoardSpec, Inventory, LinkSpec
+from testbed.errors import RunError
+
+
+def link_transport(link: LinkSpec, *, bench: str, broker_host: str, broker_port: int) -> dict[str, Any]:
+    """The transport settings an agent needs for one link."""
+    settings = dict(link.transport.settings)
+    if link.transport.type == "mqtt":
+        settings.setdefault("host", broker_host)
+        settings.setdefault("port", broker_port)
+        settings.setdefault("topic", topic(bench, "data", link.name))
+    return {"type": link.transport.type, **settings}
+
+
+def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, Any], assignment: Any,
+                 broker_host: str, broker_port: int, deadline_ms: float, profiles: dict[str, LinkProfile],
+                 telemetry_hz: float = 2.0) -> dict[str, Any]:
+    """agent.json for ``board``; ``profiles`` are the links' effective profiles (faults merged)."""
+    cfg: dict[str, Any] = {"bench": inventory.bench, "board": board.name, "role": board.role,
+                           "broker": {"host": broker_host, "port": broker_port}, "runtime": board.runtime,
+                           "telemetry_hz": telemetry_hz}
+    kw = {"bench": inventory.bench, "broker_host": broker_host, "broker_port": broker_port}
+    if board.role == "wearable":
+        shard = shard_for(manifest, role="student", index=int(assignment))
+        link = inventory.link_from(board.name)
+        cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
+                   link={"name": link.name, "transport": link_transport(link, **kw),
+                         "profile": profiles[link.name].as_dict(), "encoding": "f32"})
+    else:
+        shard = shard_for(manifest, role="merge")
+        inbound = [lk for lk in inventory.links if lk.dst == board.name]
+        cfg.update(merge={"shard": shard["file"], "parts": list(range(int(manifest["parts"]))),
+                          "part_dim": int(manifest["part_dim"]), "deadline_ms": deadline_ms,
+                          "rule": manifest["merge_rule"]},
+                   inbound=[{"name": lk.name, "transport": link_transport(lk, **kw)} for lk in inbound])
+    return cfg
+
+
+def deploy_local(*, bundle_dir: Path, board_dir: Path, manifest: dict[str, Any], cfg: dict[str, Any],
+                 samples: np.ndarray | None) -> Path:
+    """Copy what ``cfg`` names into ``board_dir`` (hash-checked) and write agent.json there."""
+    board_dir.mkdir(parents=True, exist_ok=True)
+    shard_file = cfg["shard"] if cfg["role"] == "wearable" else cfg["merge"]["shard"]
+    entry = next(s for s in manifest["shards"] if s["file"] == shard_file)
+    dst = board_dir / shard_file
+    shutil.copyfile(bundle_dir / shard_file, dst)
+    if sha256_file(dst) != entry["sha256"]:
+        raise BundleError(f"{dst}: sha256 differs from the manifest after copying")
+    if samples is not None:
+        np.save(board_dir / "samples.npy", np.ascontiguousarray(samples, dtype=np.float32))
+    path = board_dir / "agent.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+@dataclass
+class AgentProcess:
+    """A local agent subprocess. ``with AgentProcess(name=..., config=...) as p: p.pid``."""
+
+    name: str
+    config: Path
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=dict)
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _log: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.parent / "agent.log"
+
+    def start(self) -> AgentProcess:
+        self._log = open(self.log_path, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **self.env}
+        root = str(Path(__file__).resolve().parent.parent)  # so an uninstalled checkout works too
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self._proc = subprocess.Popen([self.python, "-m", "nodes.agent", "--config", str(self.config.resolve())],
+                                          stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          cwd=self.config.parent, env=env)
+        except OSError as exc:
+            self._log.close()
+            raise RunError(f"cannot start agent {self.name}: {exc}") from exc
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def poll(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a fault: no clean disconnect, the broker publishes the last will."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int | None:
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        try:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+                if self.wait(timeout) is None:
+                    self._proc.kill()
+                    self._proc.wait(timeout=timeout)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,365 @@
+"""Running an experiment on a bench: the laptop side of ``testbed run`` and ``testbed demo``.
+
+Holds ``prepare_bundle`` (train or load the model from the cache, export shards), sample
+selection, and ``Orchestrator``: starts (or reaches) the broker, deploys local boards and
+starts their agents, waits for every board to report ready, then triggers samples at the
+configured rate, injects faults on schedule, collects predictions, counts samples that never
+complete, and writes ``runs/<id>/`` (run.json, events.jsonl, summary.json). Rendering is not
+done here: the dashboard subscribes to the event log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import queue
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linkemu.profile import LinkProfile, Outage
+from nodes.mqtt import MqttClient, topic
+from testbed.broker import EmbeddedBroker, ExternalBroker
+from testbed.bundle import export_bundle, load_manifest
+from testbed.config import Experiment, Inventory, check_compatible
+from testbed.data import Dataset, load_dataset
+from testbed.deploy import AgentProcess, agent_config, deploy_local
+from testbed.errors import RunError
+from testbed.runstate import EventLog, RunState
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def default_cache_dir() -> Path:
+    """``$HBC_TESTBED_CACHE``, else ``$XDG_CACHE_HOME/hbc-testbed``, else ~/.cache/hbc-testbed."""
+    if os.environ.get("HBC_TESTBED_CACHE"):
+        return Path(os.environ["HBC_TESTBED_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hbc-testbed"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    dataset: Dataset
+    training: dict[str, Any]
+
+
+def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None = None) -> Prepared:
+    """Train (or load from the cache) the experiment's model and export its bundle."""
+    from testbed.model import StudentsConfig, load_or_train  # torch: laptop side only
+
+    ds = load_dataset(experiment.dataset.name, path=experiment.dataset.path, seed=experiment.seed)
+    m, tr = experiment.model, experiment.train
+    cfg = StudentsConfig(dataset=ds.name, input_shape=ds.input_shape, num_classes=len(ds.classes),
+                         students=m.students, width=m.width, out_dim=m.out_dim, epochs=tr.epochs,
+                         batch_size=tr.batch_size, lr=tr.lr, subset=tr.subset, seed=experiment.seed)
+    cb = (lambda step, total, _loss: progress("train", step, total)) if progress else None
+    model, record = load_or_train(cfg, ds, cache_dir=cache_dir, progress=cb)
+    bundle_dir = cache_dir / cfg.key() / "bundle"
+    try:
+        manifest = load_manifest(bundle_dir)
+    except Exception:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        export_bundle(model, cfg, out_dir=bundle_dir, classes=ds.classes,
+                      evaluation={"test_accuracy": record["test_accuracy"]})
+        manifest = load_manifest(bundle_dir)
+    return Prepared(bundle_dir=bundle_dir, manifest=manifest, dataset=ds, training=record)
+
+
+def select_samples(ds: Dataset, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` test samples in a seeded random order (cycling if n exceeds the test set)."""
+    order = np.random.default_rng(seed).permutation(len(ds.y_test))
+    idx = np.resize(order, n)
+    return ds.x_test[idx], ds.y_test[idx], idx
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def effective_profiles(inventory: Inventory, experiment: Experiment) -> dict[str, LinkProfile]:
+    """Each link's profile with the experiment's outage faults added to its schedule."""
+    out = {}
+    for link in inventory.links:
+        extra = [Outage(start_s=f.at_s, duration_s=float(f.duration_s or 0.0))
+                 for f in experiment.faults if f.kind == "outage" and f.link == link.name]
+        out[link.name] = link.profile.with_outages(tuple(link.profile.outages) + tuple(extra))
+    return out
+
+
+@dataclass
+class _Pending:
+    trigger_at: float
+    label: int
+
+
+@dataclass
+class Orchestrator:
+    """One run. ``run()`` returns the summary; everything it starts is stopped in ``finally``."""
+
+    inventory: Inventory
+    experiment: Experiment
+    prepared: Prepared
+    run_dir: Path
+    state: RunState = field(default_factory=RunState)
+    ready_timeout_s: float = 90.0
+    on_log: Callable[[EventLog], None] | None = None
+    _log: EventLog | None = field(default=None, init=False)
+    _msgs: queue.Queue = field(default_factory=queue.Queue, init=False)
+    _agents: dict[str, AgentProcess] = field(default_factory=dict, init=False)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _event(self, event_type: str, /, **fields: Any) -> None:
+        assert self._log is not None
+        self._log.write(event_type, **fields)
+
+    def _on_mqtt(self, topic_name: str, payload: bytes) -> None:
+        self._msgs.put((topic_name, payload, time.monotonic()))
+
+    def _write_run_json(self, run_id: str, broker: Any, seed: int) -> None:
+        from importlib import metadata
+
+        def version(pkg: str) -> str | None:
+            try:
+                return metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                return None
+
+        doc = {"run": run_id, "created": datetime.now(timezone.utc).isoformat(), "seed": seed,
+               "inventory": {"path": str(self.inventory.path), "text": self.inventory.path.read_text()},
+               "experiment": {"path": str(self.experiment.path), "text": self.experiment.path.read_text(),
+                              "effective": _jsonable(self.experiment)},
+               "bundle": {"dir": str(self.prepared.bundle_dir), "config_key": self.prepared.manifest["config_key"],
+                          "evaluation": self.prepared.manifest["evaluation"]},
+               "training": self.prepared.training,
+               "broker": {"kind": broker.kind, "host": broker.host, "port": broker.port,
+                          "fallback_reason": broker.fallback_reason},
+               "versions": {"python": platform.python_version(), "platform": platform.platform(),
+                            **{p: version(p) for p in ("hbc-testbed", "torch", "numpy", "paho-mqtt", "rich")}}}
+        (self.run_dir / "run.json").write_text(json.dumps(doc, indent=2))
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        check_compatible(self.experiment, self.inventory)
+        exp, inv = self.experiment, self.inventory
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = self.run_dir.name
+        x, labels, _ = select_samples(self.prepared.dataset, exp.run.samples, seed=exp.seed)
+        profiles = effective_profiles(inv, exp)
+        with ExitStack() as stack:
+            self._log = stack.enter_context(EventLog(self.run_dir / "events.jsonl"))
+            self._log.subscribe(self.state.apply)
+            if self.on_log:
+                self.on_log(self._log)
+            broker = stack.enter_context(self._broker())
+            self._write_run_json(run_id, broker, exp.seed)
+            self._event("run_start", run=run_id, run_dir=str(self.run_dir), samples=exp.run.samples,
+                        rate_hz=exp.run.rate_hz, dataset=self.prepared.dataset.name,
+                        broker={"kind": broker.kind, "port": broker.port, "fallback_reason": broker.fallback_reason},
+                        boards=[{"name": b.name, "role": b.role, "kind": b.kind, "runtime": b.runtime}
+                                for b in inv.boards.values()],
+                        links=[{"name": lk.name, "src": lk.src, "dst": lk.dst, "transport": lk.transport.type,
+                                "rate_bps": None if profiles[lk.name].rate_bps == float("inf")
+                                else profiles[lk.name].rate_bps, "profile": profiles[lk.name].as_dict()}
+                               for lk in inv.links],
+                        faults=[_jsonable(f) for f in exp.faults])
+            ctl = stack.enter_context(MqttClient(host=broker.host, port=broker.port,
+                                                 client_id=f"orchestrator-{run_id}", on_message=self._on_mqtt))
+            for plane in ("status", "tele"):
+                ctl.subscribe(topic(inv.bench, plane, "+"), qos=1)
+            try:
+                self._start_agents(stack, broker, profiles, x)
+                self._wait_ready()
+                self._sample_loop(ctl, labels)
+                self._stop_agents(ctl)
+            finally:
+                self._event("run_end")
+                summary = self.state.summary()
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _broker(self) -> EmbeddedBroker | ExternalBroker:
+        spec = self.inventory.broker
+        if spec.mode == "external":
+            return ExternalBroker(host=str(spec.host), port=int(spec.port or 1883))
+        return EmbeddedBroker(workdir=self.run_dir / "broker", host=spec.host or "127.0.0.1", port=spec.port or 0)
+
+    def _start_agents(self, stack: ExitStack, broker: Any, profiles: dict[str, LinkProfile],
+                      x: np.ndarray) -> None:
+        inv, exp = self.inventory, self.experiment
+        for board in inv.boards.values():
+            if board.connect != "local":
+                raise RunError(f"board {board.name}: connect {board.connect!r} is not supported by this "
+                               f"version's run; expected local (ssh and netns come with deploy/linkemu work)")
+            cfg = agent_config(inventory=inv, board=board, manifest=self.prepared.manifest,
+                               assignment=exp.assignment[board.name], broker_host=broker.host,
+                               broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles)
+            path = deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=self.run_dir / "boards" / board.name,
+                                manifest=self.prepared.manifest, cfg=cfg,
+                                samples=x if board.role == "wearable" else None)
+            self._agents[board.name] = stack.enter_context(AgentProcess(name=board.name, config=path))
+
+    def _drain(self, timeout: float, on_result: Callable[[dict[str, Any], float], None] | None = None) -> None:
+        """Handle control-plane messages for up to ``timeout`` seconds (at least one wait)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                topic_name, payload, at = self._msgs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            self._handle(topic_name, payload, at, on_result)
+            if time.monotonic() >= deadline:
+                return
+
+    def _handle(self, topic_name: str, payload: bytes, at: float,
+                on_result: Callable[[dict[str, Any], float], None] | None) -> None:
+        parts = topic_name.split("/")
+        if len(parts) != 4:
+            return
+        _, _, plane, board = parts
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            self._event("error", board=board, error=f"undecodable {plane} message ({len(payload)} bytes)")
+            return
+        if not isinstance(msg, dict):
+            return
+        if plane == "status":
+            self._event("status", board=board, state=msg.get("state"), **{k: msg[k] for k in ("pid", "error")
+                                                                           if k in msg})
+        elif plane == "tele":
+            kind = msg.pop("kind", None)
+            msg.pop("board", None)
+            if kind == "result" and on_result is not None:
+                on_result(msg, at)
+            elif kind in ("sample", "link", "edge", "error"):
+                self._event(kind, board=board, **msg)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            with self.state.lock:
+                waiting = [b.name for b in self.state.boards.values() if b.status != "ready"]
+            if not waiting:
+                return
+            for name in waiting:
+                code = self._agents[name].poll()
+                if code is not None:
+                    raise RunError(f"agent {name} exited with code {code} before it was ready: "
+                                   f"{self._agents[name].log_tail()}")
+                if self.state.boards[name].status == "error":
+                    raise RunError(f"agent {name} failed to start: {self._agents[name].log_tail()}")
+            if time.monotonic() > deadline:
+                raise RunError(f"boards not ready after {self.ready_timeout_s:.0f} s: {', '.join(waiting)}")
+            self._drain(0.1)
+
+    def _sample_loop(self, ctl: MqttClient, labels: np.ndarray) -> None:
+        exp, inv = self.experiment, self.inventory
+        run_id = self.run_dir.name
+        boards = list(inv.boards.values())
+        order = [inv.edge.name] + [b.name for b in boards if b.role == "wearable"]
+        for name in order:
+            ctl.publish(topic(inv.bench, "ctl", name), json.dumps({"cmd": "start", "run": run_id}), qos=1)
+        t_start = time.monotonic()
+        self._event("sampling_start")
+        period = 1.0 / exp.run.rate_hz
+        timeout = exp.run.timeout_ms / 1000.0
+        n = exp.run.samples
+        outage_windows = [(f.at_s, f.at_s + float(f.duration_s or 0.0), f.link) for f in exp.faults
+                          if f.kind == "outage"]
+        outage_windows += [(o.start_s, o.start_s + o.duration_s, lk.name) for lk in inv.links
+                           for o in lk.profile.outages]
+        # fault timeline: (time offset, event fields, action)
+        timeline: list[tuple[float, dict[str, Any]]] = []
+        for s, e, link in outage_windows:
+            timeline += [(s, {"kind": "outage", "link": link, "phase": "start"}),
+                         (e, {"kind": "outage", "link": link, "phase": "end"})]
+        timeline += [(f.at_s, {"kind": "kill", "board": f.board, "phase": "start"})
+                     for f in exp.faults if f.kind == "kill"]
+        timeline.sort(key=lambda item: item[0])
+        pending: dict[int, _Pending] = {}
+        resolved: set[int] = set()
+
+        def during_outage(offset: float) -> bool:
+            return any(s <= offset < e for s, e, _ in outage_windows)
+
+        def on_result(msg: dict[str, Any], at: float) -> None:
+            sid = int(msg.get("sample", -1))
+            p = pending.pop(sid, None)
+            if p is None:
+                self._event("late_result", sample=sid)
+                return
+            resolved.add(sid)
+            pred = int(msg.get("pred", -1))
+            status = "partial" if msg.get("missing") else "complete"
+            names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}
+            self._event("result", sample=sid, status=status, label=p.label, pred=pred, correct=pred == p.label,
+                        arrived=[names.get(int(s), str(s)) for s in msg.get("arrived", [])],
+                        missing=[names.get(int(s), str(s)) for s in msg.get("missing", [])],
+                        latency_ms=round((at - p.trigger_at) * 1000.0, 3), merge_ms=msg.get("merge_ms"),
+                        during_outage=during_outage(p.trigger_at - t_start))
+
+        next_sample = 0
+        while next_sample < n or pending:
+            now = time.monotonic()
+            while timeline and t_start + timeline[0][0] <= now:
+                _, fault = timeline.pop(0)
+                if fault["kind"] == "kill" and fault["board"] in self._agents:
+                    self._agents[fault["board"]].kill()
+                self._event("fault", **fault)
+            if next_sample < n and now >= t_start + next_sample * period:
+                sid = next_sample
+                pending[sid] = _Pending(trigger_at=time.monotonic(), label=int(labels[sid]))
+                payload = json.dumps({"cmd": "trigger", "sample": sid})
+                for name in order:
+                    ctl.publish(topic(inv.bench, "ctl", name), payload, qos=1)
+                self._event("trigger", sample=sid)
+                next_sample += 1
+            for sid in [s for s, p in pending.items() if now - p.trigger_at > timeout]:
+                p = pending.pop(sid)
+                self._event("result", sample=sid, status="timed_out", label=p.label, pred=None, correct=False,
+                            arrived=[], missing=[], latency_ms=None,
+                            during_outage=during_outage(p.trigger_at - t_start))
+            wake = [t_start + next_sample * period] if next_sample < n else []
+            wake += [p.trigger_at + timeout for p in pending.values()][:1]
+            wake += [t_start + timeline[0][0]] if timeline else []
+            self._drain(max(0.0, min(wake, default=now + 0.05) - time.monotonic()), on_result)
+        # faults scheduled after the last sample still get their event, for an honest log
+        for _, fault in timeline:
+            self._event("fault", **fault, note="after the last sample")
+
+    def _stop_agents(self, ctl: MqttClient) -> None:
+        inv = self.inventory
+        for name, agent in self._agents.items():
+            if agent.poll() is None:
+                ctl.publish(topic(inv.bench, "ctl", name), json.dumps({"cmd": "stop"}), qos=1)
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and any(a.poll() is None for a in self._agents.values()):
+            self._drain(0.1)
+        self._drain(0.3)  # final telemetry and "stopped" statuses
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj) if not f.name.startswith("_")}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj == float("inf"):
+        return None
+    if hasattr(obj, "items"):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,292 @@
+"""The state of one run, rebuilt from its event stream.
+
+Holds ``EventLog`` (appends one JSON event per line to ``events.jsonl``, flushed as written)
+and ``RunState`` (folds events into boards, links, per-sample results and running figures).
+The live dashboard, ``testbed monitor --replay`` and ``summary.json`` all read a RunState, so
+what the screen shows and what the summary says cannot disagree. No I/O besides EventLog.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default), None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _r(v: float | None, nd: int = 3) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+class EventLog:
+    """``events.jsonl`` writer; every event gets ``t`` = seconds since the log opened."""
+
+    def __init__(self, path: Path, *, clock: Any = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._t0 = clock()
+        self._fh: TextIO | None = None
+        self._lock = threading.Lock()
+        self._listeners: list[Any] = []
+
+    def __enter__(self) -> EventLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def subscribe(self, listener: Any) -> None:
+        self._listeners.append(listener)
+
+    def elapsed(self) -> float:
+        return self._clock() - self._t0
+
+    def write(self, event_type: str, /, **fields: Any) -> dict[str, Any]:
+        event = {"t": round(self.elapsed(), 4), "type": event_type, **fields}
+        line = json.dumps(event, separators=(",", ":"))
+        with self._lock:
+            if self._fh is not None:
+                self._fh.write(line + "\n")
+                self._fh.flush()
+        for listener in self._listeners:
+            listener(event)
+        return event
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Events of a finished (or running) run; a torn or garbage line is skipped."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "type" in event:
+                yield event
+
+
+@dataclass
+class BoardState:
+    name: str
+    role: str
+    kind: str = ""
+    status: str = "unknown"
+    samples: int = 0
+    bytes_sent: int = 0
+    compute_ms: list[float] = field(default_factory=list)
+    dropped: int = 0
+    errors: int = 0
+
+
+@dataclass
+class LinkState:
+    name: str
+    src: str
+    dst: str
+    transport: str
+    rate_bps: float | None
+    bytes: int = 0
+    frames: int = 0
+    dropped: int = 0
+    dropped_outage: int = 0
+    dropped_queue: int = 0
+    queue_bytes: int = 0
+    in_outage: bool = False
+    outage_s: float = 0.0
+
+
+@dataclass
+class SampleResult:
+    sample: int
+    status: str                      # complete | partial | timed_out
+    correct: bool
+    latency_ms: float | None
+    missing: tuple[str, ...] = ()
+    during_outage: bool = False
+
+
+class RunState:
+    """Folds events; thread-safe (``lock`` guards reads from a render thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.run_id = ""
+        self.run_dir = ""
+        self.samples = 0
+        self.rate_hz = 0.0
+        self.broker: dict[str, Any] = {}
+        self.dataset = ""
+        self.boards: dict[str, BoardState] = {}
+        self.links: dict[str, LinkState] = {}
+        self.results: dict[int, SampleResult] = {}
+        self.triggered = 0
+        self.t = 0.0
+        self.started_at_t: float | None = None
+        self.ended = False
+        self.faults: list[dict[str, Any]] = []
+        self.active_faults: set[str] = set()
+        self.notes: list[str] = []
+        self.edge_stats: dict[str, Any] = {}
+        self.late_results = 0
+        self._link_of_board: dict[str, str] = {}
+
+    # -- folding ---------------------------------------------------------------------------
+    def apply(self, ev: dict[str, Any]) -> None:
+        with self.lock:
+            self.t = max(self.t, float(ev.get("t", 0.0)))
+            handler = getattr(self, "_on_" + str(ev.get("type")), None)
+            if handler is not None:
+                handler(ev)
+
+    def apply_all(self, events: Iterable[dict[str, Any]]) -> RunState:
+        for ev in events:
+            self.apply(ev)
+        return self
+
+    def _on_run_start(self, ev: dict[str, Any]) -> None:
+        self.run_id, self.run_dir = ev.get("run", ""), ev.get("run_dir", "")
+        self.samples, self.rate_hz = int(ev.get("samples", 0)), float(ev.get("rate_hz", 0.0))
+        self.broker, self.dataset = ev.get("broker", {}), ev.get("dataset", "")
+        self.faults = list(ev.get("faults", []))
+        for b in ev.get("boards", []):
+            self.boards[b["name"]] = BoardState(name=b["name"], role=b["role"], kind=b.get("kind", ""))
+        for lk in ev.get("links", []):
+            self.links[lk["name"]] = LinkState(name=lk["name"], src=lk["src"], dst=lk["dst"],
+                                               transport=lk.get("transport", ""), rate_bps=lk.get("rate_bps"))
+            self._link_of_board[lk["src"]] = lk["name"]
+        if self.broker.get("fallback_reason"):
+            self.notes.append(f"broker: {self.broker.get('kind')} ({self.broker['fallback_reason']})")
+
+    def _on_sampling_start(self, ev: dict[str, Any]) -> None:
+        self.started_at_t = float(ev["t"])
+
+    def _on_status(self, ev: dict[str, Any]) -> None:
+        b = self.boards.get(ev.get("board", ""))
+        if b is not None:
+            b.status = str(ev.get("state", "?"))
+
+    def _on_trigger(self, ev: dict[str, Any]) -> None:
+        self.triggered = max(self.triggered, int(ev["sample"]) + 1)
+
+    def _on_sample(self, ev: dict[str, Any]) -> None:
+        b = self.boards.get(ev.get("board", ""))
+        if b is None:
+            return
+        if ev.get("verdict") == "sent":
+            b.samples += 1
+            b.bytes_sent += int(ev.get("bytes", 0))
+        else:
+            b.dropped += 1
+        if ev.get("compute_ms") is not None:
+            b.compute_ms.append(float(ev["compute_ms"]))
+
+    def _on_link(self, ev: dict[str, Any]) -> None:
+        lk = self.links.get(ev.get("link", ""))
+        if lk is None:
+            return
+        lk.bytes = int(ev.get("bytes_delivered", lk.bytes))
+        lk.frames = int(ev.get("frames_delivered", lk.frames))
+        lk.dropped_outage = int(ev.get("dropped_outage", 0))
+        lk.dropped_queue = int(ev.get("dropped_queue", 0))
+        lk.dropped = lk.dropped_outage + lk.dropped_queue
+        lk.queue_bytes = int(ev.get("queue_bytes", 0))
+        lk.in_outage = bool(ev.get("in_outage", False))
+
+    def _on_edge(self, ev: dict[str, Any]) -> None:
+        self.edge_stats = {"decode": ev.get("decode", {}), "merge": ev.get("merge", {})}
+
+    def _on_result(self, ev: dict[str, Any]) -> None:
+        sid = int(ev["sample"])
+        during = bool(ev.get("during_outage", False))
+        self.results[sid] = SampleResult(sample=sid, status=ev["status"], correct=bool(ev.get("correct", False)),
+                                         latency_ms=ev.get("latency_ms"), missing=tuple(ev.get("missing", ())),
+                                         during_outage=during)
+        edge = next((b for b in self.boards.values() if b.role == "edge"), None)
+        if edge is not None and ev["status"] != "timed_out":
+            edge.samples += 1
+
+    def _on_late_result(self, ev: dict[str, Any]) -> None:
+        self.late_results += 1
+
+    def _on_fault(self, ev: dict[str, Any]) -> None:
+        target = ev.get("link") or ev.get("board") or "?"
+        key = f"{ev.get('kind')}:{target}"
+        if ev.get("phase") == "end":
+            self.active_faults.discard(key)
+        else:
+            self.active_faults.add(key) if ev.get("kind") == "outage" else None
+            self.notes.append(f"t={ev['t']:.1f}s {ev.get('kind')} {target}")
+        lk = self.links.get(ev.get("link", ""))
+        if lk is not None and ev.get("kind") == "outage":
+            lk.in_outage = ev.get("phase") != "end"
+
+    def _on_error(self, ev: dict[str, Any]) -> None:
+        b = self.boards.get(ev.get("board", ""))
+        if b is not None:
+            b.errors += 1
+        self.notes.append(f"error {ev.get('board', '')}: {ev.get('error', '')}")
+
+    def _on_run_end(self, ev: dict[str, Any]) -> None:
+        self.ended = True
+
+    # -- figures ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            res = list(self.results.values())
+        complete = sum(r.status == "complete" for r in res)
+        partial = sum(r.status == "partial" for r in res)
+        timed_out = sum(r.status == "timed_out" for r in res)
+        return {"resolved": len(res), "complete": complete, "partial": partial, "completed": complete + partial,
+                "timed_out": timed_out, "correct": sum(r.correct for r in res)}
+
+    @staticmethod
+    def _acc(rs: list[SampleResult]) -> float | None:
+        return _r(sum(r.correct for r in rs) / len(rs), 4) if rs else None
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of ``summary.json`` (and the demo's ``--json`` line)."""
+        with self.lock:
+            res = sorted(self.results.values(), key=lambda r: r.sample)
+            c = self.counts()
+            lat = [r.latency_ms for r in res if r.latency_ms is not None and r.status != "timed_out"]
+            n = self.samples or len(res)
+            boards = [{"name": b.name, "role": b.role, "status": b.status, "samples": b.samples,
+                       "compute_ms_p50": _r(percentile(b.compute_ms, 50)), "bytes_sent": b.bytes_sent,
+                       "dropped": b.dropped} for b in self.boards.values()]
+            links = [{"name": lk.name, "from": lk.src, "to": lk.dst, "transport": lk.transport,
+                      "rate_bps": lk.rate_bps, "bytes": lk.bytes, "frames": lk.frames, "dropped": lk.dropped,
+                      "dropped_outage": lk.dropped_outage, "dropped_queue": lk.dropped_queue}
+                     for lk in self.links.values()]
+            return {
+                "run_id": self.run_id, "run_dir": self.run_dir, "dataset": self.dataset,
+                "samples": n, "completed": c["completed"], "complete": c["complete"], "partial": c["partial"],
+                "timed_out": c["timed_out"], "unresolved": n - c["resolved"],
+                "accuracy": _r(c["correct"] / n, 4) if n else None,
+                "accuracy_all_parts": self._acc([r for r in res if r.status == "complete"]),
+                "accuracy_partial": self._acc([r for r in res if r.status == "partial"]),
+                "accuracy_during_outage": self._acc([r for r in res if r.during_outage]),
+                "samples_during_outage": sum(r.during_outage for r in res),
+                "latency_ms": {"p50": _r(percentile(lat, 50)), "p95": _r(percentile(lat, 95)),
+                               "max": _r(max(lat)) if lat else None},
+                "late_results": self.late_results,
+                "boards": boards, "links": links,
+                "broker": self.broker.get("kind"), "edge": self.edge_stats,
+                "duration_s": _r(self.t, 2),
+            }
