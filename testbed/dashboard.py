@@ -44,7 +44,8 @@ def _header(st: RunState) -> Table:
     title = Text.assemble(("hbc-testbed ", "bold cyan"), (st.run_id or "(no run)", "bold"),
                           (f"  {st.dataset}" if st.dataset else "", "dim"))
     state = "finished" if st.ended else ("sampling" if st.started_at_t is not None else "starting")
-    grid.add_row(title, Text(f"{state}  t={st.t:6.1f}s  broker={st.broker.get('kind', '?')}"))
+    t_run = st.t - st.started_at_t if st.started_at_t is not None else 0.0
+    grid.add_row(title, Text(f"{state}  t={t_run:6.1f}s  broker={st.broker.get('kind', '?')}"))
     bar = ProgressBar(total=max(1, st.samples), completed=c["resolved"], width=None)
     grid.add_row(bar, Text(f"{c['resolved']}/{st.samples} resolved, {st.triggered} triggered"))
     return grid
@@ -86,7 +87,10 @@ def _figures(st: RunState) -> Table:
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f} %"
 
-    t.add_row(Text("accuracy", style="bold"), pct(s["accuracy"]),
+    c = st.counts()
+    running = c["correct"] / c["resolved"] if c["resolved"] else None
+    label = "accuracy" if st.ended else f"accuracy ({c['resolved']})"
+    t.add_row(Text(label, style="bold"), pct(s["accuracy"] if st.ended else running),
               Text("latency p50", style="bold"), _fmt(s["latency_ms"]["p50"], ".1f", " ms"))
     t.add_row("all parts", pct(s["accuracy_all_parts"]), Text("latency p95", style="bold"),
               _fmt(s["latency_ms"]["p95"], ".1f", " ms"))

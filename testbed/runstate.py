@@ -230,9 +230,10 @@ class RunState:
         key = f"{ev.get('kind')}:{target}"
         if ev.get("phase") == "end":
             self.active_faults.discard(key)
-        else:
-            self.active_faults.add(key) if ev.get("kind") == "outage" else None
-            self.notes.append(f"t={ev['t']:.1f}s {ev.get('kind')} {target}")
+        elif ev.get("kind") == "outage":
+            self.active_faults.add(key)
+        t_run = float(ev["t"]) - (self.started_at_t or 0.0)
+        self.notes.append(f"t={t_run:.1f}s {ev.get('kind')} {target} {ev.get('phase', '')}".rstrip())
         lk = self.links.get(ev.get("link", ""))
         if lk is not None and ev.get("kind") == "outage":
             lk.in_outage = ev.get("phase") != "end"
