@@ -6,6 +6,7 @@ that runs LiteRT shards never needs it.
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -51,7 +52,9 @@ class TorchRuntime(Runtime):
         self._torch = torch
         torch.set_num_threads(threads)
         try:
-            self._module = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream; JetPack still needs it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._module = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # torch raises RuntimeError/ValueError for bad files
             raise RuntimeLoadError(f"{path}: cannot load TorchScript shard ({exc})") from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ def sha256_file(path: Path) -> str:
 
 def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
     module = module.eval()
-    with torch.no_grad():
+    # TorchScript is deprecated upstream but is what JetPack's torch builds load reliably; the
+    # deprecation warning is expected here, not news to the user.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module, example)
         out = traced(example)
     traced.save(str(path))

@@ -89,6 +89,9 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace, 
         from testbed.dashboard import LiveDashboard
         with LiveDashboard(orch.state, console=console):
             summary = orch.run()
+    if orch.state.broker.get("fallback_reason"):
+        console.print(f"[yellow]broker: {orch.state.broker.get('kind')} instead of mosquitto: "
+                      f"{orch.state.broker['fallback_reason']}[/]")
     summary["model"] = {"test_accuracy": tr["test_accuracy"], "cached": bool(tr.get("cached")),
                         "train_seconds": tr.get("train_seconds")}
     _print_summary(console, summary)
