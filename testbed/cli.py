@@ -20,8 +20,13 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
 
 def _console(*, stderr: bool) -> Any:
+    import os
+
     from rich.console import Console
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, highlight=False, width=140)  # logs and pipes: no truncated tables
+    return console
 
 
 def cmd_inventory_check(args: argparse.Namespace) -> int:
@@ -65,13 +70,14 @@ def _train_progress(console: Any, enabled: bool) -> Any:
 def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace, *,
          overrides: dict[str, Any]) -> int:
     from testbed.config import check_compatible, load_experiment, load_inventory, with_overrides
-    from testbed.orchestrator import Orchestrator, default_cache_dir, new_run_id, prepare_bundle
+    from testbed.orchestrator import Orchestrator, check_runnable, default_cache_dir, new_run_id, prepare_bundle
 
     inv = load_inventory(inventory_path)
     exp = load_experiment(experiment_path)
     if overrides:
         exp = with_overrides(exp, **overrides)
     check_compatible(exp, inv)
+    check_runnable(inv)
     console = _console(stderr=args.json)
     cache = Path(args.cache) if args.cache else default_cache_dir()
     with _train_progress(console, not args.headless) as cb:

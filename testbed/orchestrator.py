@@ -97,6 +97,21 @@ def effective_profiles(inventory: Inventory, experiment: Experiment) -> dict[str
     return out
 
 
+RUNNABLE_CONNECTS = ("local",)
+
+
+def check_runnable(inventory: Inventory) -> None:
+    """Refuse, before anything is started or contacted, a bench this version cannot run."""
+    for board in inventory.boards.values():
+        if board.connect not in RUNNABLE_CONNECTS:
+            raise RunError(f"{inventory.path}: boards.{board.name}.connect: {board.connect!r} is not supported "
+                           f"by `testbed run` yet; expected {' or '.join(RUNNABLE_CONNECTS)} "
+                           f"(SSH deploy and netns boards are tracked in open issues)")
+    if inventory.broker.mode == "external":
+        raise RunError(f"{inventory.path}: broker.mode: 'external' is not supported by `testbed run` yet "
+                       f"(only simulated local benches); expected embedded")
+
+
 @dataclass
 class _Pending:
     trigger_at: float
@@ -151,6 +166,7 @@ class Orchestrator:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         check_compatible(self.experiment, self.inventory)
+        check_runnable(self.inventory)
         exp, inv = self.experiment, self.inventory
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run_id = self.run_dir.name
@@ -198,9 +214,6 @@ class Orchestrator:
                       x: np.ndarray) -> None:
         inv, exp = self.inventory, self.experiment
         for board in inv.boards.values():
-            if board.connect != "local":
-                raise RunError(f"board {board.name}: connect {board.connect!r} is not supported by this "
-                               f"version's run; expected local (ssh and netns come with deploy/linkemu work)")
             cfg = agent_config(inventory=inv, board=board, manifest=self.prepared.manifest,
                                assignment=exp.assignment[board.name], broker_host=broker.host,
                                broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles)

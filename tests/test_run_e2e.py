@@ -126,3 +126,14 @@ def test_config_error_is_one_line_exit_2(tmp_path: Path, model_cache: Path) -> N
     assert f"{bad}:{line}" in err[0] and "boards.wrist.role" in err[0] and "expected" in err[0]
     good = run_cli("inventory", "check", str(DEMO_INVENTORY), cache=model_cache, cwd=tmp_path)
     assert good.returncode == 0 and "wrist-edge" in good.stdout
+
+
+def test_physical_bench_is_refused_before_anything_is_contacted(tmp_path: Path, model_cache: Path) -> None:
+    """The root inventory names SSH boards and an external broker: refused up front, no network."""
+    root_inventory = DEMO_INVENTORY.parent.parent.parent / "inventory.yaml"
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=5)
+    proc = run_cli("run", str(exp), "--inventory", str(root_inventory), "--headless",
+                   cache=tmp_path / "empty-cache", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "boards.wrist.connect: 'ssh' is not supported" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "empty-cache").exists(), "nothing trained or written before the refusal"
