@@ -165,10 +165,11 @@ class Agent:
 
     def _load_edge(self) -> None:
         merge = self.cfg["merge"]
-        self._merge_rt = open_runtime(self.cfg["runtime"], self._path(merge["shard"]))
-        self._merge_rt.run(np.zeros((1, len(merge["parts"]) * merge["part_dim"]), dtype=np.float32))
         self._merger = Merger(parts=merge["parts"], part_dim=merge["part_dim"],
-                              deadline_s=merge["deadline_ms"] / 1000.0, rule=merge.get("rule", "concat"))
+                              deadline_s=merge["deadline_ms"] / 1000.0, rule=merge.get("rule", "concat"),
+                              student_part=merge.get("student_part"))
+        self._merge_rt = open_runtime(self.cfg["runtime"], self._path(merge["shard"]))
+        self._merge_rt.run(np.zeros((1, self._merger.slots * merge["part_dim"]), dtype=np.float32))
         for link in self.cfg["inbound"]:
             tr = open_transport(link["transport"]["type"], receive=True,
                                 **{k: v for k, v in link["transport"].items() if k != "type"})

@@ -1,8 +1,14 @@
 """Edge-side merging of student outputs: collect parts per sample until all arrive or a deadline.
 
-Pure logic with an injected clock (``now`` arguments, seconds): no I/O, no threads. The rule
-``concat`` places each student's vector at its slot and zero-fills missing ones; the merge
-shard (concatenate -> FC) then gives the prediction.
+Pure logic with an injected clock (``now`` arguments, seconds): no I/O, no threads. Rules:
+
+- ``concat`` (NoNN, the spine): each student's vector goes to its own slot; a missing student's
+  slot is zero-filled;
+- ``average`` (the resilient method): student i learns part ``student_part[i]``; the vectors of
+  the students of one part that arrived are averaged, a part with no student left is zero-filled,
+  and the parts are concatenated in part order.
+
+The merge shard (FC over the concatenation) then gives the prediction.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MERGE_RULES = ("concat",)
+MERGE_RULES = ("concat", "average")
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,7 @@ class Merged:
     """A sample ready for the merge shard."""
 
     sample_id: int
-    inputs: np.ndarray          # 1 x (parts * part_dim), float32, zeros where a part is missing
+    inputs: np.ndarray          # 1 x (slots * part_dim), float32, zeros where a slot has no vector
     arrived: tuple[int, ...]
     missing: tuple[int, ...]
     waited_s: float             # from the first sign of the sample (trigger or frame) to merge
@@ -56,16 +62,27 @@ class Merger:
     """Collects one vector per expected part for each sample."""
 
     def __init__(self, *, parts: Sequence[int], part_dim: int, deadline_s: float, rule: str = "concat",
-                 remember: int = 100_000) -> None:
+                 student_part: Sequence[int] | None = None, remember: int = 100_000) -> None:
+        """``parts`` are the shard ids of the students the edge expects (one frame each)."""
         if rule not in MERGE_RULES:
             raise ValueError(f"unknown merge rule {rule!r}; expected one of {', '.join(MERGE_RULES)}")
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        if rule == "average":
+            if student_part is None or len(student_part) != len(parts):
+                raise ValueError("merge rule 'average' needs student_part: one part index per student")
+            self._group = {p: int(g) for p, g in zip(parts, student_part)}
+            self.slots = len(set(self._group.values()))
+            if sorted(set(self._group.values())) != list(range(self.slots)):
+                raise ValueError(f"student_part must use every part 0..{self.slots - 1}, got {list(student_part)}")
+        else:
+            self._group = {p: i for i, p in enumerate(parts)}
+            self.slots = len(parts)
+        self.rule = rule
         self.parts = tuple(parts)
         self.part_dim = part_dim
         self.deadline_s = deadline_s
         self.stats = MergeStats()
-        self._slot = {p: i for i, p in enumerate(self.parts)}
         self._pending: dict[int, _Pending] = {}
         self._done: OrderedDict[int, None] = OrderedDict()
         self._remember = remember
@@ -84,7 +101,7 @@ class Merger:
 
     def add(self, sample_id: int, part: int, vector: np.ndarray, now: float) -> Merged | None:
         """Record one part; returns the merged sample when this completes it."""
-        if part not in self._slot:
+        if part not in self._group:
             self.stats.unknown_part += 1
             return None
         flat = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -116,10 +133,14 @@ class Merger:
 
     def _finish(self, sample_id: int, now: float) -> Merged:
         pend = self._pending.pop(sample_id)
-        z = np.zeros((1, len(self.parts) * self.part_dim), dtype=np.float32)
+        z = np.zeros((1, self.slots * self.part_dim), dtype=np.float32)
+        counts = np.zeros(self.slots, dtype=np.int64)
         for part, vec in pend.parts.items():
-            s = self._slot[part] * self.part_dim
-            z[0, s:s + self.part_dim] = vec
+            slot = self._group[part]
+            z[0, slot * self.part_dim:(slot + 1) * self.part_dim] += vec
+            counts[slot] += 1
+        for slot in np.nonzero(counts > 1)[0]:
+            z[0, slot * self.part_dim:(slot + 1) * self.part_dim] /= counts[slot]
         arrived = tuple(p for p in self.parts if p in pend.parts)
         missing = tuple(p for p in self.parts if p not in pend.parts)
         if missing:

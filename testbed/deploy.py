@@ -53,7 +53,8 @@ def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, 
     else:
         shard = shard_for(manifest, role="merge")
         inbound = [lk for lk in inventory.links if lk.dst == board.name]
-        cfg.update(merge={"shard": shard["file"], "parts": list(range(int(manifest["parts"]))),
+        cfg.update(merge={"shard": shard["file"], "parts": list(range(int(manifest["students"]))),
+                          "student_part": list(manifest["student_part"]),
                           "part_dim": int(manifest["part_dim"]), "deadline_ms": deadline_ms,
                           "rule": manifest["merge_rule"]},
                    inbound=[{"name": lk.name, "transport": link_transport(lk, **kw)} for lk in inbound])

@@ -75,3 +75,33 @@ def test_expire_returns_oldest_first_and_rejects_bad_options() -> None:
         Merger(parts=[0], part_dim=1, deadline_s=0.1, rule="median")
     with pytest.raises(ValueError, match="deadline_s"):
         Merger(parts=[0], part_dim=1, deadline_s=0)
+
+
+def test_average_rule_averages_students_of_a_part_and_survives_a_loss() -> None:
+    # 4 students, 2 parts: students 0, 2 learn part 0; students 1, 3 learn part 1
+    m = Merger(parts=[0, 1, 2, 3], part_dim=2, deadline_s=0.1, rule="average", student_part=[0, 1, 0, 1])
+    assert m.slots == 2
+    m.add(1, 0, vec(1, 2), now=0.0)
+    m.add(1, 2, vec(3, 2), now=0.0)
+    m.add(1, 1, vec(10, 2), now=0.0)
+    out = m.add(1, 3, vec(20, 2), now=0.0)
+    assert out is not None
+    np.testing.assert_allclose(out.inputs[0], [2, 2, 15, 15])
+    # student 3 lost: part 1 is student 1's vector alone, not halved
+    m.add(2, 0, vec(1, 2), now=0.0)
+    m.add(2, 2, vec(3, 2), now=0.0)
+    m.add(2, 1, vec(10, 2), now=0.0)
+    (out2,) = m.expire(now=1.0)
+    np.testing.assert_allclose(out2.inputs[0], [2, 2, 10, 10])
+    assert out2.missing == (3,)
+    # both students of part 0 lost: part 0 zero-filled
+    m.add(3, 1, vec(4, 2), now=2.0)
+    (out3,) = m.expire(now=3.0)
+    np.testing.assert_allclose(out3.inputs[0], [0, 0, 4, 4])
+
+
+def test_average_rule_needs_a_student_part_map() -> None:
+    with pytest.raises(ValueError, match="student_part"):
+        Merger(parts=[0, 1], part_dim=1, deadline_s=0.1, rule="average")
+    with pytest.raises(ValueError, match="every part"):
+        Merger(parts=[0, 1], part_dim=1, deadline_s=0.1, rule="average", student_part=[0, 2])

@@ -1,0 +1,1 @@
+"""Partitioning a teacher's final-layer filters across students (NoNN and the resilient method)."""
