@@ -25,7 +25,7 @@ def _console(*, stderr: bool) -> Any:
     from rich.console import Console
     console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, highlight=False, width=140)  # logs and pipes: no truncated tables
+        console = Console(stderr=stderr, highlight=False, width=200)  # logs and pipes: no truncated tables
     return console
 
 
@@ -167,6 +167,50 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from testbed.profiler import LINK_PRESETS, fashion_input, parse_shape, profile_model
+    from testbed.zoo import ZOO
+
+    if args.model not in ZOO:
+        raise TestbedError(f"unknown model {args.model!r}; expected one of {', '.join(sorted(ZOO))}")
+    try:
+        shape = parse_shape(args.input)
+    except ValueError as exc:
+        raise TestbedError(str(exc)) from None
+    real = None
+    if not args.no_real and shape[1] * shape[2] <= 1024 * 1024:
+        real = fashion_input(shape)
+    rows = profile_model(args.model, input_shape=shape, real_input=real)
+    console = _console(stderr=args.json)
+    table = Table(title=f"{args.model} at {'x'.join(map(str, shape))}: activation sizes and f32 airtime"
+                  + ("" if real is not None else " (no real input: compression not measured)"))
+    for col in ("#", "layer", "kind", "shape", "values", "f32 B", "f16 B", "int8 B", "zstd f32", "zstd int8",
+                *(p.replace("hbc-", "") for p in LINK_PRESETS)):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "shape") else "right", no_wrap=True)
+
+    def b(n: int | None) -> str:
+        return "–" if n is None else f"{n:,}"
+
+    def t(sec: float) -> str:
+        return f"{sec * 1000:.3g}ms" if sec < 1 else f"{sec:.3g}s"
+
+    for r in rows:
+        table.add_row(str(r.index), r.name, r.kind, "x".join(map(str, r.shape)), f"{r.values:,}", b(r.bytes_f32),
+                      b(r.bytes_f16), b(r.bytes_int8), b(r.zstd_f32), b(r.zstd_int8),
+                      *(t(r.airtime_s[p]) for p in LINK_PRESETS))
+    console.print(table)
+    if real is not None:
+        console.print("compression: zstd level 3 on one Fashion-MNIST test image resized to the input, through "
+                      "randomly initialised weights (seed 0); trained weights compress differently")
+    if args.json:
+        doc = {"model": args.model, "input": list(shape), "real_input": real is not None,
+               "layers": [r.as_dict() for r in rows]}
+        sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    return 0
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--headless", action="store_true", help="no live dashboard")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last on stdout")
@@ -197,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on simulated boards on this machine")
     _add_run_options(demo, demo=True)
     demo.set_defaults(func=cmd_demo)
+    prof = sub.add_parser("profile", help="per-layer activation sizes and airtime of a model")
+    prof.add_argument("model", help="alexnet | vgg16 | resnet18 | resnet50")
+    prof.add_argument("--input", default="3x224x224", help="input CxHxW (default 3x224x224)")
+    prof.add_argument("--no-real", action="store_true", help="skip the real-input compression figures")
+    prof.add_argument("--json", action="store_true", help="print one JSON object (layers) last on stdout")
+    prof.set_defaults(func=cmd_profile)
     mon = sub.add_parser("monitor", help="render a run's dashboard from its events")
     mon.add_argument("--replay", required=True, help="runs/<id>/events.jsonl (or the run directory)")
     mon.add_argument("--speed", type=float, default=0.0, help="replay pace (1 = real time; 0 = final state)")
