@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 
 from linkemu.profile import LinkProfile
 from linkemu.shaper import ShapedSender
+from nodes.clocksync import ClockEstimate, ClockSyncClient
 from nodes.codec import Decoder, Encoding, encode_frame, run_id_hash
 from nodes.errors import NodeError
 from nodes.merge import Merger
@@ -78,6 +79,9 @@ class Agent:
         self._decoder = Decoder()
         self._merger: Merger | None = None
         self._samples: np.ndarray | None = None
+        self._frame_ts: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()
+        self._clock: ClockEstimate | None = None
+        self._clock_sync = ClockSyncClient(lambda p: self._ctl.publish(self._topic("time"), p, qos=0))
         broker = cfg["broker"]
         self._ctl = MqttClient(
             host=broker["host"], port=int(broker["port"]), client_id=f"agent-{self.bench}-{self.board}",
@@ -104,6 +108,7 @@ class Agent:
         self._ctl.publish(self._topic("tele"), json.dumps({"kind": kind, "board": self.board, **fields}), qos=1)
 
     def _on_control(self, _topic: str, payload: bytes) -> None:
+        t4 = time.time_ns()  # first thing: the clock-sync reply's arrival stamp
         try:
             msg = json.loads(payload)
             if not isinstance(msg, dict) or "cmd" not in msg:
@@ -111,20 +116,24 @@ class Agent:
         except ValueError as exc:
             self.tele("error", error=f"bad control message: {exc}")
             return
+        if msg["cmd"] == "time":
+            self._clock_sync.on_reply(msg, t4=t4)
+            return
         self._inbox.put(("cmd", msg))
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Agent:
         self._ctl.connect()
         self.status("starting")
+        self._ctl.subscribe(self._topic("ctl"), qos=1)
         try:
+            self._clock = self._clock_sync.run(probes=int(self.cfg.get("clock_probes", 8)))
             self._load()
         except Exception as exc:
             self.status("error", error=str(exc), wait=2.0)
             self._ctl.close()
             raise
-        self._ctl.subscribe(self._topic("ctl"), qos=1)
-        self.status("ready", runtime=self.cfg["runtime"])
+        self.status("ready", runtime=self.cfg["runtime"], clock=self._clock.as_dict() if self._clock else None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,7 +182,7 @@ class Agent:
         for link in self.cfg["inbound"]:
             tr = open_transport(link["transport"]["type"], receive=True,
                                 **{k: v for k, v in link["transport"].items() if k != "type"})
-            tr.on_frame(lambda data: self._inbox.put(("frame", data, time.monotonic())))
+            tr.on_frame(lambda data: self._inbox.put(("frame", data, time.monotonic(), time.time_ns())))
             self._transports.append(tr.open())
 
     # -- main loop -------------------------------------------------------------------------
@@ -198,7 +207,7 @@ class Agent:
                 if not self._command(item[1]):
                     return
             elif item is not None and item[0] == "frame":
-                self._frame(item[1], item[2])
+                self._frame(item[1], item[2], item[3])
             if self._merger is not None:
                 for merged in self._merger.expire(time.monotonic()):
                     self._emit(merged)
@@ -269,11 +278,14 @@ class Agent:
                   transport=self._transports[0].counters.as_dict())
 
     # -- edge ------------------------------------------------------------------------------
-    def _frame(self, data: bytes, arrived_at: float) -> None:
+    def _frame(self, data: bytes, arrived_at: float, arrived_ns: int) -> None:
         assert self._merger is not None
         frame = self._decoder.decode(data)
         if frame is None:
             return
+        self._frame_ts[(frame.sample_id, frame.shard)] = (frame.send_ts_ns, arrived_ns)
+        while len(self._frame_ts) > 10_000:  # late frames of merged samples are never popped
+            self._frame_ts.popitem(last=False)
         merged = self._merger.add(frame.sample_id, frame.shard, frame.array, arrived_at)
         if merged is not None:
             self._emit(merged)
@@ -283,8 +295,11 @@ class Agent:
         t0 = time.perf_counter()
         logits = self._merge_rt.run(merged.inputs)[0]
         t1 = time.perf_counter()
+        transit = {str(p): self._frame_ts.pop((merged.sample_id, p)) for p in merged.arrived
+                   if (merged.sample_id, p) in self._frame_ts}
         self.tele("result", sample=merged.sample_id, pred=int(np.argmax(logits)), arrived=list(merged.arrived),
-                  missing=list(merged.missing), merge_ms=_ms(t1 - t0), waited_ms=_ms(merged.waited_s))
+                  missing=list(merged.missing), merge_ms=_ms(t1 - t0), waited_ms=_ms(merged.waited_s),
+                  transit=transit)
 
     def _report_edge(self) -> None:
         assert self._merger is not None

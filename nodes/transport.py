@@ -112,6 +112,11 @@ class MqttTransport(Transport):
         self._client.close()
 
 
+# Backends with their own dependencies are imported only when a link uses them.
+TRANSPORTS.register_lazy("serial", "nodes.serial_transport:SerialTransport")
+TRANSPORTS.register_lazy("ble", "nodes.ble_transport:BleTransport")
+
+
 def open_transport(type_name: str, **settings: object) -> Transport:
     """Construct (not yet open) the transport backend called ``type_name``."""
     return TRANSPORTS.get(type_name)(**settings)

@@ -54,27 +54,30 @@ def _header(st: RunState) -> Table:
 def _boards(st: RunState) -> Table:
     t = Table(title="boards", expand=True, title_justify="left")
     for col, just in (("board", "left"), ("role", "left"), ("status", "left"), ("samples", "right"),
-                      ("compute p50", "right"), ("sent", "right"), ("dropped", "right")):
+                      ("compute p50", "right"), ("sent", "right"), ("dropped", "right"), ("clock", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for b in st.boards.values():
         style = _STATUS_STYLE.get(b.status, "")
         t.add_row(b.name, b.role, Text(b.status, style=style), str(b.samples),
                   _fmt(percentile(b.compute_ms, 50), ".2f", " ms") if b.role == "wearable" else "–",
-                  _bytes(b.bytes_sent) if b.role == "wearable" else "–", str(b.dropped))
+                  _bytes(b.bytes_sent) if b.role == "wearable" else "–", str(b.dropped),
+                  "–" if b.clock_uncertainty_ms is None
+                  else f"{b.clock_offset_ms:+.2f} ±{b.clock_uncertainty_ms:.2f} ms")
     return t
 
 
 def _links(st: RunState) -> Table:
     t = Table(title="links", expand=True, title_justify="left")
     for col, just in (("link", "left"), ("transport", "left"), ("rate", "right"), ("bytes", "right"),
-                      ("frames", "right"), ("drops", "right"), ("queue", "right"), ("now", "left")):
+                      ("frames", "right"), ("drops", "right"), ("queue", "right"), ("one-way p50", "right"),
+                      ("now", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for lk in st.links.values():
         rate = "∞" if lk.rate_bps is None else f"{lk.rate_bps / 1000:.1f} kbit/s"
         now = Text("OUTAGE", style="bold red") if lk.in_outage else Text("up", style="green")
         drops = f"{lk.dropped}" + (f" ({lk.dropped_outage} outage)" if lk.dropped_outage else "")
         t.add_row(lk.name, lk.transport, rate, _bytes(lk.bytes), str(lk.frames), drops,
-                  _bytes(lk.queue_bytes), now)
+                  _bytes(lk.queue_bytes), _fmt(percentile(lk.transit_ms, 50), ".2f", " ms"), now)
     return t
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from linkemu.profile import LinkProfile, Outage
+from nodes.clocksync import reply as clock_reply
 from nodes.mqtt import MqttClient, topic
 from testbed.broker import EmbeddedBroker, ExternalBroker
 from testbed.bundle import export_bundle, load_manifest
@@ -132,6 +133,7 @@ class Orchestrator:
     _log: EventLog | None = field(default=None, init=False)
     _msgs: queue.Queue = field(default_factory=queue.Queue, init=False)
     _agents: dict[str, AgentProcess] = field(default_factory=dict, init=False)
+    _ctl: MqttClient | None = field(default=None, init=False)
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, event_type: str, /, **fields: Any) -> None:
@@ -139,6 +141,12 @@ class Orchestrator:
         self._log.write(event_type, **fields)
 
     def _on_mqtt(self, topic_name: str, payload: bytes) -> None:
+        if "/time/" in topic_name:  # clock sync: answer at once, on paho's thread, with fresh stamps
+            t2 = time.time_ns()
+            answer = clock_reply(payload, received_ns=t2)
+            if answer is not None and self._ctl is not None:
+                self._ctl.publish(topic_name.replace("/time/", "/ctl/"), answer, qos=0)
+            return
         self._msgs.put((topic_name, payload, time.monotonic()))
 
     def _write_run_json(self, run_id: str, broker: Any, seed: int) -> None:
@@ -191,8 +199,10 @@ class Orchestrator:
                         faults=[_jsonable(f) for f in exp.faults])
             ctl = stack.enter_context(MqttClient(host=broker.host, port=broker.port,
                                                  client_id=f"orchestrator-{run_id}", on_message=self._on_mqtt))
+            self._ctl = ctl
             for plane in ("status", "tele"):
                 ctl.subscribe(topic(inv.bench, plane, "+"), qos=1)
+            ctl.subscribe(topic(inv.bench, "time", "+"), qos=0)
             try:
                 self._start_agents(stack, broker, profiles, x)
                 self._wait_ready()
@@ -248,8 +258,8 @@ class Orchestrator:
         if not isinstance(msg, dict):
             return
         if plane == "status":
-            self._event("status", board=board, state=msg.get("state"), **{k: msg[k] for k in ("pid", "error")
-                                                                           if k in msg})
+            self._event("status", board=board, state=msg.get("state"),
+                        **{k: msg[k] for k in ("pid", "error", "clock") if msg.get(k) is not None})
         elif plane == "tele":
             kind = msg.pop("kind", None)
             msg.pop("board", None)
@@ -316,10 +326,12 @@ class Orchestrator:
             pred = int(msg.get("pred", -1))
             status = "partial" if msg.get("missing") else "complete"
             names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}
+            transit_ms, transit_unc = self._transit(msg.get("transit") or {}, names)
             self._event("result", sample=sid, status=status, label=p.label, pred=pred, correct=pred == p.label,
                         arrived=[names.get(int(s), str(s)) for s in msg.get("arrived", [])],
                         missing=[names.get(int(s), str(s)) for s in msg.get("missing", [])],
                         latency_ms=round((at - p.trigger_at) * 1000.0, 3), merge_ms=msg.get("merge_ms"),
+                        transit_ms=transit_ms, transit_uncertainty_ms=transit_unc,
                         during_outage=during_outage(p.trigger_at - t_start))
 
         next_sample = 0
@@ -350,6 +362,27 @@ class Orchestrator:
         # faults scheduled after the last sample still get their event, for an honest log
         for _, fault in timeline:
             self._event("fault", **fault, note="after the last sample")
+
+    def _transit(self, transit: dict[str, Any], names: dict[int, str]) -> tuple[dict[str, float], dict[str, float]]:
+        """One-way wearable -> edge times of a sample's frames, each clock mapped onto ours.
+
+        A board's clock estimate says orchestrator ≈ board + offset, ± uncertainty; a transit's
+        uncertainty is the sum of both ends'. Boards without an estimate count as offset 0 with
+        unknown (None -> omitted) uncertainty.
+        """
+        edge = self.state.boards.get(self.inventory.edge.name)
+        out: dict[str, float] = {}
+        unc: dict[str, float] = {}
+        for shard, pair in transit.items():
+            board = self.state.boards.get(names.get(int(shard), ""))
+            if board is None or edge is None or not isinstance(pair, list) or len(pair) != 2:
+                continue
+            send_ns, recv_ns = int(pair[0]), int(pair[1])
+            one_way = (recv_ns + edge.clock_offset_ms * 1e6) - (send_ns + board.clock_offset_ms * 1e6)
+            out[board.name] = round(one_way / 1e6, 3)
+            if board.clock_uncertainty_ms is not None and edge.clock_uncertainty_ms is not None:
+                unc[board.name] = round(board.clock_uncertainty_ms + edge.clock_uncertainty_ms, 3)
+        return out, unc
 
     def _stop_agents(self, ctl: MqttClient) -> None:
         inv = self.inventory

@@ -93,6 +93,8 @@ class BoardState:
     compute_ms: list[float] = field(default_factory=list)
     dropped: int = 0
     errors: int = 0
+    clock_offset_ms: float = 0.0
+    clock_uncertainty_ms: float | None = None
 
 
 @dataclass
@@ -110,6 +112,8 @@ class LinkState:
     queue_bytes: int = 0
     in_outage: bool = False
     outage_s: float = 0.0
+    transit_ms: list[float] = field(default_factory=list)
+    transit_uncertainty_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -181,6 +185,10 @@ class RunState:
         b = self.boards.get(ev.get("board", ""))
         if b is not None:
             b.status = str(ev.get("state", "?"))
+            clock = ev.get("clock")
+            if isinstance(clock, dict):
+                b.clock_offset_ms = float(clock.get("offset_ms", 0.0))
+                b.clock_uncertainty_ms = clock.get("uncertainty_ms")
 
     def _on_trigger(self, ev: dict[str, Any]) -> None:
         self.triggered = max(self.triggered, int(ev["sample"]) + 1)
@@ -218,6 +226,13 @@ class RunState:
         self.results[sid] = SampleResult(sample=sid, status=ev["status"], correct=bool(ev.get("correct", False)),
                                          latency_ms=ev.get("latency_ms"), missing=tuple(ev.get("missing", ())),
                                          during_outage=during)
+        unc = ev.get("transit_uncertainty_ms") or {}
+        for board, ms in (ev.get("transit_ms") or {}).items():
+            lk = self.links.get(self._link_of_board.get(board, ""))
+            if lk is not None:
+                lk.transit_ms.append(float(ms))
+                if board in unc:
+                    lk.transit_uncertainty_ms.append(float(unc[board]))
         edge = next((b for b in self.boards.values() if b.role == "edge"), None)
         if edge is not None and ev["status"] != "timed_out":
             edge.samples += 1
@@ -270,10 +285,14 @@ class RunState:
             n = self.samples or len(res)
             boards = [{"name": b.name, "role": b.role, "status": b.status, "samples": b.samples,
                        "compute_ms_p50": _r(percentile(b.compute_ms, 50)), "bytes_sent": b.bytes_sent,
-                       "dropped": b.dropped} for b in self.boards.values()]
+                       "dropped": b.dropped, "clock_offset_ms": b.clock_offset_ms,
+                       "clock_uncertainty_ms": b.clock_uncertainty_ms} for b in self.boards.values()]
             links = [{"name": lk.name, "from": lk.src, "to": lk.dst, "transport": lk.transport,
                       "rate_bps": lk.rate_bps, "bytes": lk.bytes, "frames": lk.frames, "dropped": lk.dropped,
-                      "dropped_outage": lk.dropped_outage, "dropped_queue": lk.dropped_queue}
+                      "dropped_outage": lk.dropped_outage, "dropped_queue": lk.dropped_queue,
+                      "one_way_ms_p50": _r(percentile(lk.transit_ms, 50)),
+                      "one_way_ms_p95": _r(percentile(lk.transit_ms, 95)),
+                      "clock_uncertainty_ms_p50": _r(percentile(lk.transit_uncertainty_ms, 50))}
                      for lk in self.links.values()]
             return {
                 "run_id": self.run_id, "run_dir": self.run_dir, "dataset": self.dataset,

@@ -40,7 +40,7 @@ run:
     return path
 
 
-def run_cli(*args: str, cache: Path, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cache: Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HBC_TESTBED_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

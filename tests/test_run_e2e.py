@@ -48,6 +48,15 @@ def test_demo_headless_json(tmp_path: Path, model_cache: Path) -> None:
     links = {lk["name"]: lk for lk in s["links"]}
     assert set(links) == {"wrist-edge", "chest-edge", "ankle-edge"}
     assert all(lk["rate_bps"] == 1312500 and lk["dropped"] == 0 and lk["bytes"] > 0 for lk in links.values())
+    # every board estimated its clock against the orchestrator's; on one machine the true offset is 0
+    for b in boards.values():
+        assert b["clock_uncertainty_ms"] is not None
+        assert abs(b["clock_offset_ms"]) <= b["clock_uncertainty_ms"] + 1.0
+    # causality: a frame cannot reach the edge before its airtime at 1312.5 kbit/s has passed
+    frame_bytes = links["wrist-edge"]["bytes"] / links["wrist-edge"]["frames"]
+    airtime_ms = (frame_bytes + 9) * 8 / 1312500 * 1000
+    for lk in links.values():
+        assert lk["one_way_ms_p50"] >= airtime_ms - lk["clock_uncertainty_ms_p50"]
 
     # the replayed dashboard and its summary agree with the run's summary.json
     replay = run_cli("monitor", "--replay", s["run_dir"], "--json", cache=model_cache, cwd=tmp_path)

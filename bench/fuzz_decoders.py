@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Bench (fuzz mode): the COBS stream decoder and the raw frame decoder on hostile input.
+
+Two fuzzers, each driven by a seeded PRNG so a failure can be replayed with ``--seed``:
+
+- ``cobs_stream``: byte streams of 1-4 real wire frames framed as the serial transport sends
+  them (``00 COBS(frame) 00``), then either left clean, replaced by random bytes, or mutated
+  (bit flips, truncations, lost spans, insertions of random bytes, duplicated spans, zero
+  bytes injected); each fed in 1-4 random pieces to a fresh `CobsStreamDecoder`, and every
+  packet it returns offered to `nodes.codec.Decoder`, as the edge does.
+- ``raw_frame``: single buffers given to `nodes.codec.Decoder`: random bytes, valid frames,
+  and valid frames mutated the same ways.
+
+Checked for every input: no exception escapes; every frame accepted is byte-equal to one
+of the frames that input was built from (no corrupted payload accepted); a clean stream
+loses no frame; the counters account for every input (decoder ok + drops == inputs,
+COBS packets == packets returned, bytes_in == bytes fed).
+
+  default   100,000 inputs per decoder
+  --quick   20,000 inputs per decoder (well under 60 s)
+  --json    last line of stdout is one JSON object with every figure
+Exit status 1 when any check failed (the figures are printed first).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nodes import cobs  # noqa: E402
+from nodes.codec import Decoder, Encoding, FrameType, encode_frame  # noqa: E402
+
+FULL_INPUTS = 100_000
+QUICK_INPUTS = 20_000
+MUTATIONS = ("bit_flips", "truncate", "lose_span", "insert", "duplicate", "zero_bytes")
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def frame_pool(rng: random.Random, *, count: int = 64) -> list[bytes]:
+    """Real frames: every encoding, shapes up to 4-D, ReLU-like zeros, a few heartbeats."""
+    nprng = np.random.default_rng(rng.randrange(1 << 32))
+    pool: list[bytes] = []
+    for i in range(count):
+        ndim = rng.randrange(0, 4)
+        shape = tuple(rng.randrange(1, 9) for _ in range(ndim))
+        values = np.maximum(nprng.standard_normal(shape), 0.0) if i % 2 else nprng.standard_normal(shape)
+        if i % 16 == 15:
+            values, ftype = np.zeros(0, dtype=np.float32), FrameType.HEARTBEAT
+        else:
+            ftype = FrameType.ACTIVATION
+        pool.append(encode_frame(values, run_id=rng.randrange(1 << 32), sample_id=i, shard=i % 5,
+                                 seq=i, send_ts_ns=rng.randrange(1 << 63),
+                                 encoding=list(Encoding)[i % len(Encoding)], frame_type=ftype))
+    return pool
+
+
+def mutate(rng: random.Random, buf: bytes) -> tuple[bytes, list[str]]:
+    """1-3 random mutations of ``buf``; returns the result and the names applied."""
+    data = bytearray(buf)
+    applied: list[str] = []
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.choice(MUTATIONS)
+        applied.append(op)
+        n = len(data)
+        if op == "bit_flips" and n:
+            for _ in range(rng.randrange(1, 5)):
+                data[rng.randrange(n)] ^= 1 << rng.randrange(8)
+        elif op == "truncate":
+            del data[rng.randrange(n + 1):]
+        elif op == "lose_span" and n:
+            at = rng.randrange(n)
+            del data[at:at + rng.randrange(1, 65)]
+        elif op == "insert":
+            at = rng.randrange(n + 1)
+            data[at:at] = rng.randbytes(rng.randrange(1, 65))
+        elif op == "duplicate" and n:
+            at = rng.randrange(n)
+            data[at:at] = data[at:at + rng.randrange(1, 129)]
+        elif op == "zero_bytes" and n:
+            for _ in range(rng.randrange(1, 3)):
+                data[rng.randrange(n)] = 0
+    return bytes(data), applied
+
+
+def random_bytes(rng: random.Random) -> bytes:
+    return rng.randbytes(rng.choice((rng.randrange(0, 64), rng.randrange(0, 2048))))
+
+
+def _kind(rng: random.Random) -> str:
+    r = rng.random()
+    return "random" if r < 0.25 else "clean" if r < 0.35 else "mutated"
+
+
+class Tally:
+    """Figures of one fuzzer."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.inputs = self.bytes = self.accepted = self.exceptions = self.corrupted_accepted = 0
+        self.clean_lost = 0
+        self.by_kind = {"random": 0, "clean": 0, "mutated": 0}
+        self.mutations = dict.fromkeys(MUTATIONS, 0)
+        self.first_failure: str | None = None
+        self.seconds = 0.0
+        self.extra: dict[str, Any] = {}
+
+    def fail(self, what: str) -> None:
+        if self.first_failure is None:
+            self.first_failure = what
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "bytes": self.bytes, "by_kind": self.by_kind,
+                "mutations": self.mutations, "accepted": self.accepted, **self.extra,
+                "exceptions": self.exceptions, "corrupted_accepted": self.corrupted_accepted,
+                "clean_lost": self.clean_lost, "seconds": round(self.seconds, 3),
+                "inputs_per_s": round(self.inputs / self.seconds) if self.seconds else None,
+                "first_failure": self.first_failure}
+
+
+def _build(rng: random.Random, tally: Tally, clean: bytes) -> tuple[str, bytes]:
+    kind = _kind(rng)
+    tally.by_kind[kind] += 1
+    if kind == "random":
+        return kind, random_bytes(rng)
+    if kind == "clean":
+        return kind, clean
+    data, applied = mutate(rng, clean)
+    for op in applied:
+        tally.mutations[op] += 1
+    return kind, data
+
+
+# ---------------------------------------------------------------------------- fuzzers
+
+
+def fuzz_cobs_stream(*, inputs: int, seed: int) -> Tally:
+    rng = random.Random(seed)
+    pool = frame_pool(rng)
+    wires = {f: b"\x00" + cobs.encode(f) + b"\x00" for f in pool}
+    tally, codec = Tally("cobs_stream"), Decoder()
+    cobs_totals = dict.fromkeys(("packets", "dropped_invalid", "dropped_oversize", "garbage_bytes"), 0)
+    cobs_passed_bad_crc = 0
+    t0 = time.perf_counter()
+    for i in range(inputs):
+        sent = [rng.choice(pool) for _ in range(rng.randrange(1, 5))]
+        kind, stream = _build(rng, tally, b"".join(wires[f] for f in sent))
+        tally.inputs += 1
+        tally.bytes += len(stream)
+        try:
+            dec = cobs.CobsStreamDecoder(max_packet=rng.choice((1 << 20, 4096, 512)))
+            cuts = sorted(rng.randrange(len(stream) + 1) for _ in range(rng.randrange(0, 4)))
+            packets: list[bytes] = []
+            for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+                packets += dec.feed(stream[a:b])
+            before = codec.stats.ok
+            accepted = [p for p in packets if codec.decode(p) is not None]
+        except Exception:  # noqa: BLE001 - counting escapes is the point
+            tally.exceptions += 1
+            tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+            continue
+        tally.accepted += len(accepted)
+        cobs_passed_bad_crc += len(packets) - (codec.stats.ok - before)
+        for key in cobs_totals:
+            cobs_totals[key] += getattr(dec.stats, key)
+        if dec.stats.packets != len(packets) or dec.stats.bytes_in != len(stream):
+            tally.fail(f"input {i}: COBS counters do not add up: {dec.stats.as_dict()}")
+        corrupt = [p for p in accepted if p not in sent]
+        if corrupt:
+            tally.corrupted_accepted += len(corrupt)
+            tally.fail(f"input {i}: accepted a frame that was not sent: {corrupt[0][:32].hex()}...")
+        if kind == "clean" and dec.max_packet >= max(map(len, sent)) and accepted != sent:
+            tally.clean_lost += 1
+            tally.fail(f"input {i}: a clean stream lost frames")
+    tally.seconds = time.perf_counter() - t0
+    tally.extra = {"cobs": cobs_totals, "cobs_passed_then_codec_dropped": cobs_passed_bad_crc,
+                   "codec": codec.stats.as_dict()}
+    return tally
+
+
+def fuzz_raw_frame(*, inputs: int, seed: int) -> Tally:
+    rng = random.Random(seed + 1)
+    pool = frame_pool(rng)
+    originals = set(pool)
+    tally, codec = Tally("raw_frame"), Decoder()
+    t0 = time.perf_counter()
+    for i in range(inputs):
+        _kind_name, buf = _build(rng, tally, rng.choice(pool))
+        tally.inputs += 1
+        tally.bytes += len(buf)
+        try:
+            frame = codec.decode(buf)
+        except Exception:  # noqa: BLE001
+            tally.exceptions += 1
+            tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+            continue
+        if frame is None:
+            continue
+        tally.accepted += 1
+        if buf not in originals:  # a mutation that put the bytes back as they were is no corruption
+            tally.corrupted_accepted += 1
+            tally.fail(f"input {i}: accepted a corrupted frame {buf[:32].hex()}...")
+    tally.seconds = time.perf_counter() - t0
+    stats = codec.stats.as_dict()
+    if stats["ok"] + stats["total_dropped"] != tally.inputs - tally.exceptions:
+        tally.fail(f"decoder counters do not add up to the inputs: {stats}")
+    tally.extra = {"codec": stats}
+    return tally
+
+
+FUZZERS: dict[str, Callable[..., Tally]] = {"cobs_stream": fuzz_cobs_stream, "raw_frame": fuzz_raw_frame}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_INPUTS} inputs per decoder")
+    ap.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+    ap.add_argument("--inputs", type=int, default=None, help="inputs per decoder (overrides the mode)")
+    ap.add_argument("--seed", type=int, default=20240501)
+    args = ap.parse_args(argv)
+    inputs = args.inputs or (QUICK_INPUTS if args.quick else FULL_INPUTS)
+    results = {name: fuzz(inputs=inputs, seed=args.seed) for name, fuzz in FUZZERS.items()}
+    report = {
+        "mode": "quick" if args.quick else "full", "seed": args.seed,
+        "decoders": {name: t.as_dict() for name, t in results.items()},
+        "exceptions": sum(t.exceptions for t in results.values()),
+        "corrupted_accepted": sum(t.corrupted_accepted for t in results.values()),
+        "ok": all(t.first_failure is None for t in results.values()),
+    }
+    for name, t in results.items():
+        d = t.as_dict()
+        print(f"{name:12s} {d['inputs']:>8,} inputs  {d['bytes'] / 1e6:7.1f} MB  "
+              f"{d['inputs_per_s']:>7,} inputs/s  accepted {d['accepted']:>7,}  "
+              f"exceptions {d['exceptions']}  corrupted accepted {d['corrupted_accepted']}  "
+              f"clean lost {d['clean_lost']}")
+        if t.first_failure:
+            print(f"  FAILED: {t.first_failure}")
+    if args.json:
+        print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

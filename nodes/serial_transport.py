@@ -1,0 +1,190 @@
+"""Serial (UART) data-plane transport: wire frames as COBS packets over pyserial.
+
+Holds `SerialTransport`, registered lazily as ``serial``. On the wire every frame is
+``0x00 || COBS(frame) || 0x00``: the trailing delimiter ends the packet; the leading one
+ends whatever noise or half-written frame came before, so line noise or a timed-out write
+costs only itself, never the next frame, and a receiver that starts listening mid-stream
+loses at most the packet in flight. A reader thread feeds a `CobsStreamDecoder` (which
+resyncs and counts what it drops) and hands each packet to the registered handler. COBS
+packets are opaque here: integrity is the frame's own CRC32, checked by
+`nodes.codec.Decoder` on the edge.
+
+This module must not decode frames, shape traffic (the link emulator does, before `send`),
+or import ``testbed``. A failed or timed-out write is a counted send failure, never an
+exception into the caller.
+
+Raspberry Pi UART setup (full detail and arithmetic in ``docs/serial.md``):
+
+- Use the full PL011 UART, ``/dev/ttyAMA0``, not the mini UART (``/dev/ttyS0``), whose baud
+  clock follows the VPU core clock and drifts with it. In ``config.txt`` (Bookworm:
+  ``/boot/firmware/config.txt``) put ``enable_uart=1`` and ``dtoverlay=disable-bt`` (or
+  ``dtoverlay=miniuart-bt`` to keep Bluetooth on the mini UART) and
+  ``init_uart_clock=48000000``; remove ``console=serial0,115200`` from ``cmdline.txt`` so
+  no login console shares the port. The PL011's top rate is UART clock / 16, so 3 Mbaud at
+  48 MHz; raise ``init_uart_clock`` to go beyond (untested here).
+- HBC at 1312.5 kbit/s needs >= 2 Mbaud on the wire: 8N1 spends 10 line bits per byte, so
+  the baud must be >= 1312500 * 10 / 8 = 1640625, and COBS adds ~0.4 % (1 byte per 254)
+  plus 2 delimiters per frame: about 1.65 Mbaud; the next standard rate is 2000000.
+- Both ends must use the same baud and flow control; with ``rtscts`` wire RTS/CTS too.
+  Software flow control (``xonxoff``) is refused: the tty layer eats 0x11/0x13 bytes,
+  which COBS does not escape, so every frame containing them would be corrupted.
+"""
+from __future__ import annotations
+
+import threading
+
+import serial
+
+from nodes.cobs import CobsStreamDecoder, encode
+from nodes.errors import TransportError
+from nodes.transport import Transport
+
+__all__ = ["SerialTransport", "SETTINGS"]
+
+SETTINGS = ("port", "baud", "rtscts", "xonxoff", "max_frame", "write_timeout")
+_READ_TIMEOUT_S = 0.05
+_JOIN_TIMEOUT_S = 5.0
+_DELIM = b"\x00"
+
+
+def _check_settings(*, port: object, baud: object, max_frame: object, write_timeout: object,
+                    xonxoff: object, unknown: dict[str, object]) -> None:
+    """Raise TransportError naming the first setting that is not what it must be."""
+    if unknown:
+        names = ", ".join(map(repr, sorted(unknown)))
+        raise TransportError(f"serial transport: unknown setting(s) {names}; "
+                             f"expected only {', '.join(SETTINGS)}")
+    if not isinstance(port, str) or not port:
+        raise TransportError("serial transport: port must be a device path such as /dev/ttyAMA0, "
+                             f"got {port!r}")
+    for name, value in (("baud", baud), ("max_frame", max_frame)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TransportError(f"serial transport: {name} must be a positive int, got {value!r}")
+    if isinstance(write_timeout, bool) or not isinstance(write_timeout, (int, float)) \
+            or not write_timeout > 0:
+        raise TransportError("serial transport: write_timeout must be seconds > 0, "
+                             f"got {write_timeout!r}")
+    if xonxoff:
+        raise TransportError("serial transport: xonxoff is not supported: software flow control "
+                             "swallows 0x11/0x13 bytes, which COBS frames contain; use rtscts")
+
+
+class SerialTransport(Transport):
+    """One end of a UART link. ``receive=True`` starts a reader thread on `open`."""
+
+    type_name = "serial"
+
+    def __init__(self, *, port: str, baud: int, receive: bool, rtscts: bool = False,
+                 xonxoff: bool = False, max_frame: int = 1 << 20, write_timeout: float = 2.0,
+                 **unknown: object) -> None:
+        super().__init__()
+        _check_settings(port=port, baud=baud, max_frame=max_frame, write_timeout=write_timeout,
+                        xonxoff=xonxoff, unknown=unknown)
+        self.port, self.baud, self.receive = port, baud, receive
+        self.rtscts, self.max_frame = bool(rtscts), max_frame
+        self.write_timeout = float(write_timeout)
+        self._decoder = CobsStreamDecoder(max_packet=max_frame)
+        self._serial: serial.Serial | None = None
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.read_errors = 0
+        self.handler_errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> SerialTransport:
+        if self._serial is not None:
+            return self
+        self._stop.clear()
+        self._serial = self._open_port()
+        try:
+            if self.receive:
+                self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                                name=f"serial-rx {self.port}")
+                self._reader.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_port(self) -> serial.Serial:
+        ser = serial.Serial()
+        ser.port, ser.baudrate = self.port, self.baud
+        ser.bytesize, ser.parity = serial.EIGHTBITS, serial.PARITY_NONE
+        ser.stopbits = serial.STOPBITS_ONE
+        ser.rtscts, ser.xonxoff = self.rtscts, False
+        ser.timeout, ser.write_timeout = _READ_TIMEOUT_S, self.write_timeout
+        ser.exclusive = True
+        try:
+            ser.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(f"serial transport: cannot open {self.port} "
+                                 f"at {self.baud} baud: {exc}") from exc
+        return ser
+
+    def close(self) -> None:
+        """Stop and join the reader, then close the port; safe to call twice."""
+        ser, reader = self._serial, self._reader
+        self._stop.set()
+        try:
+            if reader is not None:
+                if ser is not None and hasattr(ser, "cancel_read"):
+                    ser.cancel_read()
+                reader.join(_JOIN_TIMEOUT_S)
+        finally:
+            self._reader = None
+            if ser is not None:
+                with self._write_lock:
+                    self._serial = None
+                    ser.close()
+
+    @property
+    def reader_alive(self) -> bool:
+        return self._reader is not None and self._reader.is_alive()
+
+    # -- sending ---------------------------------------------------------------------------
+    def _send(self, frame: bytes) -> bool:
+        if len(frame) > self.max_frame:
+            self.last_error = f"frame of {len(frame)} bytes exceeds max_frame {self.max_frame}"
+            return False
+        wire = b"".join((_DELIM, encode(frame), _DELIM))
+        with self._write_lock:
+            ser = self._serial
+            if ser is None:
+                return False
+            try:
+                written = ser.write(wire)
+            except (serial.SerialException, OSError) as exc:  # SerialTimeoutException included
+                self.last_error = f"write to {self.port} failed: {exc}"
+                return False
+        return written == len(wire)
+
+    # -- receiving -------------------------------------------------------------------------
+    def decoder_stats(self) -> dict[str, int]:
+        """COBS de-framing counters (packets, bytes_in, drops, garbage bytes) and read errors."""
+        return {**self._decoder.stats.as_dict(), "read_errors": self.read_errors,
+                "handler_errors": self.handler_errors}
+
+    def _read_loop(self) -> None:
+        ser = self._serial
+        assert ser is not None
+        while not self._stop.is_set():
+            try:
+                data = ser.read(max(1, ser.in_waiting))
+            except (serial.SerialException, OSError, TypeError) as exc:
+                if self._stop.is_set():
+                    return  # the port was closed under us: a normal shutdown
+                self.read_errors += 1
+                self.last_error = f"read from {self.port} failed: {exc}; reader stopped"
+                return
+            if data:
+                for packet in self._decoder.feed(data):
+                    self._hand_over(packet)
+
+    def _hand_over(self, packet: bytes) -> None:
+        try:
+            self._deliver(packet)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the link
+            self.handler_errors += 1
+            self.last_error = f"frame handler raised {type(exc).__name__}: {exc}"
