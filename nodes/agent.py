@@ -160,6 +160,14 @@ class Agent:
             self._load_edge()
         else:
             raise NodeError(f"role must be wearable or edge, got {self.role!r}")
+        self._wait_links_up()
+
+    def _wait_links_up(self, timeout_s: float = 30.0) -> None:
+        """Connection-oriented links (BLE) must be up before this board says ready."""
+        for tr in self._transports:
+            wait = getattr(tr, "wait_connected", None)
+            if callable(wait) and not wait(timeout_s):
+                raise NodeError(f"{tr.type_name} link did not come up within {timeout_s:.0f} s")
 
     def _load_wearable(self) -> None:
         self._runtime = open_runtime(self.cfg["runtime"], self._path(self.cfg["shard"]))
@@ -275,7 +283,7 @@ class Agent:
     def _report_link(self) -> None:
         assert self._sender is not None
         self.tele("link", link=self.cfg["link"]["name"], **self._sender.snapshot(),
-                  transport=self._transports[0].counters.as_dict())
+                  transport=_transport_stats(self._transports[0]))
 
     # -- edge ------------------------------------------------------------------------------
     def _frame(self, data: bytes, arrived_at: float, arrived_ns: int) -> None:
@@ -304,14 +312,22 @@ class Agent:
     def _report_edge(self) -> None:
         assert self._merger is not None
         self.tele("edge", decode=self._decoder.stats.as_dict(), merge=self._merger.stats.as_dict(),
-                  transports={lk["name"]: tr.counters.as_dict()
-                              for lk, tr in zip(self.cfg["inbound"], self._transports)})
+                  transports={lk["name"]: _transport_stats(tr) for lk, tr in zip(self.cfg["inbound"], self._transports)})
 
     def _periodic(self) -> None:
         if self._sender is not None:
             self._report_link()
         if self._merger is not None:
             self._report_edge()
+
+
+def _transport_stats(tr: Transport) -> dict[str, Any]:
+    """A transport's counters, plus its stream decoder's (serial) where it has one."""
+    stats = dict(tr.counters.as_dict())
+    extra = getattr(tr, "decoder_stats", None)
+    if callable(extra):
+        stats["decoder"] = extra()
+    return stats
 
 
 def main(argv: list[str] | None = None, *, install_signals: bool = True,

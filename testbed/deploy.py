@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,35 +21,24 @@ from typing import Any
 import numpy as np
 
 from linkemu.profile import LinkProfile
-from nodes.mqtt import topic
 from testbed.bundle import BundleError, sha256_file, shard_for
 from testbed.config import BoardSpec, Inventory, LinkSpec
 from testbed.errors import RunError
 
 
-def link_transport(link: LinkSpec, *, bench: str, broker_host: str, broker_port: int) -> dict[str, Any]:
-    """The transport settings an agent needs for one link."""
-    settings = dict(link.transport.settings)
-    if link.transport.type == "mqtt":
-        settings.setdefault("host", broker_host)
-        settings.setdefault("port", broker_port)
-        settings.setdefault("topic", topic(bench, "data", link.name))
-    return {"type": link.transport.type, **settings}
-
-
 def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, Any], assignment: Any,
                  broker_host: str, broker_port: int, deadline_ms: float, profiles: dict[str, LinkProfile],
-                 telemetry_hz: float = 2.0) -> dict[str, Any]:
-    """agent.json for ``board``; ``profiles`` are the links' effective profiles (faults merged)."""
+                 endpoint: Callable[[LinkSpec, str], dict[str, Any]], telemetry_hz: float = 2.0) -> dict[str, Any]:
+    """agent.json for ``board``; ``profiles`` are the links' effective profiles (faults merged),
+    ``endpoint(link, "tx" | "rx")`` gives each end's transport settings."""
     cfg: dict[str, Any] = {"bench": inventory.bench, "board": board.name, "role": board.role,
                            "broker": {"host": broker_host, "port": broker_port}, "runtime": board.runtime,
                            "telemetry_hz": telemetry_hz}
-    kw = {"bench": inventory.bench, "broker_host": broker_host, "broker_port": broker_port}
     if board.role == "wearable":
         shard = shard_for(manifest, role="student", index=int(assignment))
         link = inventory.link_from(board.name)
         cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
-                   link={"name": link.name, "transport": link_transport(link, **kw),
+                   link={"name": link.name, "transport": endpoint(link, "tx"),
                          "profile": profiles[link.name].as_dict(), "encoding": "f32"})
     else:
         shard = shard_for(manifest, role="merge")
@@ -57,7 +47,7 @@ def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, 
                           "student_part": list(manifest["student_part"]),
                           "part_dim": int(manifest["part_dim"]), "deadline_ms": deadline_ms,
                           "rule": manifest["merge_rule"]},
-                   inbound=[{"name": lk.name, "transport": link_transport(lk, **kw)} for lk in inbound])
+                   inbound=[{"name": lk.name, "transport": endpoint(lk, "rx")} for lk in inbound])
     return cfg
 
 

@@ -35,6 +35,7 @@ from testbed.config import Experiment, Inventory, check_compatible
 from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.errors import RunError
+from testbed.fabric import LocalFabric
 from testbed.runstate import EventLog, RunState
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -204,7 +205,11 @@ class Orchestrator:
                 ctl.subscribe(topic(inv.bench, plane, "+"), qos=1)
             ctl.subscribe(topic(inv.bench, "time", "+"), qos=0)
             try:
-                self._start_agents(stack, broker, profiles, x)
+                fabric = stack.enter_context(LocalFabric(inventory=inv, workdir=self.run_dir / "links",
+                                                         broker_host=broker.host, broker_port=broker.port))
+                for note in fabric.notes:
+                    self._event("fabric", note=note)
+                self._start_agents(stack, broker, profiles, x, fabric)
                 self._wait_ready()
                 self._sample_loop(ctl, labels)
                 self._stop_agents(ctl)
@@ -221,12 +226,13 @@ class Orchestrator:
         return EmbeddedBroker(workdir=self.run_dir / "broker", host=spec.host or "127.0.0.1", port=spec.port or 0)
 
     def _start_agents(self, stack: ExitStack, broker: Any, profiles: dict[str, LinkProfile],
-                      x: np.ndarray) -> None:
+                      x: np.ndarray, fabric: LocalFabric) -> None:
         inv, exp = self.inventory, self.experiment
         for board in inv.boards.values():
             cfg = agent_config(inventory=inv, board=board, manifest=self.prepared.manifest,
                                assignment=exp.assignment[board.name], broker_host=broker.host,
-                               broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles)
+                               broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles,
+                               endpoint=fabric.endpoint)
             path = deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=self.run_dir / "boards" / board.name,
                                 manifest=self.prepared.manifest, cfg=cfg,
                                 samples=x if board.role == "wearable" else None)
@@ -281,7 +287,8 @@ class Orchestrator:
                     raise RunError(f"agent {name} exited with code {code} before it was ready: "
                                    f"{self._agents[name].log_tail()}")
                 if self.state.boards[name].status == "error":
-                    raise RunError(f"agent {name} failed to start: {self._agents[name].log_tail()}")
+                    raise RunError(f"agent {name} failed to start: "
+                                   f"{self.state.boards[name].error or self._agents[name].log_tail()}")
             if time.monotonic() > deadline:
                 raise RunError(f"boards not ready after {self.ready_timeout_s:.0f} s: {', '.join(waiting)}")
             self._drain(0.1)

@@ -95,6 +95,7 @@ class BoardState:
     errors: int = 0
     clock_offset_ms: float = 0.0
     clock_uncertainty_ms: float | None = None
+    error: str = ""
 
 
 @dataclass
@@ -185,6 +186,8 @@ class RunState:
         b = self.boards.get(ev.get("board", ""))
         if b is not None:
             b.status = str(ev.get("state", "?"))
+            if ev.get("error"):
+                b.error = str(ev["error"])
             clock = ev.get("clock")
             if isinstance(clock, dict):
                 b.clock_offset_ms = float(clock.get("offset_ms", 0.0))
