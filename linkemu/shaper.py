@@ -1,21 +1,36 @@
-"""User-space link shaping on a sender's egress.
+"""User-space link shaping on a sender's egress: one engine for every transport.
 
-Holds `Shaper`, pure netem-like arithmetic (the caller passes `now`), and `ShapedSender`,
-a worker thread that applies a Shaper in front of any `send(bytes)` callable, releasing
-each frame at its absolute delivery time, in order.
+Holds `Shaper`, pure arithmetic (the caller passes `now`), and `ShapedSender`, a worker
+thread that applies a Shaper in front of any `send(bytes)` callable (MQTT publish, a serial
+write, a BLE notification), releasing each frame at its absolute delivery time.
 
-Semantics: a frame's serialisation starts at max(now, link_free_at) and takes
-`profile.tx_time_s(nbytes)`; it is delivered `delay_s` after its serialisation ends.
-A frame offered during an outage is dropped ("outage"); a frame that would push the
-bytes not yet serialised over `queue_limit_bytes` is dropped ("queue"). Frames already
-accepted when an outage begins are still delivered (first cut).
+Semantics (docs/linkemu.md has the long form):
+- A frame is cut into PSDUs (`LinkProfile.framing`); each PSDU starts when the link is free
+  (and, with connection events, when the event clock allows) and takes
+  phy_time_s + (payload + overhead_bytes) * 8 / rate. A frame is delivered `delay_s` (plus
+  uniform jitter in [-jitter_s, +jitter_s], never before its last PSDU ends) after its last
+  PSDU; delivery order is kept unless `reorder`.
+- Outages (schedule, on/off process, trace) are known in advance, so verdicts are decided
+  at offer time. outage_mode drop: a frame offered while the link is down, or whose PSDU
+  would be on air when it goes down, is dropped ("outage"), and the link is free again at
+  the instant of the outage. hold: a PSDU waits until the link is up; one cut by an outage
+  is sent again, whole, afterwards.
+- A frame that would push the bytes accepted but not yet serialised over
+  `queue_limit_bytes` is dropped ("queue").
+- Loss is drawn per PSDU (one step of the loss chain each); a frame with a lost PSDU is
+  dropped ("loss") but still occupies the link for its airtime (the sender sent it).
+- Every random draw comes from RNGs seeded by the profile's seed (one stream each for
+  loss, jitter and outages), so a seed replays the same verdicts for the same offers.
 
-This module must not import anything from `nodes` or `testbed`, and must not sleep
-relative per frame (the worker waits for absolute deadlines so it never drifts).
+This module must not import anything from `nodes` or `testbed`, and the worker must never
+sleep relative per frame: it waits for absolute deadlines, so timer error never accumulates.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -23,12 +38,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from linkemu.framing import EventClock
+from linkemu.loss import LossChain
+from linkemu.outage import Timeline
 from linkemu.profile import LinkProfile
 
-__all__ = ["Verdict", "ShaperCounters", "Shaper", "ShapedSender"]
+__all__ = ["Verdict", "ShaperCounters", "Shaper", "ShapedSender", "DROP_OUTAGE", "DROP_QUEUE",
+           "DROP_LOSS"]
 
 DROP_OUTAGE = "outage"
 DROP_QUEUE = "queue"
+DROP_LOSS = "loss"
+FIT_EPS_S = 1e-9  # a PSDU ending within 1 ns of an outage start still fits
 
 
 @dataclass(frozen=True)
@@ -51,32 +72,61 @@ class ShaperCounters:
     bytes_delivered: int = 0
     dropped_outage: int = 0
     dropped_queue: int = 0
+    dropped_loss: int = 0
+    psdus_sent: int = 0
+    psdus_lost: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
+def _new_seed() -> int:
+    return random.SystemRandom().randrange(2**63)
+
+
 class Shaper:
     """Pure shaping arithmetic. `now` is seconds on any monotonic base; it never goes back
-    (an earlier `now` than one already seen is treated as the latest seen)."""
+    (an earlier `now` than one already seen is treated as the latest seen). Outage times
+    are relative to `start`."""
 
     def __init__(self, profile: LinkProfile, *, start: float) -> None:
         self.profile = profile
         self.start = start
+        self.seed = profile.seed if profile.seed is not None else _new_seed()
         self.counters = ShaperCounters()
+        self._timeline = Timeline(schedule=profile.outages, process=profile.outage_process,
+                                  trace=profile.outage_trace,
+                                  rng=random.Random(f"{self.seed}/outage"))
+        self._loss: LossChain | None = (profile.loss.chain(random.Random(f"{self.seed}/loss"))
+                                        if profile.loss is not None else None)
+        self._jitter_rng = random.Random(f"{self.seed}/jitter")
+        self._events = (EventClock(profile.framing, origin=0.0)
+                        if profile.frames_per_event is not None else None)
         self._link_free_at = -math.inf
+        self._last_deliver = -math.inf
         self._now = -math.inf
         self._in_flight: deque[tuple[float, int]] = deque()  # (tx end, nbytes), FIFO
         self._in_flight_bytes = 0
 
+    # -- state
+
     def in_outage(self, now: float) -> bool:
-        t = now - self.start
-        return any(o.start_s <= t < o.end_s for o in self.profile.outages)
+        return self._timeline.is_down(now - self.start)
+
+    def rate_at(self, now: float) -> float:
+        rate = self._timeline.rate_at(now - self.start)
+        return self.profile.rate_bps if rate is None else rate
 
     def queue_bytes(self, now: float) -> int:
         """Bytes accepted but not yet fully serialised at `now`."""
         self._advance(now)
         return self._in_flight_bytes
+
+    def queue_frames(self, now: float) -> int:
+        self._advance(now)
+        return len(self._in_flight)
+
+    # -- offering
 
     def offer(self, nbytes: int, now: float) -> Verdict:
         if nbytes < 0:
@@ -84,24 +134,92 @@ class Shaper:
         now = self._advance(now)
         self.counters.frames_offered += 1
         self.counters.bytes_offered += nbytes
-        if self.in_outage(now):
+        if self.profile.outage_mode == "drop" and self.in_outage(now):
             self.counters.dropped_outage += 1
             return Verdict(None, DROP_OUTAGE)
         limit = self.profile.queue_limit_bytes
         if limit is not None and self._in_flight_bytes + nbytes > limit:
             self.counters.dropped_queue += 1
             return Verdict(None, DROP_QUEUE)
-        return Verdict(self._accept(nbytes, now))
-
-    def _accept(self, nbytes: int, now: float) -> float:
-        tx_start = max(now, self._link_free_at)
-        self._link_free_at = tx_start + self.profile.tx_time_s(nbytes)
-        if self._link_free_at > now:
-            self._in_flight.append((self._link_free_at, nbytes))
-            self._in_flight_bytes += nbytes
+        tx_end = self._serialise(nbytes, max(now, self._link_free_at))
+        if tx_end is None:
+            self.counters.dropped_outage += 1
+            return Verdict(None, DROP_OUTAGE)
+        self._link_free_at = tx_end
+        self._in_flight.append((tx_end, nbytes))
+        self._in_flight_bytes += nbytes
+        if self._lost(nbytes):
+            self.counters.dropped_loss += 1
+            return Verdict(None, DROP_LOSS)
         self.counters.frames_delivered += 1
         self.counters.bytes_delivered += nbytes
-        return self._link_free_at + self.profile.delay_s
+        return Verdict(self._deliver_at(tx_end))
+
+    def _serialise(self, nbytes: int, t: float) -> float | None:
+        """When the frame's last PSDU ends, starting no earlier than t; None if an outage
+        drops it (then the link is free at the outage's start)."""
+        if self._timeline.static and self._events is None:
+            return t + self.profile.airtime_s(nbytes)
+        rel: float | None = t - self.start   # placement runs on the timeline's own clock
+        for payload in self.profile.framing.fragments(nbytes):
+            rel = self._place_psdu(payload, rel)
+            if rel is None or math.isinf(rel):
+                break
+        if rel is None:
+            return None
+        return rel + self.start
+
+    def _place_psdu(self, payload: int, t: float) -> float | None:
+        """End time (relative to start) of one PSDU ready at t (outage- and event-aware)."""
+        framing, line = self.profile.framing, self._timeline
+        hold = self.profile.outage_mode == "hold"
+        while True:
+            if line.is_down(t):
+                if not hold:
+                    self._link_free_at = t + self.start
+                    return None
+                t = line.next_up(t)
+                if math.isinf(t):
+                    return t
+                continue
+            duration = framing.frame_time_s(payload, rate_bps=self._rate_rel(t))
+            if self._events is not None:
+                start = self._events.start_at(t, duration)
+                if start != t:
+                    t = start
+                    continue  # the anchor may fall in an outage
+            down_at = line.next_down(t)
+            if t + duration <= down_at + FIT_EPS_S:  # float round-off of relative times
+                if self._events is not None:
+                    self._events.commit(t + duration)
+                return t + duration
+            if not hold:
+                self._link_free_at = down_at + self.start
+                return None
+            t = down_at  # cut by the outage: send it again, whole, once the link is up
+
+    def _rate_rel(self, rel: float) -> float:
+        rate = self._timeline.rate_at(rel)
+        return self.profile.rate_bps if rate is None else rate
+
+    def _lost(self, nbytes: int) -> bool:
+        count = self.profile.framing.fragment_count(nbytes)
+        self.counters.psdus_sent += count
+        if self._loss is None:
+            return False
+        lost = sum(self._loss.step() for _ in range(count))
+        self.counters.psdus_lost += lost
+        return lost > 0
+
+    def _deliver_at(self, tx_end: float) -> float:
+        p = self.profile
+        at = tx_end + p.delay_s
+        if p.jitter_s > 0:
+            at = max(tx_end, at + self._jitter_rng.uniform(-p.jitter_s, p.jitter_s))
+        if not p.reorder:
+            at = max(at, self._last_deliver)
+            self._last_deliver = at
+        return at
 
     def _advance(self, now: float) -> float:
         self._now = max(self._now, now)
@@ -109,15 +227,26 @@ class Shaper:
             self._in_flight_bytes -= self._in_flight.popleft()[1]
         return self._now
 
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Counters and link state at `now` (JSON-able)."""
+        down = self.in_outage(now)
+        return {**self.counters.as_dict(),
+                "queue_bytes": self.queue_bytes(now), "queue_frames": self.queue_frames(now),
+                "in_outage": down, "link_state": "down" if down else "up",
+                "rate_bps": None if math.isinf(self.rate_at(now)) else self.rate_at(now),
+                "seed": self.seed}
+
 
 class ShapedSender:
     """Threaded egress: `submit` shapes a frame; a worker calls `send` at its delivery time.
 
     Use as a context manager (enter starts it if needed, exit closes it) or call
     `start()` / `close()`. Exceptions from `send` are counted, never fatal to the worker.
+    Frames leave in delivery-time order (submission order unless the profile reorders).
     """
 
     CLOSE_GRACE_S = 5.0
+    SPIN_S = 0.0005  # the last half millisecond before a deadline is waited in short steps
 
     def __init__(self, send: Callable[[bytes], None], profile: LinkProfile, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -125,7 +254,8 @@ class ShapedSender:
         self.profile = profile
         self._clock = clock
         self._cond = threading.Condition()
-        self._pending: deque[tuple[float, bytes]] = deque()
+        self._pending: list[tuple[float, int, bytes]] = []  # heap of (deliver_at, seq, frame)
+        self._seq = itertools.count()
         self._shaper: Shaper | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -134,6 +264,7 @@ class ShapedSender:
         self.last_send_error: str | None = None
         self.frames_sent = 0
         self.dropped_close = 0
+        self.late_s_max = 0.0
 
     # -- lifecycle
 
@@ -151,8 +282,9 @@ class ShapedSender:
         """Send what is queued (unless drain=False), then join the worker.
 
         Waits at most `timeout` seconds (default: until the last queued frame is due plus
-        CLOSE_GRACE_S); frames still pending then are discarded and counted as dropped_close.
-        Never hangs forever, even if `send` blocks.
+        CLOSE_GRACE_S; frames held for ever by an endless outage are not waited for);
+        frames still pending then are discarded and counted as dropped_close. Never hangs
+        forever, even if `send` blocks.
         """
         with self._cond:
             if self._closing and self._thread is None:
@@ -160,8 +292,8 @@ class ShapedSender:
             self._closing = True
             self._abort = self._abort or not drain
             if timeout is None:
-                last_due = self._pending[-1][0] if self._pending else self._clock()
-                timeout = max(0.0, last_due - self._clock()) + self.CLOSE_GRACE_S
+                due = [d for d, _, _ in self._pending if math.isfinite(d)]
+                timeout = max(0.0, max(due, default=0.0) - self._clock()) + self.CLOSE_GRACE_S
             self._cond.notify_all()
         thread = self._thread
         if thread is not None:
@@ -186,31 +318,32 @@ class ShapedSender:
     # -- data path
 
     def submit(self, frame: bytes) -> Verdict:
-        """Shape one frame without blocking; accepted frames are sent in order at deliver_at."""
+        """Shape one frame without blocking; accepted frames are sent at deliver_at."""
         with self._cond:
             if self._shaper is None or self._closing:
                 raise RuntimeError("ShapedSender is not running; call start() and not close()")
             verdict = self._shaper.offer(len(frame), self._clock())
             if verdict.deliver_at is not None:
-                self._pending.append((verdict.deliver_at, bytes(frame)))
+                heapq.heappush(self._pending, (verdict.deliver_at, next(self._seq), bytes(frame)))
                 self._cond.notify_all()
             return verdict
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters, queue and outage state, for telemetry (JSON-able)."""
+        """Counters, queue and link state, for telemetry (JSON-able)."""
         with self._cond:
             shaper = self._shaper
             now = self._clock()
-            counters = (shaper.counters if shaper else ShaperCounters()).as_dict()
+            base = (shaper.snapshot(now) if shaper else
+                    {**ShaperCounters().as_dict(), "queue_bytes": 0, "queue_frames": 0,
+                     "in_outage": False, "link_state": "up", "rate_bps": None, "seed": None})
             return {
-                **counters,
-                "queue_bytes": shaper.queue_bytes(now) if shaper else 0,
-                "in_outage": shaper.in_outage(now) if shaper else False,
+                **base,
                 "pending_frames": len(self._pending),
                 "frames_sent": self.frames_sent,
                 "send_errors": self.send_errors,
                 "last_send_error": self.last_send_error,
                 "dropped_close": self.dropped_close,
+                "late_ms_max": round(self.late_s_max * 1000.0, 3),
             }
 
     # -- worker
@@ -221,13 +354,18 @@ class ShapedSender:
             while True:
                 if self._abort or (self._closing and not self._pending):
                     return None
-                if not self._pending:
+                if not self._pending or math.isinf(self._pending[0][0]):
+                    if self._closing:
+                        return None  # only frames held for ever are left
                     self._cond.wait()
                     continue
-                wait = self._pending[0][0] - self._clock()
+                due = self._pending[0][0]
+                wait = due - self._clock()
                 if wait <= 0:
-                    return self._pending.popleft()[1]
-                self._cond.wait(timeout=wait)
+                    self.late_s_max = max(self.late_s_max, -wait)
+                    return heapq.heappop(self._pending)[2]
+                self._cond.wait(timeout=wait - self.SPIN_S if wait > 2 * self.SPIN_S
+                                else wait / 4)
 
     def _run(self) -> None:
         while (frame := self._next_due()) is not None:

@@ -35,7 +35,7 @@ import numpy as np
 from linkemu.profile import LinkProfile
 from linkemu.shaper import ShapedSender
 from nodes.clocksync import ClockEstimate, ClockSyncClient
-from nodes.codec import Decoder, Encoding, encode_frame, run_id_hash
+from nodes.codec import Compression, Decoder, Encoding, encode_frame, run_id_hash
 from nodes.errors import NodeError
 from nodes.merge import Merger
 from nodes.mqtt import MqttClient, Will, topic
@@ -43,6 +43,7 @@ from nodes.runtime import Runtime, open_runtime
 from nodes.transport import Transport, open_transport
 
 ENCODINGS = {"f32": Encoding.F32, "f16": Encoding.F16, "int8": Encoding.INT8_AFFINE}
+COMPRESSIONS = {"none": Compression.NONE, "zstd": Compression.ZSTD, "lz4": Compression.LZ4}
 _STOP = object()
 
 
@@ -177,7 +178,12 @@ class Agent:
         tr = open_transport(link["transport"]["type"], receive=False,
                             **{k: v for k, v in link["transport"].items() if k != "type"})
         self._transports.append(tr.open())
-        self._encoding = ENCODINGS[link.get("encoding", "f32")]
+        try:
+            self._encoding = ENCODINGS[link.get("encoding", "f32")]
+            self._compression = COMPRESSIONS[link.get("compression", "none")]
+        except KeyError as exc:
+            raise NodeError(f"link {link['name']}: unknown encoding/compression {exc}; expected "
+                            f"{', '.join(ENCODINGS)} and {', '.join(COMPRESSIONS)}") from None
         self._sender = ShapedSender(self._send_frame, LinkProfile.from_dict(link["profile"]))
 
     def _load_edge(self) -> None:
@@ -259,7 +265,8 @@ class Agent:
         t1 = time.perf_counter()
         self._seq += 1
         frame = encode_frame(out[0], run_id=self._run_hash, sample_id=sample, shard=int(self.cfg["shard_index"]),
-                             seq=self._seq, send_ts_ns=time.time_ns(), encoding=self._encoding)
+                             seq=self._seq, send_ts_ns=time.time_ns(), encoding=self._encoding,
+                             compression=self._compression)
         t2 = time.perf_counter()
         meta = {"sample": sample, "compute_ms": _ms(t1 - t0), "encode_ms": _ms(t2 - t1), "bytes": len(frame),
                 "submitted": time.monotonic()}

@@ -6,28 +6,53 @@ A frame is a fixed little-endian header, a payload and a CRC32 trailer::
     shard u16 | seq u32 | send_ts_ns u64 | dtype u8 | ndim u8 | shape 4 x u32 |
     payload_len u32 || payload || crc32(header + payload) u32
 
-flags: bits 0-3 are the payload `Encoding`; bits 4-5 are reserved for compression and
-every other bit is unknown, so a frame with any of bits 4-15 set is dropped as malformed.
+flags: bits 0-3 are the payload `Encoding`, bits 4-5 its `Compression` (value 3 is
+unknown); a frame with an unknown value or any of bits 6-15 set is dropped as malformed.
+
+Compression applies to the encoded payload (for INT8_AFFINE its scale/zero-point prefix
+included); ``payload_len`` is the on-wire, compressed length, and the CRC covers the
+compressed bytes. Formats, chosen so that any stock decoder reads them:
+
+- ``ZSTD``: one standard zstd frame (level 1 by default: the sender is a Pi's egress), with
+  its content size written and neither checksum nor dictionary id (the frame CRC32 covers it).
+- ``LZ4``: one raw LZ4 *block* (no LZ4 frame header, no stored size: ``LZ4_decompress_safe``
+  with the size the header implies). The frame format's 7-19 bytes of header, end mark and
+  checksums would repeat what our header and CRC already carry.
+
+The encoder compresses whenever asked, even when that does not shrink the payload, so the
+header always says what the link was configured with.
+
+The decoder knows the exact decoded size from shape + encoding and never inflates past it:
+a zstd frame declaring another content size, an LZ4 block that overruns or falls short, a
+payload that is not one whole compressed stream, or a size above the decoder's
+``max_decompressed_bytes`` (a tiny frame claiming a huge shape) is ``malformed``.
 
 The `Decoder` never raises on garbage: it counts the reason and returns None.
 `decode_frame` is the strict variant for tests and tools.
 
-This module must import only numpy and the standard library, and must do no I/O: framing
-for a byte stream (COBS) or fragmenting for BLE belongs to the transports.
+This module must import only numpy and the standard library at import time: ``zstandard``
+and ``lz4`` are imported lazily, when a frame uses them, so a board that never compresses
+needs neither. It must do no I/O: framing for a byte stream (COBS) or fragmenting for BLE
+belongs to the transports.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import struct
+import threading
 import zlib
 from dataclasses import asdict, dataclass
 from enum import IntEnum
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "MAX_NDIM",
-    "FrameType", "Encoding", "Frame", "FrameError", "DecodeStats", "Decoder",
+    "DEFAULT_ZSTD_LEVEL", "MAX_DECOMPRESSED_BYTES",
+    "FrameType", "Encoding", "Compression", "Frame", "FrameError", "DecodeStats", "Decoder",
     "run_id_hash", "encode_frame", "decode_frame",
 ]
 
@@ -42,6 +67,13 @@ HEADER_SIZE: int = _HEADER.size
 TRAILER_SIZE: int = _TRAILER.size
 
 _ENCODING_MASK = 0x000F
+_COMPRESSION_SHIFT = 4
+_COMPRESSION_MASK = 0x0030
+_KNOWN_FLAGS = _ENCODING_MASK | _COMPRESSION_MASK
+DEFAULT_ZSTD_LEVEL = 1
+MAX_DECOMPRESSED_BYTES = 64 << 20   # default cap on what one compressed frame may inflate to
+_ZSTD_LEVELS = (-(1 << 17), 22)      # zstd's own bounds (negative levels: "fast" mode)
+_LZ4_HC_LEVELS = (1, 12)
 _INT8_PARAMS = struct.Struct("<fi")  # scale f32, zero_point i32
 
 _U16 = 0xFFFF
@@ -58,6 +90,14 @@ class Encoding(IntEnum):
     F32 = 0
     F16 = 1
     INT8_AFFINE = 2
+
+
+class Compression(IntEnum):
+    """Flags bits 4-5: how the encoded payload is compressed on the wire."""
+
+    NONE = 0
+    ZSTD = 1
+    LZ4 = 2
 
 
 _ITEMSIZE = {Encoding.F32: 4, Encoding.F16: 2, Encoding.INT8_AFFINE: 1}
@@ -85,6 +125,7 @@ class Frame:
     encoding: Encoding
     array: np.ndarray
     wire_bytes: int
+    compression: Compression = Compression.NONE
 
 
 @dataclass
@@ -111,6 +152,112 @@ def run_id_hash(run: str) -> int:
     return zlib.crc32(run.encode("utf-8")) & _U32
 
 
+# ---------------------------------------------------------------------------- compression
+
+_PACKAGES = {Compression.ZSTD: ("zstandard", "zstandard"), Compression.LZ4: ("lz4.block", "lz4")}
+_local = threading.local()   # zstd (de)compressor objects are not safe to share between threads
+
+
+def _library(compression: Compression) -> ModuleType:
+    """The compression library for ``compression``, imported on first use.
+
+    Raises ModuleNotFoundError naming the package to install on this board.
+    """
+    module, package = _PACKAGES[compression]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModuleNotFoundError(f"compression {compression.name} needs the {package!r} package "
+                                  f"on this board: pip install {package}", name=package) from exc
+
+
+def _zstd_compressor(level: int) -> Any:
+    cache = _local.__dict__.setdefault("zstd_compressors", {})
+    if level not in cache:
+        zstd = _library(Compression.ZSTD)
+        cache[level] = zstd.ZstdCompressor(level=level, write_content_size=True,
+                                           write_checksum=False, write_dict_id=False)
+    return cache[level]
+
+
+def _zstd_decompressor() -> Any:
+    if not hasattr(_local, "zstd_decompressor"):
+        _local.zstd_decompressor = _library(Compression.ZSTD).ZstdDecompressor()
+    return _local.zstd_decompressor
+
+
+def _check_level(compression: Compression, level: int | None) -> int | None:
+    """Validate ``compression_level``: zstd level, or LZ4-HC level (None: plain fast LZ4)."""
+    if level is None:
+        return DEFAULT_ZSTD_LEVEL if compression is Compression.ZSTD else None
+    if compression is Compression.NONE:
+        raise ValueError("compression_level needs a compression (ZSTD or LZ4), got NONE")
+    lo, hi = _ZSTD_LEVELS if compression is Compression.ZSTD else _LZ4_HC_LEVELS
+    what = "zstd level" if compression is Compression.ZSTD else "LZ4-HC level"
+    return _check_range_signed(level, name=f"compression_level ({what})", lo=lo, hi=hi)
+
+
+def _check_range_signed(value: int, *, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def _compress(raw: bytes, compression: Compression, level: int | None) -> bytes:
+    if compression is Compression.ZSTD:
+        return _zstd_compressor(int(level if level is not None else DEFAULT_ZSTD_LEVEL)).compress(raw)
+    if compression is Compression.LZ4:
+        block = _library(Compression.LZ4)
+        if level is None:
+            return block.compress(raw, mode="default", store_size=False)
+        return block.compress(raw, mode="high_compression", compression=level, store_size=False)
+    return raw
+
+
+def _inflate_zstd(payload: memoryview, expected: int) -> bytes:
+    zstd = _library(Compression.ZSTD)
+    try:
+        declared = zstd.frame_content_size(payload)
+        if declared not in (-1, expected):   # -1: the frame does not say (a streaming encoder)
+            raise FrameError(f"zstd frame declares {declared} bytes, the header implies {expected}",
+                             reason="malformed")
+        # With no declared size, max_output_size bounds the output; with one, zstd itself stops
+        # at it (and we just checked it is ``expected``). Trailing bytes are refused.
+        return _zstd_decompressor().decompress(payload, max_output_size=max(expected, 1),
+                                               allow_extra_data=False)
+    except zstd.ZstdError as exc:
+        raise FrameError(f"zstd payload does not inflate to {expected} bytes: {exc}",
+                         reason="malformed") from exc
+
+
+def _inflate_lz4(payload: memoryview, expected: int) -> bytes:
+    block = _library(Compression.LZ4)
+    try:   # the destination buffer is exactly ``expected`` bytes: an overrun is an error
+        return block.decompress(payload, uncompressed_size=expected)
+    except block.LZ4BlockError as exc:
+        raise FrameError(f"LZ4 block does not inflate to {expected} bytes: {exc}",
+                         reason="malformed") from exc
+
+
+def _decompress(payload: memoryview, compression: Compression, *, expected: int,
+                limit: int) -> memoryview | bytes:
+    """The raw encoded payload; FrameError(malformed) unless it is exactly ``expected`` bytes."""
+    if compression is Compression.NONE:
+        return payload
+    if expected > limit:
+        raise FrameError(f"a {compression.name} payload that inflates to {expected} bytes exceeds "
+                         f"this decoder's max_decompressed_bytes ({limit})", reason="malformed")
+    try:
+        inflate = _inflate_zstd if compression is Compression.ZSTD else _inflate_lz4
+        raw = inflate(payload, expected)
+    except ModuleNotFoundError as exc:
+        raise FrameError(str(exc), reason="malformed") from exc
+    if len(raw) != expected:
+        raise FrameError(f"{compression.name} payload inflates to {len(raw)} bytes, the header "
+                         f"implies {expected}", reason="malformed")
+    return raw
+
+
 # ---------------------------------------------------------------------------- encoding
 
 
@@ -134,13 +281,17 @@ def _quantise_int8(values: np.ndarray) -> bytes:
     if scale == 0.0 or not math.isfinite(scale):
         scale = 1.0
     zero_point = int(np.clip(round(-128.0 - lo / scale), -128, 127))
-    q = np.clip(np.rint(values.astype(np.float64) / scale) + zero_point, -128, 127)
+    q = values.astype(np.float64)
+    np.divide(q, scale, out=q)
+    np.rint(q, out=q)
+    np.add(q, zero_point, out=q)
+    np.clip(q, -128, 127, out=q)
     return _INT8_PARAMS.pack(scale, zero_point) + q.astype(np.int8).tobytes()
 
 
 def _encode_payload(values: np.ndarray, encoding: Encoding) -> bytes:
     if encoding is Encoding.F32:
-        return values.astype("<f4").tobytes()
+        return values.astype("<f4", copy=False).tobytes()
     if encoding is Encoding.F16:
         finite = values[np.isfinite(values)]
         if finite.size and float(np.abs(finite).max()) > float(np.finfo(np.float16).max):
@@ -151,15 +302,24 @@ def _encode_payload(values: np.ndarray, encoding: Encoding) -> bytes:
 
 def encode_frame(array: np.ndarray, *, run_id: int, sample_id: int, shard: int, seq: int,
                  send_ts_ns: int, encoding: Encoding = Encoding.F32,
-                 frame_type: FrameType = FrameType.ACTIVATION) -> bytes:
+                 frame_type: FrameType = FrameType.ACTIVATION,
+                 compression: Compression = Compression.NONE,
+                 compression_level: int | None = None) -> bytes:
     """Encode `array` (any real dtype, converted to float32) as one frame.
 
+    ``compression`` compresses the encoded payload (see the module docstring for the
+    formats); ``compression_level`` is the zstd level for ZSTD (default 1, zstd's range
+    -131072..22) or, for LZ4, an LZ4-HC level 1..12 (default: plain fast LZ4).
+
     Raises ValueError for ndim > 4, dims or payloads that do not fit a u32, ids out of
-    their field's range, and values the encoding cannot carry (non-finite for int8,
-    beyond +-65504 for f16). A heartbeat conventionally carries an empty array.
+    their field's range, values the encoding cannot carry (non-finite for int8, beyond
+    +-65504 for f16) and bad compression levels; ModuleNotFoundError (naming the package)
+    when the compression's library is not installed. A heartbeat conventionally carries an
+    empty array.
     """
-    encoding = Encoding(encoding)
-    frame_type = FrameType(frame_type)
+    encoding, frame_type = Encoding(encoding), FrameType(frame_type)
+    compression = Compression(compression)
+    level = _check_level(compression, compression_level)
     values = np.asarray(array)
     if values.dtype.kind not in "biuf":
         raise ValueError(f"array must hold real numbers, got dtype {values.dtype}")
@@ -167,10 +327,10 @@ def encode_frame(array: np.ndarray, *, run_id: int, sample_id: int, shard: int, 
         raise ValueError(f"array must have ndim <= {MAX_NDIM}, got shape {values.shape}")
     shape = [_check_range(d, name="shape dim", limit=_U32) for d in values.shape]
     values = values.astype(np.float32, copy=False)
-    payload = _encode_payload(values, encoding)
+    payload = _compress(_encode_payload(values, encoding), compression, level)
     _check_range(len(payload), name="payload length", limit=_U32)
     header = _HEADER.pack(
-        MAGIC, VERSION, int(frame_type), int(encoding),
+        MAGIC, VERSION, int(frame_type), int(encoding) | int(compression) << _COMPRESSION_SHIFT,
         _check_range(run_id, name="run_id", limit=_U32),
         _check_range(sample_id, name="sample_id", limit=_U32),
         _check_range(shard, name="shard", limit=_U16),
@@ -178,11 +338,20 @@ def encode_frame(array: np.ndarray, *, run_id: int, sample_id: int, shard: int, 
         _check_range(send_ts_ns, name="send_ts_ns", limit=_U64),
         DTYPE_FLOAT32, len(shape), *(shape + [0] * (MAX_NDIM - len(shape))), len(payload),
     )
-    body = header + payload
-    return body + _TRAILER.pack(zlib.crc32(body) & _U32)
+    crc = zlib.crc32(payload, zlib.crc32(header)) & _U32
+    return b"".join((header, payload, _TRAILER.pack(crc)))
 
 
 # ---------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class _Layout:
+    frame_type: FrameType
+    encoding: Encoding
+    compression: Compression
+    shape: tuple[int, ...]
+    raw_len: int          # the encoded payload's size before compression
 
 
 def _check_envelope(data: bytes) -> tuple:
@@ -207,36 +376,44 @@ def _check_envelope(data: bytes) -> tuple:
         raise FrameError(f"header announces {expected_len} bytes, got {len(data)} "
                          f"(trailing bytes)", reason="malformed")
     (crc,) = _TRAILER.unpack_from(data, expected_len - TRAILER_SIZE)
-    if zlib.crc32(data[:expected_len - TRAILER_SIZE]) & _U32 != crc:
+    if zlib.crc32(memoryview(data)[:expected_len - TRAILER_SIZE]) & _U32 != crc:
         raise FrameError("CRC32 mismatch", reason="bad_crc")
     return fields
 
 
-def _parse_layout(fields: tuple) -> tuple[FrameType, Encoding, tuple[int, ...]]:
+def _parse_flags(flags: int) -> tuple[Encoding, Compression]:
+    if flags & ~_KNOWN_FLAGS:
+        raise FrameError(f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:04x}", reason="malformed")
+    if flags & _ENCODING_MASK not in Encoding._value2member_map_:
+        raise FrameError(f"unknown encoding {flags & _ENCODING_MASK}", reason="malformed")
+    comp = (flags & _COMPRESSION_MASK) >> _COMPRESSION_SHIFT
+    if comp not in Compression._value2member_map_:
+        raise FrameError(f"unknown compression {comp}", reason="malformed")
+    return Encoding(flags & _ENCODING_MASK), Compression(comp)
+
+
+def _parse_layout(fields: tuple) -> _Layout:
     """Semantic checks of a CRC-valid header: type, flags, dtype, shape, payload length."""
     _, _, ftype, flags, *_, dtype, ndim = fields[:11]
     dims, payload_len = fields[11:15], fields[15]
     if ftype not in FrameType._value2member_map_:
         raise FrameError(f"unknown frame type {ftype}", reason="malformed")
-    if flags & ~_ENCODING_MASK:
-        raise FrameError(f"unknown flag bits 0x{flags & ~_ENCODING_MASK:04x}", reason="malformed")
-    if flags & _ENCODING_MASK not in Encoding._value2member_map_:
-        raise FrameError(f"unknown encoding {flags & _ENCODING_MASK}", reason="malformed")
+    encoding, compression = _parse_flags(flags)
     if dtype != DTYPE_FLOAT32:
         raise FrameError(f"expected dtype {DTYPE_FLOAT32} (float32), got {dtype}",
                          reason="malformed")
     if ndim > MAX_NDIM or any(dims[ndim:]):
         raise FrameError(f"bad shape: ndim {ndim}, dims {dims}", reason="malformed")
-    encoding = Encoding(flags & _ENCODING_MASK)
     shape = tuple(dims[:ndim])
-    expected = _PAYLOAD_PREFIX[encoding] + math.prod(shape) * _ITEMSIZE[encoding]
-    if payload_len != expected:
+    raw_len = _PAYLOAD_PREFIX[encoding] + math.prod(shape) * _ITEMSIZE[encoding]
+    if compression is Compression.NONE and payload_len != raw_len:
         raise FrameError(f"payload_len {payload_len} but shape {shape} in {encoding.name} "
-                         f"needs {expected}", reason="malformed")
-    return FrameType(ftype), encoding, shape
+                         f"needs {raw_len}", reason="malformed")
+    return _Layout(FrameType(ftype), encoding, compression, shape, raw_len)
 
 
-def _decode_payload(payload: bytes, encoding: Encoding, shape: tuple[int, ...]) -> np.ndarray:
+def _decode_payload(payload: memoryview | bytes, encoding: Encoding,
+                    shape: tuple[int, ...]) -> np.ndarray:
     if encoding is Encoding.F32:
         flat = np.frombuffer(payload, dtype="<f4").astype(np.float32)
     elif encoding is Encoding.F16:
@@ -247,38 +424,58 @@ def _decode_payload(payload: bytes, encoding: Encoding, shape: tuple[int, ...]) 
             raise FrameError(f"bad int8 parameters scale={scale} zero_point={zero_point}",
                              reason="malformed")
         q = np.frombuffer(payload, dtype=np.int8, offset=_INT8_PARAMS.size)
-        flat = ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
+        # (q - zp) is an exact small integer in float32, so one float32 multiply gives the
+        # correctly rounded product, the same value float64 arithmetic would round to.
+        flat = q.astype(np.float32)
+        flat -= np.float32(zero_point)
+        flat *= np.float32(scale)
     return flat.reshape(shape)
 
 
-def decode_frame(buf: bytes | bytearray | memoryview) -> Frame:
-    """Decode one whole frame; raises FrameError (a ValueError) saying why it is invalid."""
-    data = bytes(buf)
+def decode_frame(buf: bytes | bytearray | memoryview, *,
+                 max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES) -> Frame:
+    """Decode one whole frame; raises FrameError (a ValueError) saying why it is invalid.
+
+    A compressed payload is inflated to exactly the size its shape and encoding imply, and
+    never past ``max_decompressed_bytes``.
+    """
+    data = buf if type(buf) is bytes else bytes(buf)
     fields = _check_envelope(data)
-    frame_type, encoding, shape = _parse_layout(fields)
-    payload = data[HEADER_SIZE:HEADER_SIZE + fields[15]]
+    layout = _parse_layout(fields)
+    wire_payload = memoryview(data)[HEADER_SIZE:HEADER_SIZE + fields[15]]
+    payload = _decompress(wire_payload, layout.compression, expected=layout.raw_len,
+                          limit=max_decompressed_bytes)
     return Frame(
-        frame_type=frame_type, run_id=fields[4], sample_id=fields[5], shard=fields[6],
-        seq=fields[7], send_ts_ns=fields[8], encoding=encoding,
-        array=_decode_payload(payload, encoding, shape), wire_bytes=len(data),
+        frame_type=layout.frame_type, run_id=fields[4], sample_id=fields[5], shard=fields[6],
+        seq=fields[7], send_ts_ns=fields[8], encoding=layout.encoding,
+        array=_decode_payload(payload, layout.encoding, layout.shape), wire_bytes=len(data),
+        compression=layout.compression,
     )
 
 
 class Decoder:
-    """Lenient decoder: returns a Frame or None, counting every drop in `stats`."""
+    """Lenient decoder: returns a Frame or None, counting every drop in `stats`.
 
-    def __init__(self) -> None:
+    ``last_error`` keeps the message of the latest drop (for logs; counters are the record).
+    """
+
+    def __init__(self, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES) -> None:
         self.stats = DecodeStats()
+        self.max_decompressed_bytes = _check_range(
+            max_decompressed_bytes, name="max_decompressed_bytes", limit=_U64)
+        self.last_error: str | None = None
 
     def decode(self, buf: bytes | bytearray | memoryview) -> Frame | None:
         """Decode one whole frame; never raises."""
         try:
-            frame = decode_frame(buf)
+            frame = decode_frame(buf, max_decompressed_bytes=self.max_decompressed_bytes)
         except FrameError as exc:
             setattr(self.stats, exc.reason, getattr(self.stats, exc.reason) + 1)
+            self.last_error = str(exc)
             return None
-        except Exception:  # noqa: BLE001 - garbage must never take a receiver down
+        except Exception as exc:  # noqa: BLE001 - garbage must never take a receiver down
             self.stats.malformed += 1
+            self.last_error = f"malformed: {type(exc).__name__}: {exc}"
             return None
         self.stats.ok += 1
         return frame

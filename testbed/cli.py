@@ -211,6 +211,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    from testbed.linkcmd import link_command
+
+    return link_command(args.action, inventory_path=Path(args.inventory), dry_run=args.dry_run, link=args.link,
+                        backend=args.backend)
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--headless", action="store_true", help="no live dashboard")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last on stdout")
@@ -241,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on simulated boards on this machine")
     _add_run_options(demo, demo=True)
     demo.set_defaults(func=cmd_demo)
+    link = sub.add_parser("link", help="kernel (tc) shaping of the inventory's IP links")
+    link.add_argument("action", choices=("apply", "clear", "show"))
+    link.add_argument("--inventory", default="inventory.yaml")
+    link.add_argument("--link", help="only this link")
+    link.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
+    link.add_argument("--backend", choices=("netem", "tbf", "htb"), help="default: what the kernel supports")
+    link.set_defaults(func=cmd_link)
     prof = sub.add_parser("profile", help="per-layer activation sizes and airtime of a model")
     prof.add_argument("model", help="alexnet | vgg16 | resnet18 | resnet50")
     prof.add_argument("--input", default="3x224x224", help="input CxHxW (default 3x224x224)")

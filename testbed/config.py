@@ -29,7 +29,8 @@ from linkemu.profile import LinkProfile, ProfileError, resolve_profile
 from testbed.errors import ConfigError
 
 __all__ = [
-    "ROLES", "KINDS", "CONNECTS", "RUNTIMES", "ENERGY_METERS", "BROKER_MODES", "TRANSPORTS",
+    "ROLES", "KINDS", "CONNECTS", "RUNTIMES", "ENERGY_METERS", "BROKER_MODES", "TRANSPORTS", "ENCODINGS",
+    "COMPRESSIONS",
     "DATASETS", "MODEL_FAMILIES", "FAULT_KINDS", "DEFAULT_FASHION_MNIST_PATH",
     "BrokerSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory",
     "DatasetSpec", "ModelSpec", "TrainSpec", "RunSpec", "FaultSpec", "Experiment",
@@ -46,6 +47,8 @@ RUNTIMES = ("torch", "tflite")
 ENERGY_METERS = ("none", "ina219", "ina260", "model")
 BROKER_MODES = ("embedded", "external")
 TRANSPORTS = ("mqtt", "serial", "ble")
+ENCODINGS = ("f32", "f16", "int8")
+COMPRESSIONS = ("none", "zstd", "lz4")
 DATASETS = ("fashion-mnist", "digits")
 MODEL_FAMILIES = ("cnn-students",)
 FAULT_KINDS = ("outage", "kill")
@@ -117,6 +120,8 @@ class LinkSpec:
     dst: str
     transport: TransportSpec
     profile: LinkProfile
+    encoding: str = "f32"        # activation encoding on the wire: f32 | f16 | int8 (per-tensor affine)
+    compression: str = "none"    # none | zstd | lz4, applied to the encoded payload
 
 
 @dataclass(frozen=True)
@@ -641,7 +646,8 @@ def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[Link
     board_names = ", ".join(boards)
     for i, item in enumerate(items):
         key = f"links[{i}]"
-        m = r.mapping(item, key, allowed=("name", "from", "to", "transport", "profile"),
+        m = r.mapping(item, key, allowed=("name", "from", "to", "transport", "profile", "encoding",
+                                          "compression"),
                       required={"from": "a wearable board name", "to": "the edge board name",
                                 "profile": "a profile preset name or an inline mapping"},
                       what="a mapping with from, to, transport, profile")
@@ -669,8 +675,10 @@ def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[Link
         by_src[src] = name
         transport = _transport(r, m.get("transport"), f"{key}.transport")
         profile = _profile(r, m["profile"], f"{key}.profile")
+        encoding = r.get(m, key, "encoding", _choice(ENCODINGS), default="f32")
+        compression = r.get(m, key, "compression", _choice(COMPRESSIONS), default="none")
         links.append(LinkSpec(name=name, src=src, dst=dst, transport=transport,
-                              profile=profile))
+                              profile=profile, encoding=encoding, compression=compression))
     missing = [b.name for b in boards.values() if b.role == "wearable" and b.name not in by_src]
     if missing:
         raise r.error("links", "expected exactly one link from every wearable to the edge; "
@@ -700,7 +708,7 @@ def _profile(r: _Reader, value: Any, key: str) -> LinkProfile:
         raise r.error(key, "expected a profile preset name or an inline mapping; "
                            f"got {_got(value)}")
     try:
-        return resolve_profile(value)
+        return resolve_profile(value, base_dir=Path(r.file).parent)  # trace files relative to the inventory
     except ProfileError as exc:
         sub = exc.key
         full = key if not sub else (f"{key}{sub}" if sub.startswith("[") else f"{key}.{sub}")

@@ -39,7 +39,8 @@ def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, 
         link = inventory.link_from(board.name)
         cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
                    link={"name": link.name, "transport": endpoint(link, "tx"),
-                         "profile": profiles[link.name].as_dict(), "encoding": "f32"})
+                         "profile": profiles[link.name].as_dict(), "encoding": link.encoding,
+                         "compression": link.compression})
     else:
         shard = shard_for(manifest, role="merge")
         inbound = [lk for lk in inventory.links if lk.dst == board.name]

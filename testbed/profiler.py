@@ -4,7 +4,8 @@ Holds ``profile_model``: runs a zoo model (or any nn.Module) once with forward h
 points and reports, per layer, the output shape, number of values, bytes as f32 / f16 / int8
 (int8 payload only; our wire frame adds 8 bytes of scale and zero point), the zstd-compressed
 size of the f32 and int8 payloads for a real input when one is given, and the airtime of the f32
-payload on every HBC rate and BLE preset of ``linkemu``. Shapes are computed on torch's meta
+payload on every HBC rate and BLE preset of ``linkemu`` (PSDU fragmentation and PHY time
+included, as the link model charges them). Shapes are computed on torch's meta
 device, so an 8K input costs no memory; compression needs real numbers and runs on the CPU.
 """
 from __future__ import annotations
@@ -109,7 +110,7 @@ def profile_model(model_name: str, *, input_shape: tuple[int, ...] = (3, 224, 22
             row.zstd_f32 = len(cctx.compress(a.astype(np.float32).tobytes()))
             row.zstd_int8 = len(cctx.compress(_quantise_int8(a).tobytes()))
     for row in rows:
-        row.airtime_s = {p: round(PRESETS[p].tx_time_s(row.bytes_f32), 6) for p in LINK_PRESETS}
+        row.airtime_s = {p: round(PRESETS[p].airtime_s(row.bytes_f32), 6) for p in LINK_PRESETS}
     return rows
 
 

@@ -1,8 +1,15 @@
-"""Tests of nodes.codec: round trips, and a decoder that counts and drops every bad buffer."""
+"""Tests of nodes.codec: round trips, and a decoder that counts and drops every bad buffer.
+
+Compression runs the real zstandard and lz4 libraries; bombs are built with them too.
+"""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes.codec import (
-    HEADER_SIZE, TRAILER_SIZE, Decoder, Encoding, FrameError, FrameType, decode_frame,
-    encode_frame, run_id_hash,
+    HEADER_SIZE, MAX_DECOMPRESSED_BYTES, TRAILER_SIZE, Compression, Decoder, Encoding, FrameError,
+    FrameType, decode_frame, encode_frame, run_id_hash,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 IDS = dict(run_id=0xDEADBEEF, sample_id=42, shard=3, seq=7, send_ts_ns=1_700_000_000_123_456_789)
 SHAPES = [(), (5,), (3, 4), (2, 3, 4), (1, 2, 3, 4), (0,), (2, 0, 3)]
@@ -32,6 +41,30 @@ def _recrc(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def _forge(payload: bytes, *, shape: tuple[int, ...], encoding: Encoding = Encoding.F32,
+           compression: Compression = Compression.ZSTD, flags: int | None = None) -> bytes:
+    """A CRC-valid frame around ``payload`` whose header claims ``shape`` and the given flags."""
+    dims = list(shape) + [0] * (4 - len(shape))
+    if flags is None:
+        flags = int(encoding) | int(compression) << 4
+    head = struct.pack("<2sBBHIIHIQBB4II", b"HB", 1, 1, flags, 1, 2, 3, 4, 5, 0, len(shape),
+                       *dims, len(payload))
+    return _recrc(head + payload)
+
+
+def _assert_close(encoding: Encoding, got: np.ndarray, x: np.ndarray, plain: bytes) -> None:
+    """``got`` is ``x`` within ``encoding``'s tolerance (int8: the scale read from ``plain``,
+    the uncompressed frame)."""
+    if encoding is Encoding.F32:
+        np.testing.assert_array_equal(got, x)
+    elif encoding is Encoding.F16:
+        np.testing.assert_allclose(got, x, rtol=1e-3, atol=0)
+    else:
+        scale = struct.unpack_from("<f", plain, HEADER_SIZE)[0]
+        tol = scale / 2 + 1e-6 * float(np.abs(x).max(initial=0))
+        assert np.all(np.abs(got - x) <= tol)
+
+
 # ------------------------------------------------------------------------- round trips
 
 
@@ -46,15 +79,77 @@ def test_round_trip_every_encoding_and_shape(shape, encoding):
     assert (frame.run_id, frame.sample_id, frame.shard, frame.seq, frame.send_ts_ns) == (
         IDS["run_id"], IDS["sample_id"], IDS["shard"], IDS["seq"], IDS["send_ts_ns"])
     assert frame.encoding is encoding and frame.frame_type is FrameType.ACTIVATION
+    assert frame.compression is Compression.NONE
     assert frame.wire_bytes == len(buf)
-    if encoding is Encoding.F32:
-        np.testing.assert_array_equal(frame.array, x)
-    elif encoding is Encoding.F16:
-        np.testing.assert_allclose(frame.array, x, rtol=1e-3, atol=0)
-    else:
-        scale = struct.unpack_from("<f", buf, HEADER_SIZE)[0]
-        tol = scale / 2 + 1e-6 * float(np.abs(x).max(initial=0))
-        assert np.all(np.abs(frame.array - x) <= tol)
+    _assert_close(encoding, frame.array, x, buf)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (1, 16), (1, 512), (2, 3, 4, 5)])
+@pytest.mark.parametrize("compression", list(Compression))
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_round_trip_every_encoding_and_compression(shape, encoding, compression):
+    rng = np.random.default_rng(1)
+    x = np.maximum(rng.standard_normal(shape) * 4, 0).astype(np.float32)   # ReLU-like
+    buf = encode_frame(x, encoding=encoding, compression=compression, **IDS)
+    frame = decode_frame(buf)
+    assert frame.array.dtype == np.float32 and frame.array.shape == shape
+    assert (frame.encoding, frame.compression) == (encoding, compression)
+    assert (frame.run_id, frame.sample_id, frame.shard, frame.seq, frame.send_ts_ns) == tuple(IDS.values())
+    flags, = struct.unpack_from("<H", buf, 4)
+    assert flags == int(encoding) | int(compression) << 4
+    (payload_len,) = struct.unpack_from("<I", buf, HEADER_SIZE - 4)
+    assert payload_len == len(buf) - HEADER_SIZE - TRAILER_SIZE == frame.wire_bytes - HEADER_SIZE - TRAILER_SIZE
+    uncompressed = encode_frame(x, encoding=encoding, **IDS)
+    _assert_close(encoding, frame.array, x, uncompressed)
+    np.testing.assert_array_equal(frame.array, decode_frame(uncompressed).array)
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.LZ4])
+def test_compression_shrinks_a_sparse_activation_and_header_carries_wire_length(compression):
+    x = np.zeros((1, 4096), dtype=np.float32)
+    x[0, ::16] = np.arange(256, dtype=np.float32)
+    plain = encode_frame(x, **IDS)
+    packed = encode_frame(x, compression=compression, **IDS)
+    assert len(packed) < len(plain) // 4
+    (payload_len,) = struct.unpack_from("<I", packed, HEADER_SIZE - 4)
+    assert payload_len == len(packed) - HEADER_SIZE - TRAILER_SIZE
+    np.testing.assert_array_equal(decode_frame(packed).array, x)
+
+
+def test_wire_formats_are_the_stock_ones():
+    """ZSTD is one standard zstd frame with its content size; LZ4 a raw block, no stored size."""
+    import lz4.block
+    import zstandard
+
+    x = np.arange(64, dtype=np.float32)
+    raw = x.astype("<f4").tobytes()
+    zbuf = encode_frame(x, compression=Compression.ZSTD, **IDS)
+    zpayload = zbuf[HEADER_SIZE:-TRAILER_SIZE]
+    assert zpayload[:4] == b"\x28\xb5\x2f\xfd" and zstandard.frame_content_size(zpayload) == len(raw)
+    assert zstandard.ZstdDecompressor().decompress(zpayload) == raw
+    lbuf = encode_frame(x, compression=Compression.LZ4, **IDS)
+    assert lz4.block.decompress(lbuf[HEADER_SIZE:-TRAILER_SIZE], uncompressed_size=len(raw)) == raw
+
+
+@pytest.mark.parametrize("compression, level", [(Compression.ZSTD, -5), (Compression.ZSTD, 19),
+                                                (Compression.LZ4, 1), (Compression.LZ4, 12)])
+def test_compression_levels_round_trip(compression, level):
+    x = np.maximum(np.random.default_rng(2).standard_normal(512), 0).astype(np.float32)
+    buf = encode_frame(x, compression=compression, compression_level=level, **IDS)
+    np.testing.assert_array_equal(decode_frame(buf).array, x)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(compression=Compression.NONE, compression_level=1),
+    dict(compression=Compression.ZSTD, compression_level=23),
+    dict(compression=Compression.ZSTD, compression_level=1.5),
+    dict(compression=Compression.LZ4, compression_level=0),
+    dict(compression=Compression.LZ4, compression_level=13),
+    dict(compression=3),
+])
+def test_encode_rejects_bad_compression_settings(bad):
+    with pytest.raises(ValueError):
+        _frame(**bad)
 
 
 @pytest.mark.parametrize("value", [0.0, 2.5, -7.0])
@@ -138,6 +233,7 @@ def test_wrong_magic_and_version():
 
 @pytest.mark.parametrize("flag_bit", range(4, 16))
 def test_unknown_flag_bits_are_malformed(flag_bit):
+    """Bits 6-15 are unknown; bits 4-5 say 'compressed', which a raw payload is not."""
     buf = _frame()
     flags = struct.unpack_from("<H", buf, 4)[0] | (1 << flag_bit)
     body = buf[:4] + struct.pack("<H", flags) + buf[6:-4]
@@ -170,6 +266,171 @@ def test_payload_len_mismatch_and_trailing_bytes_are_malformed():
     assert dec.stats.malformed == 2
 
 
+# ------------------------------------------------------------------------- compressed payloads
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_every_single_bit_flip_of_a_compressed_frame_is_dropped(encoding, compression):
+    buf = encode_frame(np.linspace(0, 3, 12, dtype=np.float32), encoding=encoding,
+                       compression=compression, **IDS)
+    dec = Decoder()
+    for bit in range(len(buf) * 8):
+        mutated = bytearray(buf)
+        mutated[bit // 8] ^= 1 << (bit % 8)
+        assert dec.decode(mutated) is None, f"bit {bit} flip accepted"
+    assert dec.stats.ok == 0 and dec.stats.total_dropped == len(buf) * 8
+
+
+def test_unknown_compression_value_is_malformed():
+    buf = _frame(compression=Compression.LZ4)
+    flags = struct.unpack_from("<H", buf, 4)[0] | 0x30       # compression 3
+    dec = Decoder()
+    assert dec.decode(_recrc(buf[:4] + struct.pack("<H", flags) + buf[6:-4])) is None
+    assert dec.stats.malformed == 1 and "unknown compression 3" in (dec.last_error or "")
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.LZ4])
+@pytest.mark.parametrize("garbage", [b"", b"\x00", b"\xff" * 7, bytes(range(256)),
+                                     b"\x28\xb5\x2f\xfd" + b"\x00" * 20])
+def test_garbage_compressed_payload_is_malformed(compression, garbage):
+    dec = Decoder()
+    assert dec.decode(_forge(garbage, shape=(4,), compression=compression)) is None
+    assert dec.stats.malformed == 1 and dec.stats.total_dropped == 1
+    with pytest.raises(FrameError) as info:
+        decode_frame(_forge(garbage, shape=(4,), compression=compression))
+    assert info.value.reason == "malformed"
+
+
+def _zstd(raw: bytes, *, content_size: bool = True) -> bytes:
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=1, write_content_size=content_size)
+    if content_size:
+        return cctx.compress(raw)
+    obj = cctx.compressobj()
+    return obj.compress(raw) + obj.flush()
+
+
+def _lz4(raw: bytes) -> bytes:
+    import lz4.block
+
+    return lz4.block.compress(raw, store_size=False)
+
+
+@pytest.mark.parametrize("make", [lambda raw: _zstd(raw), lambda raw: _zstd(raw, content_size=False),
+                                  _lz4], ids=["zstd", "zstd-streamed", "lz4"])
+@pytest.mark.parametrize("raw_len", [12, 20])        # the header implies 16 bytes
+def test_payload_that_inflates_to_another_size_is_malformed(make, raw_len):
+    compression = Compression.LZ4 if make is _lz4 else Compression.ZSTD
+    buf = _forge(make(bytes(range(raw_len))), shape=(4,), compression=compression)
+    dec = Decoder()
+    assert dec.decode(buf) is None and dec.stats.malformed == 1
+
+
+def test_zstd_payload_with_trailing_bytes_or_two_frames_is_malformed():
+    raw = np.arange(4, dtype="<f4").tobytes()
+    dec = Decoder()
+    assert dec.decode(_forge(_zstd(raw) + b"\x00", shape=(4,))) is None
+    assert dec.decode(_forge(_zstd(raw[:8]) + _zstd(raw[8:]), shape=(4,))) is None
+    assert dec.stats.malformed == 2 and dec.stats.ok == 0
+
+
+BOMB_BYTES = 32 << 20   # what the bombs inflate to; each is a few KiB (zstd) to 128 KiB (lz4) on the wire
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, tuple[bytes, Compression]]:
+    zeros = bytes(BOMB_BYTES)
+    return {"zstd": (_zstd(zeros), Compression.ZSTD),
+            "zstd-streamed": (_zstd(zeros, content_size=False), Compression.ZSTD),
+            "lz4": (_lz4(zeros), Compression.LZ4)}
+
+
+@pytest.mark.parametrize("kind", ["zstd", "zstd-streamed", "lz4"])
+def test_decompression_bomb_is_malformed_and_never_inflated(bombs, kind):
+    """A tiny frame claiming a 4 KiB shape whose payload inflates to 32 MiB."""
+    payload, compression = bombs[kind]
+    buf = _forge(payload, shape=(1, 1024), compression=compression)
+    assert len(buf) < BOMB_BYTES // 200          # LZ4 tops out near 255:1, zstd far above
+    dec = Decoder()
+    tracemalloc.start()
+    try:
+        assert dec.decode(buf) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert dec.stats.malformed == 1 and dec.stats.ok == 0
+    assert peak < 4 << 20, f"decoder allocated {peak} bytes for a 4 KiB frame"
+
+
+@pytest.mark.parametrize("kind", ["zstd", "zstd-streamed", "lz4"])
+def test_bomb_claiming_a_huge_shape_is_refused_before_inflating(bombs, kind):
+    payload, compression = bombs[kind]
+    for shape in [(65535, 65535, 65535, 65535), (BOMB_BYTES // 4,)]:
+        buf = _forge(payload, shape=shape, compression=compression)
+        dec = Decoder(max_decompressed_bytes=1 << 20)
+        tracemalloc.start()
+        try:
+            assert dec.decode(buf) is None
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert dec.stats.malformed == 1 and "max_decompressed_bytes" in (dec.last_error or "")
+        assert peak < 1 << 20
+
+
+def test_max_decompressed_bytes_is_the_decoders_knob():
+    x = np.ones(2048, dtype=np.float32)                   # 8 KiB decoded
+    buf = encode_frame(x, compression=Compression.ZSTD, **IDS)
+    assert Decoder(max_decompressed_bytes=8 << 10).decode(buf) is not None
+    assert Decoder(max_decompressed_bytes=(8 << 10) - 1).decode(buf) is None
+    assert MAX_DECOMPRESSED_BYTES >= 1 << 20
+    plain = encode_frame(x, **IDS)                        # the cap is about inflation only
+    assert Decoder(max_decompressed_bytes=16).decode(plain) is not None
+    with pytest.raises(ValueError):
+        Decoder(max_decompressed_bytes=-1)
+
+
+def test_compression_libraries_are_imported_only_when_a_frame_uses_them():
+    code = """if True:
+        import sys
+        sys.modules["zstandard"] = None; sys.modules["lz4"] = None   # as if not installed
+        import numpy as np
+        from nodes.codec import Compression, Decoder, decode_frame, encode_frame
+        ids = dict(run_id=1, sample_id=2, shard=3, seq=4, send_ts_ns=5)
+        x = np.arange(8, dtype=np.float32)
+        assert (decode_frame(encode_frame(x, **ids)).array == x).all()
+        for comp, pkg in ((Compression.ZSTD, "zstandard"), (Compression.LZ4, "lz4")):
+            try:
+                encode_frame(x, compression=comp, **ids)
+            except ModuleNotFoundError as exc:
+                assert pkg in str(exc), exc
+            else:
+                raise AssertionError("encoded without the library")
+        print("ok")
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    code_rx = """if True:
+        import sys
+        from nodes.codec import Compression, Decoder, encode_frame
+        import numpy as np
+        ids = dict(run_id=1, sample_id=2, shard=3, seq=4, send_ts_ns=5)
+        frame = encode_frame(np.arange(8.0), compression=Compression.LZ4, **ids)
+        assert "zstandard" not in sys.modules
+        sys.modules["lz4"] = None; sys.modules["lz4.block"] = None   # receiver without lz4
+        dec = Decoder()
+        assert dec.decode(frame) is None and dec.stats.malformed == 1
+        assert "pip install lz4" in dec.last_error, dec.last_error
+        print("ok")
+    """
+    out = subprocess.run([sys.executable, "-c", code_rx], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_decoder_accepts_bytearray_and_memoryview_and_counts_ok():
     buf = _frame()
     dec = Decoder()
@@ -183,6 +444,7 @@ def test_decoder_accepts_bytearray_and_memoryview_and_counts_ok():
 # ------------------------------------------------------------------------- fuzz
 
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ_SMALL = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -218,14 +480,43 @@ def test_fuzz_crc_valid_random_headers_never_raise(ftype, flags, dtype, ndim, di
     assert dec.stats.ok + dec.stats.total_dropped == 1
     if frame is not None:
         assert frame.array.dtype == np.float32 and frame.array.ndim == ndim <= 4
-        assert _crc_ok(data) and flags < 16 and dtype == 0
+        assert _crc_ok(data) and flags < 0x30 and flags & 0xF < 3 and dtype == 0
+
+
+@FUZZ_SMALL
+@given(st.sampled_from([Compression.ZSTD, Compression.LZ4]), st.sampled_from(list(Encoding)),
+       st.lists(st.integers(0, 64), min_size=0, max_size=2), st.binary(max_size=120))
+def test_fuzz_garbage_compressed_payloads_never_raise(compression, encoding, shape, payload):
+    dec = Decoder()
+    frame = dec.decode(_forge(payload, shape=tuple(shape), encoding=encoding,
+                              compression=compression))
+    assert dec.stats.ok + dec.stats.total_dropped == 1
+    if frame is not None:   # only a genuine compressed stream of exactly the implied size
+        assert frame.array.shape == tuple(shape) and frame.compression is compression
+
+
+@FUZZ_SMALL
+@given(st.sampled_from([Compression.ZSTD, Compression.LZ4]), st.sampled_from(list(Encoding)),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4))
+def test_fuzz_mutated_compressed_payloads_with_fixed_crc_never_raise(compression, encoding, mutations):
+    """Corrupt the compressed bytes and repair the CRC, so the decompressors see the damage."""
+    x = np.maximum(np.random.default_rng(3).standard_normal(300), 0).astype(np.float32)
+    buf = bytearray(encode_frame(x, encoding=encoding, compression=compression, **IDS))
+    body_len = len(buf) - HEADER_SIZE - TRAILER_SIZE
+    for pos, xor in mutations:
+        buf[HEADER_SIZE + pos % body_len] ^= xor
+    dec = Decoder()
+    frame = dec.decode(_recrc(bytes(buf[:-TRAILER_SIZE])))
+    assert dec.stats.ok + dec.stats.total_dropped == 1
+    if frame is not None:
+        assert frame.array.shape == x.shape and frame.array.dtype == np.float32
 
 
 @FUZZ
-@given(st.sampled_from(list(Encoding)),
+@given(st.sampled_from(list(Encoding)), st.sampled_from(list(Compression)),
        st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4))
-def test_fuzz_mutated_valid_frames_are_never_accepted_with_bad_crc(encoding, mutations):
-    buf = bytearray(_frame(encoding=encoding))
+def test_fuzz_mutated_valid_frames_are_never_accepted_with_bad_crc(encoding, compression, mutations):
+    buf = bytearray(_frame(encoding=encoding, compression=compression))
     for pos, xor in mutations:
         buf[pos % len(buf)] ^= xor
     frame = Decoder().decode(bytes(buf))

@@ -138,8 +138,10 @@ def test_demo_inventory_loads() -> None:
     assert inv.edge == BoardSpec(name="edge", role="edge", kind="sim", connect="local",
                                  runtime="torch")
     assert [l.name for l in inv.links] == ["wrist-edge", "chest-edge", "ankle-edge"]
-    assert all(l.transport.type == "mqtt" and dict(l.transport.settings) == {}
-               for l in inv.links)
+    # one transport per wearable, each made locally by the harness
+    assert [(l.transport.type, dict(l.transport.settings)) for l in inv.links] == [
+        ("serial", {"port": "pty", "baud": 3000000}), ("ble", {"hci": "virtual"}), ("mqtt", {})]
+    assert all(l.encoding == "f32" and l.compression == "none" for l in inv.links)
     assert inv.line_of("boards.chest.kind") == line_of(DEMO_INVENTORY.read_text(), "kind", 2)
 
 

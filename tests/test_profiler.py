@@ -22,7 +22,7 @@ def test_vgg16_pool5_is_7x7x512_100352_bytes() -> None:
     assert pool5.kind == "MaxPool2d" and pool5.shape == [512, 7, 7]
     assert pool5.values == 25_088 and pool5.bytes_f32 == 100_352
     assert pool5.bytes_f16 == 50_176 and pool5.bytes_int8 == 25_088
-    assert pool5.airtime_s["hbc-1312k"] == pytest.approx(PRESETS["hbc-1312k"].tx_time_s(100_352), abs=1e-6)
+    assert pool5.airtime_s["hbc-1312k"] == pytest.approx(PRESETS["hbc-1312k"].airtime_s(100_352), abs=1e-6)
     assert rows[0].name == "input" and rows[0].values == 3 * 224 * 224
 
 
