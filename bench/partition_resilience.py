@@ -1,0 +1,282 @@
+"""Bench: does the resilient partition lose less accuracy than NoNN when students fail?
+
+Trains one teacher, then NoNN (Louvain parts, concat merge) and the resilient method (balanced
+eigen parts, M parts, student i learns part i mod M, average merge) on the same teacher, seed
+and student architecture, and evaluates both offline for k = 0..S−1 failed students (mean and
+worst over all failure subsets). Prints each figure beside its baseline: NoNN for resilient,
+the teacher as the ceiling, a random balanced split's intra-part edge share for the eigen split.
+
+    .venv/bin/python bench/partition_resilience.py            # Fashion-MNIST, S=4, M=2 (~10-15 min)
+    .venv/bin/python bench/partition_resilience.py --quick    # digits, tiny models (< 60 s)
+    ... --json   last line of stdout: one JSON object (dataset, S, M, teacher_accuracy, rows, wall times)
+
+Without --quick it writes docs/results/partition_resilience.{json,md,png} (--out redirects;
+with --quick only --out writes). Models are cached by config hash (--cache, default the
+harness cache), so a re-run only re-evaluates; wall times say whether anything was cached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfig, StudentSpec,  # noqa: E402
+                                        TeacherSpec, run_compare)
+
+QUICK = dict(dataset="digits", teacher=TeacherSpec(widths=(8, 16, 32), epochs=10, batch_size=64, lr=0.01),
+             graph=GraphSpec(images=1000),
+             student=StudentSpec(width=8, part_dim=8, epochs=15, batch_size=64, lr=0.01))
+
+
+def _cache_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get("HBC_TESTBED_CACHE"):
+        return Path(os.environ["HBC_TESTBED_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hbc-testbed"
+
+
+def _progress(quiet: bool):
+    last: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def cb(phase: str, step: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if quiet or (step < total and now - last.get(phase, 0.0) < 15.0):
+            return
+        last[phase] = now
+        print(f"  [{now - t0:6.0f} s] {phase:<20} {step:>5}/{total} loss {loss:.3f}", file=sys.stderr, flush=True)
+    return cb
+
+
+def summarise(result: CompareResult, cfg: PartitionConfig, *, wall_s: float) -> dict[str, Any]:
+    nonn, res = result.results["nonn"], result.results["resilient"]
+    rows = [{"k": a.k, "nonn_mean": round(a.mean, 4), "nonn_worst": round(a.worst, 4),
+             "resilient_mean": round(b.mean, 4), "resilient_worst": round(b.worst, 4),
+             "subsets": a.subsets, "sampled": a.sampled,
+             "nonn_worst_failed": list(a.worst_failed), "resilient_worst_failed": list(b.worst_failed)}
+            for a, b in zip(nonn.rows, res.rows)]
+    k0 = rows[0]
+    met = (all(r["resilient_mean"] >= r["nonn_mean"] and r["resilient_worst"] >= r["nonn_worst"] for r in rows[1:])
+           and k0["resilient_mean"] >= k0["nonn_mean"] - 0.005)
+    part = {m: {"sizes": r.partition["sizes"], "dropped": len(r.partition["dropped"]),
+                "dropped_reason": r.partition["dropped_reason"], "intra_share": r.partition["intra_share"],
+                "random_intra_share": r.partition["random_intra_share"]["mean"],
+                "top_k": r.partition["top_k"], "edges": r.partition["edges"], "connected_filters": r.partition["connected_filters"],
+                "at_1_percent": {k: r.partition["at_1_percent"][k] for k in ("edges", "connected_filters")}}
+            for m, r in result.results.items()}
+    return {
+        "dataset": cfg.dataset, "S": cfg.students, "M": cfg.parts,
+        "teacher_accuracy": round(result.teacher_accuracy, 4), "rows": rows,
+        "wall_s": {"total": round(wall_s, 1), "teacher": result.timings["teacher"],
+                   "teacher_train_seconds": result.teacher.get("train_seconds"),
+                   "teacher_cached": bool(result.teacher.get("cached")),
+                   "teacher_pass": result.timings["teacher_pass"],
+                   **{f"{m}_{k}": v for m, r in result.results.items() for k, v in r.timings.items()},
+                   **{f"{m}_students_cached": r.manifest["students_cached"] for m, r in result.results.items()}},
+        "target_met": met, "partition": part,
+        "config": {"teacher": vars(cfg.teacher), "graph": vars(cfg.graph), "student": vars(cfg.student),
+                   "seed": cfg.seed, "test_samples": nonn.manifest["evaluation"]["test_samples"]},
+        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
+    }
+
+
+def table(summary: dict[str, Any]) -> str:
+    t = summary["teacher_accuracy"]
+    lines = [f"teacher accuracy (ceiling): {t:.4f}", "",
+             "| k failed | subsets | NoNN mean | resilient mean (Δ vs NoNN) | NoNN worst | resilient worst (Δ vs NoNN) |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        dm = 100 * (r["resilient_mean"] - r["nonn_mean"])
+        dw = 100 * (r["resilient_worst"] - r["nonn_worst"])
+        lines.append(f"| {r['k']} | {r['subsets']}{' (sampled)' if r['sampled'] else ''} | {r['nonn_mean']:.4f} | "
+                     f"{r['resilient_mean']:.4f} ({dm:+.1f} pt) | {r['nonn_worst']:.4f} | "
+                     f"{r['resilient_worst']:.4f} ({dw:+.1f} pt) |")
+    return "\n".join(lines)
+
+
+def partition_table(summary: dict[str, Any]) -> str:
+    lines = ["| method | part sizes | filters dropped | edges kept (connected filters) | at NoNN's 1 % | "
+             "intra-part share | random balanced split |", "|---|---|---|---|---|---|---|"]
+    for m, p in summary["partition"].items():
+        lines.append(f"| {m} | {p['sizes']} | {p['dropped']} | {p['edges']} ({p['connected_filters']}) | "
+                     f"{p['at_1_percent']['edges']} ({p['at_1_percent']['connected_filters']}) | "
+                     f"{p['intra_share']:.3f} | {p['random_intra_share']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["k"] for r in summary["rows"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.axhline(summary["teacher_accuracy"], color="0.4", lw=1, ls=":", label="teacher")
+    for m, colour in (("nonn", "tab:red"), ("resilient", "tab:blue")):
+        label = "NoNN" if m == "nonn" else f"resilient (M={summary['M']})"
+        ax.plot(ks, [r[f"{m}_mean"] for r in summary["rows"]], "o-", color=colour, label=f"{label}, mean")
+        ax.plot(ks, [r[f"{m}_worst"] for r in summary["rows"]], "s--", color=colour, alpha=0.7,
+                label=f"{label}, worst")
+    abl = summary.get("ablation_no_dropout")
+    for m, colour in (("nonn", "tab:red"), ("resilient", "tab:blue")) if abl else ():
+        ax.plot(ks, [r[f"{m}_mean"] for r in abl["rows"]], "^:", color=colour, alpha=0.45, lw=1,
+                label=f"{'NoNN' if m == 'nonn' else 'resilient'}, mean, no dropout")
+    ax.set_xticks(ks)
+    ax.set_xlabel(f"failed students k (of S = {summary['S']})")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{summary['dataset']}: accuracy with k failed students")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _ablation_md(summary: dict[str, Any]) -> str:
+    abl = summary.get("ablation_no_dropout")
+    if not abl:
+        return ""
+    return ("\n### Ablation: the same run without student dropout in training\n\n"
+            "Same teacher, partitions, seed and epochs; only p = 0.\n\n"
+            + table({**summary, "rows": abl["rows"]}) + "\n\nTarget without dropout: **"
+            + ("met" if abl["target_met"] else "not met") + "**.\n")
+
+
+DISCUSSION_START, DISCUSSION_END = "<!-- discussion -->", "<!-- /discussion -->"
+
+
+def markdown(summary: dict[str, Any], *, previous: str = "") -> str:
+    """The results page: table, partition report, how measured, wall times; the hand-written
+    discussion between the markers of the previous page is kept."""
+    c, w = summary["config"], summary["wall_s"]
+    t, st, g = c["teacher"], c["student"], c["graph"]
+    kept = ""
+    if DISCUSSION_START in previous and DISCUSSION_END in previous:
+        kept = previous.split(DISCUSSION_START, 1)[1].split(DISCUSSION_END, 1)[0].strip("\n")
+    return f"""# Partition resilience: NoNN vs the resilient method ({summary['dataset']}, S = {summary['S']}, M = {summary['M']})
+
+Produced by `bench/partition_resilience.py` (figures below are from its last full run; the
+JSON is `partition_resilience.json`, the plot `partition_resilience.png`).
+
+## Accuracy with k failed students
+
+Mean and worst over all C(S, k) sets of failed students, on the {c['test_samples']:,} test images.
+NoNN is the baseline for the resilient method (Δ in percentage points); the teacher is the ceiling.
+
+{table(summary)}
+
+Target (issue #3): resilient >= NoNN at every k >= 1 (mean and worst) and within 0.5 pt of
+NoNN at k = 0: **{'met' if summary['target_met'] else 'not met'}**.
+
+![accuracy vs failed students](partition_resilience.png)
+{_ablation_md(summary)}
+## Partitions
+
+The filter graph is NoNN's, built on the teacher's final-layer activations of the first
+{g['images']:,} training images (top-k = {summary['partition']['nonn']['top_k']} filters per image,
+strongest {g['keep_fraction']:.0%} of edges kept). The baseline for the intra-part share is the mean
+over 20 random balanced splits into the same number of parts.
+
+{partition_table(summary)}
+
+## How it was measured
+
+- Teacher: WRN-style, widths {t['widths']}, {t['blocks']} block per stage, {t['epochs']} epochs, AdamW + one-cycle,
+  peak lr {t['lr']}, batch {t['batch_size']}; F = {t['widths'][-1]} final-layer filters.
+- Students (both methods the same): 3-conv CNN of width {st['width']}, output vector of
+  {st['part_dim']} values per student (what a wearable sends), {st['epochs']} epochs, Adam + one-cycle,
+  peak lr {st['lr']}, batch {st['batch_size']}. Loss α·T²·KL + (1 − α)·CE + β·AT with T = {st['temperature']},
+  α = {st['alpha']}, β = {st['beta']}; student i's attention map mimics the teacher's over the
+  filters of its part (NoNN: part i; resilient: part i mod M). Student dropout in training
+  p = {st['dropout']} (both methods).
+- Merge: NoNN concatenates the S vectors (a failed student's slot is zero); resilient averages
+  the arrived students of each part (a part with none is zero) and concatenates the M parts:
+  the arithmetic of `nodes.merge.Merger`. One FC layer on top.
+- Same teacher, seed ({c['seed']}) and training images for both methods.
+- Wall time on this machine (torch threads: {summary['machine']['threads']}, torch {summary['machine']['torch']},
+  2 cores shared with other jobs, so times are indicative): total {w['total']:.0f} s; teacher
+  {w['teacher']:.0f} s{f" (cached; its training took {w['teacher_train_seconds']:.0f} s)" if w['teacher_cached'] else ''}, teacher pass over the training set
+  {w['teacher_pass']:.0f} s, NoNN students {w['nonn_students']:.0f} s, resilient students
+  {w['resilient_students']:.0f} s{' (cached)' if w.get('resilient_students_cached') else ''}.
+
+## Discussion
+
+{DISCUSSION_START}
+{kept or '(to be written after the run)'}
+{DISCUSSION_END}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="digits, tiny models (< 60 s)")
+    ap.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+    ap.add_argument("--out", type=Path, help="where the .json/.md/.png go (default docs/results without --quick)")
+    ap.add_argument("--cache", help="model cache dir (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    ap.add_argument("--students", type=int, default=4)
+    ap.add_argument("--parts", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.2,
+                    help="student-dropout probability in training, both methods (default 0.2; see the .md)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ablation", action="store_true",
+                    help="also train both methods without student dropout (same teacher) and report it")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (default 2; use 1 when other jobs share the cores: OpenMP "
+                         "threads that wait on each other make an oversubscribed step several times slower)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    base = dict(QUICK) if args.quick else {}
+    student = base.pop("student", StudentSpec())
+    student = StudentSpec(**{**vars(student), "dropout": args.dropout})
+    cfg = PartitionConfig(**base, students=args.students, parts=args.parts, student=student, seed=args.seed)
+    t0 = time.monotonic()
+    out_bundles = Path(_cache_dir(args.cache)) / "bench-partition-bundles"
+    result = run_compare(cfg, cache_dir=_cache_dir(args.cache), out_dir=out_bundles, progress=_progress(args.json))
+    summary = summarise(result, cfg, wall_s=time.monotonic() - t0)
+    if args.ablation and cfg.student.dropout > 0:
+        t1 = time.monotonic()
+        cfg0 = PartitionConfig(**{**vars(cfg), "student": StudentSpec(**{**vars(cfg.student), "dropout": 0.0})})
+        abl = summarise(run_compare(cfg0, cache_dir=_cache_dir(args.cache), out_dir=out_bundles / "no-dropout",
+                                    progress=_progress(args.json)), cfg0, wall_s=time.monotonic() - t1)
+        summary["ablation_no_dropout"] = {k: abl[k] for k in ("rows", "target_met", "wall_s")}
+        summary["wall_s"]["total_with_ablation"] = round(time.monotonic() - t0, 1)
+
+    print(f"partition resilience: {cfg.dataset}, S = {cfg.students}, M = {cfg.parts}, "
+          f"student dropout p = {cfg.student.dropout}")
+    print(table(summary))
+    print(partition_table(summary))
+    w = summary["wall_s"]
+    print(f"wall time {w['total']:.0f} s (teacher {w['teacher']:.0f} s{' cached' if w['teacher_cached'] else ''}, "
+          f"NoNN students {w['nonn_students']:.0f} s, resilient students {w['resilient_students']:.0f} s)")
+    if "ablation_no_dropout" in summary:
+        print("ablation, same teacher, no student dropout in training:")
+        print(table({**summary, "rows": summary["ablation_no_dropout"]["rows"]}))
+    print(f"target (resilient >= NoNN at every k >= 1, mean and worst; within 0.5 pt at k = 0): "
+          f"{'met' if summary['target_met'] else 'NOT met'}")
+    out = args.out or (None if args.quick else ROOT / "docs" / "results")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "partition_resilience.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot(summary, out / "partition_resilience.png")
+        md = out / "partition_resilience.md"
+        md.write_text(markdown(summary, previous=md.read_text() if md.exists() else ""))
+        print(f"wrote {out}/partition_resilience.{{json,md,png}} (the .md keeps its hand-written discussion)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

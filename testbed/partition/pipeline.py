@@ -1,0 +1,411 @@
+"""One partitioning run, from a dataset name to a bundle directory the agents deploy.
+
+Holds ``PartitionConfig`` (frozen, nested: teacher, graph, students), ``run_partition`` (one
+method: ``nonn`` or ``resilient``) and ``run_compare`` (both methods on the same teacher, seed
+and teacher pass). A run: trains or loads the teacher (cached by config hash); computes the
+teacher's logits and final feature maps on the training images once; builds NoNN's filter graph
+on the first ``graph.images`` of them; partitions (nonn: Louvain into S parts, student i learns
+part i, merge ``concat``; resilient: balanced eigen split into M parts, student i learns part
+i mod M, merge ``average``); trains the students by distillation (cached by a hash of their
+config, the teacher's key and the partition); evaluates resilience offline; and exports a bundle
+in testbed/bundle.py's manifest format 1 (TorchScript shards, sha256 of every file) after
+checking that the traced shards reproduce the torch modules on real test images.
+
+Graph density: NoNN keeps the strongest 1 % of the F·(F−1)/2 possible edges. For F = 64 that
+is 20 edges, which touch at most 40 of the 64 filters (typically fewer), so most filters become
+isolated and are dropped, and the eigen split has nothing to go on for them. The default here
+is ``keep_fraction = 0.1`` (202 edges on F = 64) with ``top_k = F/4``; the partition report
+states, for the same activations, how many filters the 1 % graph would have left connected.
+
+The layer split is not here. It must not wire the CLI or read experiment files (the caller
+builds a PartitionConfig), nor set torch's thread count (the caller does: 2 on the CI machine,
+1 when other jobs share its cores), and never downloads anything.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from testbed.bundle import FORMAT, MANIFEST, sha256_file
+from testbed.data import Dataset, load_dataset
+from testbed.errors import TestbedError
+from testbed.partition.evaluate import ResilienceRow, merge_batch, resilience, student_vectors, unified_accuracy
+from testbed.partition.graph import (Partition, eigen_parts, filter_graph, intra_share, louvain_parts,
+                                     random_parts, student_parts)
+from testbed.partition.students import PartitionedStudents, StudentsConfig, part_attention, train_students
+from testbed.partition.teacher import Teacher, TeacherConfig, load_or_train_teacher
+
+METHODS = ("nonn", "resilient")
+PARITY_TOLERANCE = 1e-4
+Progress = Callable[[str, int, int, float], None]   # (phase, step, total_steps, loss)
+
+
+class PartitionError(TestbedError):
+    """A partitioning run cannot go on (unknown method, unusable graph, ...)."""
+
+
+class ExportParityError(PartitionError):
+    """A traced shard does not reproduce the torch module within the tolerance."""
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher's architecture and training (F = widths[-1] filters get partitioned)."""
+
+    widths: tuple[int, int, int] = (16, 32, 64)
+    blocks: int = 1
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.004
+    subset: int | None = None
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """NoNN's filter graph: ``top_k`` filters per image (None = F/4), strongest
+    ``keep_fraction`` of the edges kept, built on the first ``images`` training images."""
+
+    top_k: int | None = None
+    keep_fraction: float = 0.1
+    images: int = 10_000
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """The students and their distillation (see testbed/partition/students.py for T, α, β)."""
+
+    width: int = 12
+    part_dim: int = 16
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.005
+    temperature: float = 4.0
+    alpha: float = 0.9
+    beta: float = 1000.0
+    dropout: float = 0.0
+    subset: int | None = None
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """Everything one partitioning run needs. ``parts`` is M (resilient); NoNN uses S parts."""
+
+    dataset: str = "fashion-mnist"
+    dataset_path: str | None = None
+    method: str = "resilient"
+    students: int = 4
+    parts: int = 2
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    graph: GraphSpec = field(default_factory=GraphSpec)
+    student: StudentSpec = field(default_factory=StudentSpec)
+    seed: int = 0
+    max_subsets: int = 200
+    test_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PartitionError(f"unknown partition method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.students < 2:
+            raise PartitionError(f"students must be >= 2, got {self.students}")
+        if self.method == "resilient" and not 1 <= self.parts <= self.students // 2:
+            raise PartitionError(f"resilient needs 1 <= M <= S/2 so every part has >= 2 students; "
+                                 f"got M = {self.parts}, S = {self.students}")
+
+    def part_count(self) -> int:
+        return self.students if self.method == "nonn" else self.parts
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What one method's run produced."""
+
+    method: str
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    teacher_accuracy: float
+    accuracy: float                       # unified model, all students present
+    rows: tuple[ResilienceRow, ...]
+    partition: dict[str, Any]
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """Both methods on one teacher: ``results[method]``."""
+
+    teacher_accuracy: float
+    teacher: dict[str, Any]
+    results: dict[str, PartitionResult]
+    timings: dict[str, float]
+
+
+@dataclass
+class _TeacherView:
+    """The teacher and what every method needs from it, computed once per process."""
+
+    model: Teacher
+    config: TeacherConfig
+    record: dict[str, Any]
+    logits: np.ndarray       # N_train x classes
+    maps: np.ndarray         # N_train x F x h x w, float16
+    seconds: dict[str, float]
+
+
+def _phase(progress: Progress | None, name: str) -> Callable[[int, int, float], None] | None:
+    if progress is None:
+        return None
+    return lambda step, total, loss: progress(name, step, total, loss)
+
+
+def _load(cfg: PartitionConfig) -> Dataset:
+    return load_dataset(cfg.dataset, path=Path(cfg.dataset_path) if cfg.dataset_path else None, seed=cfg.seed)
+
+
+def _teacher_view(cfg: PartitionConfig, data: Dataset, *, cache_dir: Path, progress: Progress | None) -> _TeacherView:
+    t = cfg.teacher
+    tcfg = TeacherConfig(dataset=data.name, input_shape=data.input_shape, num_classes=len(data.classes),
+                         widths=t.widths, blocks=t.blocks, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                         subset=t.subset, seed=cfg.seed)
+    t0 = time.monotonic()
+    model, record = load_or_train_teacher(tcfg, data, cache_dir=cache_dir, progress=_phase(progress, "teacher"))
+    t1 = time.monotonic()
+    n = cfg.student.subset or len(data.x_train)
+    logits, maps = [], []
+    with torch.no_grad():
+        for i in range(0, n, 1000):
+            lg, mp = model.forward_all(torch.from_numpy(data.x_train[i:min(n, i + 1000)]))
+            logits.append(lg.numpy())
+            maps.append(mp.numpy().astype(np.float16))
+    return _TeacherView(model=model, config=tcfg, record=record, logits=np.concatenate(logits),
+                        maps=np.concatenate(maps),
+                        seconds={"teacher": round(t1 - t0, 2), "teacher_pass": round(time.monotonic() - t1, 2)})
+
+
+def _graph_stats(w: np.ndarray) -> dict[str, int]:
+    upper = np.triu(w, k=1)
+    return {"edges": int(np.count_nonzero(upper)), "connected_filters": int(np.count_nonzero(w.sum(axis=1)))}
+
+
+def _partition(cfg: PartitionConfig, view: _TeacherView) -> tuple[Partition, dict[str, Any]]:
+    f = view.config.filters
+    acts = view.maps[: cfg.graph.images].astype(np.float32).mean(axis=(2, 3))
+    top_k = cfg.graph.top_k or max(2, f // 4)
+    w = filter_graph(acts, top_k=top_k, keep_fraction=cfg.graph.keep_fraction)
+    try:
+        if cfg.method == "nonn":
+            part = louvain_parts(w, parts=cfg.students, seed=cfg.seed)
+        else:
+            part = eigen_parts(w, parts=cfg.parts)
+    except ValueError as exc:
+        raise PartitionError(f"{cfg.method}: {exc}") from exc
+    if any(len(p) == 0 for p in part.parts):
+        raise PartitionError(f"{cfg.method}: a part got no filter ({part.sizes}); raise graph.keep_fraction or top_k")
+    rand = [intra_share(w, random_parts(f, len(part.parts), seed=s)) for s in range(20)]
+    nonn_1pct = _graph_stats(filter_graph(acts, top_k=top_k, keep_fraction=0.01))
+    report = {
+        **part.as_dict(), "filters": f, "top_k": top_k, "keep_fraction": cfg.graph.keep_fraction,
+        "graph_images": len(acts), **_graph_stats(w),
+        "intra_share": round(intra_share(w, part.parts), 4),
+        "random_intra_share": {"mean": round(float(np.mean(rand)), 4), "std": round(float(np.std(rand)), 4),
+                               "splits": len(rand), "what": "random balanced split into the same number of parts"},
+        "at_1_percent": {**nonn_1pct, "keep_fraction": 0.01,
+                         "what": "NoNN's own threshold on the same activations, for reference"},
+    }
+    return part, report
+
+
+def _students_config(cfg: PartitionConfig, data: Dataset, student_part: list[int]) -> StudentsConfig:
+    s = cfg.student
+    return StudentsConfig(input_shape=data.input_shape, num_classes=len(data.classes),
+                          student_part=tuple(student_part), merge_rule="concat" if cfg.method == "nonn" else "average",
+                          width=s.width, part_dim=s.part_dim, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+                          temperature=s.temperature, alpha=s.alpha, beta=s.beta, dropout=s.dropout, subset=s.subset,
+                          seed=cfg.seed)
+
+
+def _load_or_train_students(scfg: StudentsConfig, *, key: str, data: Dataset, view: _TeacherView,
+                            parts: tuple[tuple[int, ...], ...], cache_dir: Path,
+                            progress: Callable[[int, int, float], None] | None
+                            ) -> tuple[PartitionedStudents, dict[str, Any]]:
+    """The trained students and their record (cached flag, training seconds when trained)."""
+    entry = Path(cache_dir) / f"students-{key}"
+    weights, record_path = entry / "weights.pt", entry / "record.json"
+    if weights.exists() and record_path.exists():
+        model = PartitionedStudents(scfg, mean=0.0, std=1.0)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.eval()
+        return model, {**json.loads(record_path.read_text()), "cached": True}
+    t0 = time.monotonic()
+    att = part_attention(view.maps, parts)
+    model = train_students(scfg, x=data.x_train, y=data.y_train, teacher_logits=view.logits, teacher_att=att,
+                           progress=progress)
+    record = {"key": key, "train_seconds": round(time.monotonic() - t0, 2), "config": _jsonable(asdict(scfg))}
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(weights)
+    record_path.write_text(json.dumps(record, indent=2))
+    return model, {**record, "cached": False}
+
+
+# -- export ------------------------------------------------------------------------------------
+
+def _trace(module: torch.nn.Module, example: torch.Tensor, path: Path) -> torch.jit.ScriptModule:
+    # TorchScript is deprecated upstream but is what JetPack's torch builds load reliably.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(module.eval(), example)
+    traced.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path))
+
+
+def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> float:
+    err = float(np.max(np.abs(got - want))) if got.size else 0.0
+    if got.shape != want.shape or not err <= tolerance:
+        raise ExportParityError(f"shard {name}: traced output differs from the torch module by {err:.3g} "
+                                f"(shape {list(got.shape)} vs {list(want.shape)}); expected <= {tolerance:g}")
+    return err
+
+
+@torch.no_grad()
+def export_partitioned(model: PartitionedStudents, *, out_dir: Path, samples: np.ndarray,
+                       tolerance: float = PARITY_TOLERANCE) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Trace one shard per student and the merge shard into ``out_dir``, reload them, and check
+    them against the torch modules on ``samples`` (real images), all students present and with
+    each single student missing. Returns the shard entries and the max errors; raises
+    ExportParityError past ``tolerance``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = torch.from_numpy(np.ascontiguousarray(samples[:64], dtype=np.float32))
+    shards, errors = [], {}
+    traced_vecs = []
+    for i, student in enumerate(model.students):
+        name = f"student_{i}"
+        traced = _trace(student, x[:1], out_dir / f"{name}.ts")
+        got = traced(x).numpy()
+        errors[name] = _check(name, got, student(x).numpy(), tolerance)
+        traced_vecs.append(got)
+        shards.append({"name": name, "role": "student", "index": i, "part": i,
+                       "learns_part": int(model.student_part[i]), "runtime": "torch", "file": f"{name}.ts",
+                       "input": {"shape": [1, *x.shape[1:]], "dtype": "float32"},
+                       "output": {"shape": [1, model.part_dim], "dtype": "float32"}})
+    s = len(model.students)
+    width = model.merge.fc.in_features
+    traced_merge = _trace(model.merge, torch.zeros(1, width), out_dir / "merge.ts")
+    v_traced = np.stack(traced_vecs, axis=1)
+    present = np.vstack([np.ones((1, s), dtype=bool), ~np.eye(s, dtype=bool)])
+    z = merge_batch(v_traced, present, rule=model.rule, student_part=model.student_part)
+    for u, pres in enumerate(present):
+        got = traced_merge(torch.from_numpy(z[u])).numpy()
+        want = model(x, torch.from_numpy(pres)).numpy()
+        errors[f"merge[{'all' if u == 0 else f'-{u - 1}'}]"] = _check("merge", got, want, tolerance)
+    shards.append({"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts",
+                   "input": {"shape": [1, width], "dtype": "float32"},
+                   "output": {"shape": [1, model.merge.fc.out_features], "dtype": "float32"}})
+    for shard in shards:
+        shard["sha256"] = sha256_file(out_dir / shard["file"])
+    return shards, errors
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cache_dir: Path, out_dir: Path,
+                progress: Progress | None) -> PartitionResult:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    part, report = _partition(cfg, view)
+    if cfg.method == "nonn":
+        sp = list(range(cfg.students))
+    else:
+        sp = student_parts(students=cfg.students, parts=cfg.parts)
+    timings["partition"] = round(time.monotonic() - t0, 2)
+    scfg = _students_config(cfg, data, sp)
+    key = scfg.key(extra={"teacher": view.config.key(), "parts": [list(p) for p in part.parts],
+                          "method": cfg.method, "dataset": data.name})
+    t0 = time.monotonic()
+    model, srecord = _load_or_train_students(scfg, key=key, data=data, view=view, parts=part.parts,
+                                             cache_dir=cache_dir, progress=_phase(progress, f"students:{cfg.method}"))
+    cached = bool(srecord["cached"])
+    timings["students"] = round(time.monotonic() - t0, 2)
+    timings["students_train_seconds"] = srecord["train_seconds"]
+    t0 = time.monotonic()
+    n_test = cfg.test_subset or len(data.x_test)
+    x_test, y_test = data.x_test[:n_test], data.y_test[:n_test]
+    rows = tuple(resilience(model, x_test, y_test, max_subsets=cfg.max_subsets, seed=cfg.seed))
+    accuracy = unified_accuracy(model, x_test, y_test)
+    teacher_acc = float(view.record["test_accuracy"]) if n_test == len(data.x_test) else \
+        _teacher_acc(view.model, x_test, y_test)
+    timings["evaluate"] = round(time.monotonic() - t0, 2)
+    t0 = time.monotonic()
+    shards, errors = export_partitioned(model, out_dir=out_dir, samples=data.x_test)
+    timings["export"] = round(time.monotonic() - t0, 2)
+    evaluation = {
+        "test_accuracy": accuracy, "teacher_accuracy": teacher_acc, "test_samples": n_test,
+        "resilience": [r.as_dict() for r in rows],
+        "how": "k failed students: mean/worst accuracy over all C(S,k) subsets (or a seeded sample of "
+               f"{cfg.max_subsets} when more), the bundle's merge rule applied to each student's vectors",
+        "parity_max_abs_error": max(errors.values()), "parity_tolerance": PARITY_TOLERANCE,
+    }
+    manifest = {
+        "format": FORMAT, "method": cfg.method, "students": cfg.students, "parts": scfg.slots,
+        "S": cfg.students, "M": scfg.slots, "part_dim": scfg.part_dim, "merge_rule": scfg.merge_rule,
+        "student_part": sp, "part_filters": {str(j): list(p) for j, p in enumerate(part.parts)},
+        "partition": report, "dataset": data.name, "classes": list(data.classes),
+        "config": _jsonable(asdict(cfg)), "config_key": key, "teacher": {
+            "key": view.config.key(), "config": _jsonable(asdict(view.config)),
+            "test_accuracy": view.record["test_accuracy"], "train_seconds": view.record.get("train_seconds")},
+        "students_cached": cached, "shards": shards, "evaluation": evaluation,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return PartitionResult(method=cfg.method, bundle_dir=out_dir, manifest=manifest, teacher_accuracy=teacher_acc,
+                           accuracy=accuracy, rows=rows, partition=report, timings=timings)
+
+
+def _teacher_acc(model: Teacher, x: np.ndarray, y: np.ndarray) -> float:
+    from testbed.partition.teacher import teacher_accuracy
+    return teacher_accuracy(model, x, y)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def run_partition(cfg: PartitionConfig, *, cache_dir: Path, out_dir: Path,
+                  progress: Progress | None = None) -> PartitionResult:
+    """Partition with ``cfg.method`` and write the bundle into ``out_dir``."""
+    data = _load(cfg)
+    view = _teacher_view(cfg, data, cache_dir=Path(cache_dir), progress=progress)
+    result = _run_method(cfg, data, view, cache_dir=Path(cache_dir), out_dir=Path(out_dir), progress=progress)
+    return PartitionResult(**{**result.__dict__, "timings": {**view.seconds, **result.timings}})
+
+
+def run_compare(cfg: PartitionConfig, *, cache_dir: Path, out_dir: Path, progress: Progress | None = None,
+                methods: tuple[str, ...] = METHODS) -> CompareResult:
+    """Every method in ``methods`` on the same teacher, seed and teacher pass; bundles go to
+    ``out_dir/<method>``. ``cfg.method`` is ignored."""
+    t0 = time.monotonic()
+    data = _load(cfg)
+    view = _teacher_view(cfg, data, cache_dir=Path(cache_dir), progress=progress)
+    results = {}
+    for method in methods:
+        mcfg = PartitionConfig(**{**cfg.__dict__, "method": method})
+        results[method] = _run_method(mcfg, data, view, cache_dir=Path(cache_dir), out_dir=Path(out_dir) / method,
+                                      progress=progress)
+    teacher_acc = next(iter(results.values())).teacher_accuracy
+    return CompareResult(teacher_accuracy=teacher_acc, teacher=view.record, results=results,
+                         timings={**view.seconds, "total": round(time.monotonic() - t0, 2)})

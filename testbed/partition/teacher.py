@@ -1,0 +1,195 @@
+"""The teacher whose final-layer filters NoNN and the resilient method partition.
+
+Holds a small wide-residual network (WRN-style, pre-activation basic blocks) for 28x28 / 32x32
+(and tiny 8x8) images sized for a 2-core CPU, its training (Adam, one-cycle schedule, progress
+callback), the weight cache keyed by a hash of ``TeacherConfig`` (as testbed/model.py does for
+the spine), and the two views of its last layer the partitioners need:
+
+- ``final_maps``: the final conv layer's feature maps after its BN + ReLU, N x F x h x w
+  (the attention-transfer targets);
+- ``final_activations``: their global average, N x F (the NoNN filter-graph input).
+
+It must not partition, train students or write bundles (pipeline.py does), and it never
+downloads anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from testbed.data import Dataset
+
+ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Everything that determines the teacher's trained weights (and so its cache key).
+
+    ``widths`` are the three stages' channel counts; the last one is F, the number of filters
+    of the final conv layer that gets partitioned. Stages 2 and 3 halve the resolution, so a
+    28x28 input ends in 7x7 maps (8x8 digits: 2x2).
+    """
+
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    widths: tuple[int, int, int] = (16, 32, 64)
+    blocks: int = 1
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.004
+    weight_decay: float = 5e-4
+    subset: int | None = None
+    seed: int = 0
+
+    @property
+    def filters(self) -> int:
+        return self.widths[-1]
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "torch": torch.__version__.split("+")[0], "v": 1, "kind": "wrn"},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Block(nn.Module):
+    """Pre-activation basic block (BN-ReLU-conv x2) with a 1x1 projection when shapes change."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.short = (nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+                      if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        y = self.conv1(o)
+        y = self.conv2(F.relu(self.bn2(y)))
+        return y + (self.short(o) if self.short is not None else x)
+
+
+class Teacher(nn.Module):
+    """WRN-style CNN: stem conv, three stages, final BN-ReLU, global average pool, FC."""
+
+    def __init__(self, cfg: TeacherConfig, *, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+        w1, w2, w3 = cfg.widths
+        self.stem = nn.Conv2d(cfg.input_shape[0], w1, 3, padding=1, bias=False)
+        layers: list[nn.Module] = []
+        c = w1
+        for width, stride in ((w1, 1), (w2, 2), (w3, 2)):
+            for b in range(cfg.blocks):
+                layers.append(_Block(c, width, stride if b == 0 else 1))
+                c = width
+        self.stages = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, cfg.num_classes)
+
+    def final_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The final conv layer's output after BN + ReLU: N x F x h x w, all >= 0."""
+        return F.relu(self.bn(self.stages(self.stem((x - self.mean) / self.std))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.final_maps(x).mean(dim=(2, 3)))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, final maps) in one pass."""
+        maps = self.final_maps(x)
+        return self.fc(maps.mean(dim=(2, 3))), maps
+
+
+def train_teacher(cfg: TeacherConfig, data: Dataset, *, progress: ProgressFn | None = None) -> Teacher:
+    """Train with cross-entropy (AdamW, one-cycle LR, batches drawn by a seeded permutation,
+    no augmentation: a few epochs on a CPU, not a state-of-the-art teacher)."""
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(data.x_train[: cfg.subset] if cfg.subset else data.x_train)
+    y = torch.from_numpy(data.y_train[: cfg.subset] if cfg.subset else data.y_train)
+    model = Teacher(cfg, mean=float(x.mean()), std=float(x.std()) or 1.0)
+    steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress:
+                progress(step, total, loss.item())
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def final_activations(model: Teacher, x: np.ndarray | torch.Tensor, *, batch: int = 1000) -> np.ndarray:
+    """Global average of the final conv layer's maps (after BN + ReLU): N x F float32."""
+    model.eval()
+    xt = torch.as_tensor(x)
+    return torch.cat([model.final_maps(xt[i:i + batch]).mean(dim=(2, 3))
+                      for i in range(0, len(xt), batch)]).numpy()
+
+
+@torch.no_grad()
+def final_feature_maps(model: Teacher, x: np.ndarray | torch.Tensor, *, batch: int = 1000) -> np.ndarray:
+    """The full final feature maps, N x F x h x w float32 (for attention transfer)."""
+    model.eval()
+    xt = torch.as_tensor(x)
+    return torch.cat([model.final_maps(xt[i:i + batch]) for i in range(0, len(xt), batch)]).numpy()
+
+
+@torch.no_grad()
+def teacher_accuracy(model: Teacher, x: np.ndarray, y: np.ndarray, *, batch: int = 1000) -> float:
+    """Top-1 accuracy on ``x``, ``y``."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
+    return correct / max(1, len(x))
+
+
+def load_or_train_teacher(cfg: TeacherConfig, data: Dataset, *, cache_dir: Path,
+                          progress: ProgressFn | None = None) -> tuple[Teacher, dict]:
+    """The trained teacher for ``cfg``, from ``cache_dir/teacher-<key>`` when present.
+
+    The second value is the training record (cached flag, seconds, test accuracy).
+    """
+    entry = Path(cache_dir) / f"teacher-{cfg.key()}"
+    weights, record_path = entry / "weights.pt", entry / "record.json"
+    if weights.exists() and record_path.exists():
+        model = Teacher(cfg, mean=0.0, std=1.0)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.eval()
+        return model, {**json.loads(record_path.read_text()), "cached": True}
+    t0 = time.monotonic()
+    model = train_teacher(cfg, data, progress=progress)
+    record = {"key": cfg.key(), "config": asdict(cfg), "train_seconds": round(time.monotonic() - t0, 2),
+              "test_accuracy": teacher_accuracy(model, data.x_test, data.y_test), "torch": torch.__version__}
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(weights)
+    record_path.write_text(json.dumps(record, indent=2))
+    return model, {**record, "cached": False}
