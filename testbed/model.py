@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from testbed import weightcache
 from testbed.data import Dataset
 
 
@@ -142,20 +142,10 @@ def load_or_train(cfg: StudentsConfig, data: Dataset, *, cache_dir: Path,
 
     The second value is the training record (cached flag, seconds, test accuracy).
     """
-    entry = cache_dir / cfg.key()
-    weights, record_path = entry / "weights.pt", entry / "record.json"
-    if weights.exists() and record_path.exists():
-        model = UnifiedStudents(cfg, mean=0.0, std=1.0)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.eval()
-        return model, {**json.loads(record_path.read_text()), "cached": True}
-    t0 = time.monotonic()
-    model = train_students(cfg, data, progress=progress)
-    record = {"key": cfg.key(), "config": asdict(cfg), "train_seconds": round(time.monotonic() - t0, 2),
-              "test_accuracy": evaluate(model, data.x_test, data.y_test), "torch": torch.__version__}
-    entry.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)
-    record_path.write_text(json.dumps(record, indent=2))
-    return model, {**record, "cached": False}
+    def train() -> tuple[UnifiedStudents, dict]:
+        model = train_students(cfg, data, progress=progress)
+        return model, {"key": cfg.key(), "config": asdict(cfg), "torch": torch.__version__,
+                       "test_accuracy": evaluate(model, data.x_test, data.y_test)}
+
+    return weightcache.load_or_train(cache_dir / cfg.key(), build=lambda: UnifiedStudents(cfg, mean=0.0, std=1.0),
+                                     train=train)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from testbed import weightcache
 from testbed.bundle import FORMAT, MANIFEST, sha256_file
 from testbed.data import Dataset, load_dataset
 from testbed.errors import TestbedError
@@ -237,24 +238,14 @@ def _load_or_train_students(scfg: StudentsConfig, *, key: str, data: Dataset, vi
                             progress: Callable[[int, int, float], None] | None
                             ) -> tuple[PartitionedStudents, dict[str, Any]]:
     """The trained students and their record (cached flag, training seconds when trained)."""
-    entry = Path(cache_dir) / f"students-{key}"
-    weights, record_path = entry / "weights.pt", entry / "record.json"
-    if weights.exists() and record_path.exists():
-        model = PartitionedStudents(scfg, mean=0.0, std=1.0)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.eval()
-        return model, {**json.loads(record_path.read_text()), "cached": True}
-    t0 = time.monotonic()
-    att = part_attention(view.maps, parts)
-    model = train_students(scfg, x=data.x_train, y=data.y_train, teacher_logits=view.logits, teacher_att=att,
-                           progress=progress)
-    record = {"key": key, "train_seconds": round(time.monotonic() - t0, 2), "config": _jsonable(asdict(scfg))}
-    entry.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)
-    record_path.write_text(json.dumps(record, indent=2))
-    return model, {**record, "cached": False}
+    def train() -> tuple[PartitionedStudents, dict[str, Any]]:
+        att = part_attention(view.maps, parts)
+        model = train_students(scfg, x=data.x_train, y=data.y_train, teacher_logits=view.logits, teacher_att=att,
+                               progress=progress)
+        return model, {"key": key, "config": _jsonable(asdict(scfg))}
+
+    return weightcache.load_or_train(Path(cache_dir) / f"students-{key}",
+                                     build=lambda: PartitionedStudents(scfg, mean=0.0, std=1.0), train=train)
 
 
 # -- export ------------------------------------------------------------------------------------
