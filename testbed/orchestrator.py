@@ -318,7 +318,7 @@ class Orchestrator:
                      for f in exp.faults if f.kind == "kill"]
         timeline.sort(key=lambda item: item[0])
         pending: dict[int, _Pending] = {}
-        resolved: set[int] = set()
+        names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}  # student shard -> board
 
         def during_outage(offset: float) -> bool:
             return any(s <= offset < e for s, e, _ in outage_windows)
@@ -329,10 +329,8 @@ class Orchestrator:
             if p is None:
                 self._event("late_result", sample=sid)
                 return
-            resolved.add(sid)
             pred = int(msg.get("pred", -1))
             status = "partial" if msg.get("missing") else "complete"
-            names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}
             transit_ms, transit_unc = self._transit(msg.get("transit") or {}, names)
             self._event("result", sample=sid, status=status, label=p.label, pred=pred, correct=pred == p.label,
                         arrived=[names.get(int(s), str(s)) for s in msg.get("arrived", [])],

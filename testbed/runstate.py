@@ -112,7 +112,6 @@ class LinkState:
     dropped_queue: int = 0
     queue_bytes: int = 0
     in_outage: bool = False
-    outage_s: float = 0.0
     transit_ms: list[float] = field(default_factory=list)
     transit_uncertainty_ms: list[float] = field(default_factory=list)
 
@@ -146,7 +145,6 @@ class RunState:
         self.started_at_t: float | None = None
         self.ended = False
         self.faults: list[dict[str, Any]] = []
-        self.active_faults: set[str] = set()
         self.notes: list[str] = []
         self.edge_stats: dict[str, Any] = {}
         self.late_results = 0
@@ -245,11 +243,6 @@ class RunState:
 
     def _on_fault(self, ev: dict[str, Any]) -> None:
         target = ev.get("link") or ev.get("board") or "?"
-        key = f"{ev.get('kind')}:{target}"
-        if ev.get("phase") == "end":
-            self.active_faults.discard(key)
-        elif ev.get("kind") == "outage":
-            self.active_faults.add(key)
         t_run = float(ev["t"]) - (self.started_at_t or 0.0)
         self.notes.append(f"t={t_run:.1f}s {ev.get('kind')} {target} {ev.get('phase', '')}".rstrip())
         lk = self.links.get(ev.get("link", ""))
