@@ -214,25 +214,10 @@ def _prime(pair: Pair) -> None:
 # ------------------------------------------------------------------------------ serial
 
 
-@contextlib.contextmanager
-def socat_ptys(workdir: Path) -> Iterator[tuple[str, str]]:
-    a, b = workdir / "tty-a", workdir / "tty-b"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not (a.exists() and b.exists()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("socat did not create its pty pair")
-            time.sleep(0.01)
-        yield str(a), str(b)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def socat_ptys(workdir: Path) -> contextlib.AbstractContextManager[tuple[str, str]]:
+    """Two linked ptys from socat: the harness's own helper, as the demo fabric uses it."""
+    from testbed.fabric import socat_pty_pair
+    return socat_pty_pair(workdir, names=("tty-a", "tty-b"))
 
 
 class RawPtyReader:

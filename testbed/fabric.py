@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 import zlib
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,37 @@ def ble_address(link_name: str) -> str:
     """A stable static random address for a link's peripheral (top two bits set)."""
     h = zlib.crc32(link_name.encode()).to_bytes(4, "big")
     return ":".join(f"{b:02X}" for b in (0xC0 | (h[0] & 0x3F), h[1], h[2], h[3], 0x48, 0x42))
+
+
+@contextmanager
+def socat_pty_pair(workdir: Path, *, names: tuple[str, str] = ("wearable.tty", "edge.tty"),
+                   timeout: float = 20.0) -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals made by socat (absolute paths); socat is stopped on exit."""
+    socat = shutil.which("socat")
+    if socat is None:
+        raise RunError("a local pty pair needs socat (apt-get install socat)")
+    d = workdir.resolve()  # agents run in their own folders: absolute paths
+    d.mkdir(parents=True, exist_ok=True)
+    a, b = d / names[0], d / names[1]
+    log = d / "socat.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _wait(lambda: a.exists() and b.exists(), what="socat pty pair", proc=proc, log=log, timeout=timeout)
+            yield str(a), str(b)
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 @dataclass
@@ -108,30 +140,16 @@ class LocalFabric:
     def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen:
         fh = self._stack.enter_context(open(log, "wb"))
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        self._stack.callback(stop)
+        self._stack.callback(_stop, proc)
         return proc
 
     def _pty_pair(self, name: str) -> tuple[str, str]:
-        socat = shutil.which("socat")
-        if socat is None:
-            raise RunError(f"link {name}: serial over a local pty pair needs socat (apt-get install socat)")
-        d = (self.workdir / name).resolve()  # agents run in their own folders: absolute paths
-        d.mkdir(parents=True, exist_ok=True)
-        a, b = d / "wearable.tty", d / "edge.tty"
-        proc = self._spawn([socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                           d / "socat.log")
-        _wait(lambda: a.exists() and b.exists(), what=f"socat pty pair for {name}", proc=proc, log=d / "socat.log")
+        try:
+            a, b = self._stack.enter_context(socat_pty_pair(self.workdir / name))
+        except RunError as exc:
+            raise RunError(f"link {name}: serial over a local pty pair: {exc}") from None
         self.notes.append(f"{name}: serial over pty pair {a} <-> {b}")
-        return str(a), str(b)
+        return a, b
 
     def _ble_controllers(self, name: str) -> tuple[int, int]:
         d = self.workdir / name

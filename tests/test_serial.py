@@ -12,9 +12,7 @@ import queue
 import re
 import select
 import shutil
-import subprocess
 import threading
-import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,34 +45,10 @@ class PtyPair:
     peer: str | None = None
 
 
-def _wait_for(paths: list[Path], proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not all(p.exists() for p in paths):
-        if proc.poll() is not None:
-            raise RuntimeError(f"socat exited with {proc.returncode}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"socat did not create {paths} within {WAIT_S} s")
-        time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def socat_pair(tmp: Path) -> Iterator[tuple[str, str]]:
-    """Two linked ptys from socat; yields their paths; terminates socat in finally."""
-    a, b = tmp / "a", tmp / "b"
-    proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_for([a, b], proc)
-        yield str(a), str(b)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+def socat_pair(tmp: Path) -> contextlib.AbstractContextManager[tuple[str, str]]:
+    """Two linked ptys from socat (the harness's own helper, as the demo fabric uses it)."""
+    from testbed.fabric import socat_pty_pair
+    return socat_pty_pair(tmp, names=("a", "b"))
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -89,32 +88,10 @@ def subscribed(link: Link) -> None:
         time.sleep(0.05)
 
 
-def _wait_paths(paths: list[Path], proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not all(p.exists() for p in paths):
-        if proc.poll() is not None:
-            raise RuntimeError(f"socat exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"socat did not create {paths} within {WAIT_S} s")
-        time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def socat_ptys(workdir: Path) -> Iterator[tuple[str, str]]:
-    """Two linked ptys from socat; terminates socat in finally."""
-    a, b = workdir / "tty-a", workdir / "tty-b"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_paths([a, b], proc)
-        yield str(a), str(b)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def socat_ptys(workdir: Path) -> contextlib.AbstractContextManager[tuple[str, str]]:
+    """Two linked ptys from socat (the harness's own helper, as the demo fabric uses it)."""
+    from testbed.fabric import socat_pty_pair
+    return socat_pty_pair(workdir, names=("tty-a", "tty-b"))
 
 
 @contextlib.contextmanager
