@@ -69,5 +69,5 @@ def test_tampered_or_missing_shard_is_refused(bundle: tuple, tmp_path: Path) -> 
 def test_unknown_runtime_lists_known_names(bundle: tuple) -> None:
     out, _, _ = bundle
     from nodes.errors import RuntimeLoadError
-    with pytest.raises(RuntimeLoadError, match="expected one of torch"):
+    with pytest.raises(RuntimeLoadError, match="expected one of tflite, torch"):
         open_runtime("onnx", out / "merge.ts")
