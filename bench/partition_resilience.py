@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfig, StudentSpec,  # noqa: E402
-                                        TeacherSpec, run_compare)
+from testbed.partition.pipeline import GraphSpec, PartitionConfig, StudentSpec, TeacherSpec, run_compare  # noqa: E402
+from testbed.partition.report import partition_table, plot, summarise, table  # noqa: E402
 
 QUICK = dict(dataset="digits", teacher=TeacherSpec(widths=(8, 16, 32), epochs=10, batch_size=64, lr=0.01),
              graph=GraphSpec(images=1000),
@@ -56,91 +56,6 @@ def _progress(quiet: bool):
         last[phase] = now
         print(f"  [{now - t0:6.0f} s] {phase:<20} {step:>5}/{total} loss {loss:.3f}", file=sys.stderr, flush=True)
     return cb
-
-
-def summarise(result: CompareResult, cfg: PartitionConfig, *, wall_s: float) -> dict[str, Any]:
-    nonn, res = result.results["nonn"], result.results["resilient"]
-    rows = [{"k": a.k, "nonn_mean": round(a.mean, 4), "nonn_worst": round(a.worst, 4),
-             "resilient_mean": round(b.mean, 4), "resilient_worst": round(b.worst, 4),
-             "subsets": a.subsets, "sampled": a.sampled,
-             "nonn_worst_failed": list(a.worst_failed), "resilient_worst_failed": list(b.worst_failed)}
-            for a, b in zip(nonn.rows, res.rows)]
-    k0 = rows[0]
-    met = (all(r["resilient_mean"] >= r["nonn_mean"] and r["resilient_worst"] >= r["nonn_worst"] for r in rows[1:])
-           and k0["resilient_mean"] >= k0["nonn_mean"] - 0.005)
-    part = {m: {"sizes": r.partition["sizes"], "dropped": len(r.partition["dropped"]),
-                "dropped_reason": r.partition["dropped_reason"], "intra_share": r.partition["intra_share"],
-                "random_intra_share": r.partition["random_intra_share"]["mean"],
-                "top_k": r.partition["top_k"], "edges": r.partition["edges"], "connected_filters": r.partition["connected_filters"],
-                "at_1_percent": {k: r.partition["at_1_percent"][k] for k in ("edges", "connected_filters")}}
-            for m, r in result.results.items()}
-    return {
-        "dataset": cfg.dataset, "S": cfg.students, "M": cfg.parts,
-        "teacher_accuracy": round(result.teacher_accuracy, 4), "rows": rows,
-        "wall_s": {"total": round(wall_s, 1), "teacher": result.timings["teacher"],
-                   "teacher_train_seconds": result.teacher.get("train_seconds"),
-                   "teacher_cached": bool(result.teacher.get("cached")),
-                   "teacher_pass": result.timings["teacher_pass"],
-                   **{f"{m}_{k}": v for m, r in result.results.items() for k, v in r.timings.items()},
-                   **{f"{m}_students_cached": r.manifest["students_cached"] for m, r in result.results.items()}},
-        "target_met": met, "partition": part,
-        "config": {"teacher": vars(cfg.teacher), "graph": vars(cfg.graph), "student": vars(cfg.student),
-                   "seed": cfg.seed, "test_samples": nonn.manifest["evaluation"]["test_samples"]},
-        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
-    }
-
-
-def table(summary: dict[str, Any]) -> str:
-    t = summary["teacher_accuracy"]
-    lines = [f"teacher accuracy (ceiling): {t:.4f}", "",
-             "| k failed | subsets | NoNN mean | resilient mean (Δ vs NoNN) | NoNN worst | resilient worst (Δ vs NoNN) |",
-             "|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        dm = 100 * (r["resilient_mean"] - r["nonn_mean"])
-        dw = 100 * (r["resilient_worst"] - r["nonn_worst"])
-        lines.append(f"| {r['k']} | {r['subsets']}{' (sampled)' if r['sampled'] else ''} | {r['nonn_mean']:.4f} | "
-                     f"{r['resilient_mean']:.4f} ({dm:+.1f} pt) | {r['nonn_worst']:.4f} | "
-                     f"{r['resilient_worst']:.4f} ({dw:+.1f} pt) |")
-    return "\n".join(lines)
-
-
-def partition_table(summary: dict[str, Any]) -> str:
-    lines = ["| method | part sizes | filters dropped | edges kept (connected filters) | at NoNN's 1 % | "
-             "intra-part share | random balanced split |", "|---|---|---|---|---|---|---|"]
-    for m, p in summary["partition"].items():
-        lines.append(f"| {m} | {p['sizes']} | {p['dropped']} | {p['edges']} ({p['connected_filters']}) | "
-                     f"{p['at_1_percent']['edges']} ({p['at_1_percent']['connected_filters']}) | "
-                     f"{p['intra_share']:.3f} | {p['random_intra_share']:.3f} |")
-    return "\n".join(lines)
-
-
-def plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = [r["k"] for r in summary["rows"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.axhline(summary["teacher_accuracy"], color="0.4", lw=1, ls=":", label="teacher")
-    for m, colour in (("nonn", "tab:red"), ("resilient", "tab:blue")):
-        label = "NoNN" if m == "nonn" else f"resilient (M={summary['M']})"
-        ax.plot(ks, [r[f"{m}_mean"] for r in summary["rows"]], "o-", color=colour, label=f"{label}, mean")
-        ax.plot(ks, [r[f"{m}_worst"] for r in summary["rows"]], "s--", color=colour, alpha=0.7,
-                label=f"{label}, worst")
-    abl = summary.get("ablation_no_dropout")
-    for m, colour in (("nonn", "tab:red"), ("resilient", "tab:blue")) if abl else ():
-        ax.plot(ks, [r[f"{m}_mean"] for r in abl["rows"]], "^:", color=colour, alpha=0.45, lw=1,
-                label=f"{'NoNN' if m == 'nonn' else 'resilient'}, mean, no dropout")
-    ax.set_xticks(ks)
-    ax.set_xlabel(f"failed students k (of S = {summary['S']})")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{summary['dataset']}: accuracy with k failed students")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _ablation_md(summary: dict[str, Any]) -> str:

@@ -2,8 +2,10 @@
 
 Holds export of the spine's model (one TorchScript shard per student, one for the merge) and
 ``manifest.json``: shards with roles, input/output shapes and dtypes, merge rule, sha256 of
-every file, versions, offline evaluation. ``load_manifest`` verifies every hash and refuses a
-tampered or missing shard.
+every file, versions, offline evaluation. A shard entry names its TorchScript file; the same
+shard in other formats (LiteRT ``.tflite``, f32 or int8) are its ``alternates``, each with its
+own file and sha256. ``load_manifest`` verifies every hash and refuses a tampered or missing
+file; ``shard_for`` picks the entry a board's runtime loads.
 """
 from __future__ import annotations
 
@@ -87,19 +89,31 @@ def load_manifest(bundle_dir: Path, *, verify: bool = True) -> dict[str, Any]:
         raise BundleError(f"{path}: format {manifest.get('format')!r}; expected {FORMAT}")
     if verify:
         for shard in manifest["shards"]:
-            f = Path(bundle_dir) / shard["file"]
-            if not f.exists():
-                raise BundleError(f"{path}: shard file {shard['file']} is missing")
-            digest = sha256_file(f)
-            if digest != shard["sha256"]:
-                raise BundleError(f"{f}: sha256 {digest[:12]}… does not match the manifest's "
-                                  f"{shard['sha256'][:12]}…; the bundle was modified, rebuild it")
+            for entry in (shard, *shard.get("alternates", ())):
+                f = Path(bundle_dir) / entry["file"]
+                if not f.exists():
+                    raise BundleError(f"{path}: shard file {entry['file']} is missing")
+                digest = sha256_file(f)
+                if digest != entry["sha256"]:
+                    raise BundleError(f"{f}: sha256 {digest[:12]}… does not match the manifest's "
+                                      f"{entry['sha256'][:12]}…; the bundle was modified, rebuild it")
     return manifest
 
 
-def shard_for(manifest: dict[str, Any], *, role: str, index: int | None = None) -> dict[str, Any]:
-    """The manifest entry of the merge shard, or of student ``index``."""
+def shard_for(manifest: dict[str, Any], *, role: str, index: int | None = None, runtime: str | None = None,
+              quantize: str = "none") -> dict[str, Any]:
+    """The manifest entry of the merge shard, or of student ``index``, in the format ``runtime``
+    loads (None: the primary TorchScript entry); for ``tflite``, ``quantize`` picks f32 or int8."""
     for shard in manifest["shards"]:
         if shard["role"] == role and (index is None or shard.get("index") == index):
-            return shard
+            if runtime is None or runtime == shard["runtime"]:
+                return shard
+            for alt in shard.get("alternates", ()):
+                if alt["runtime"] == runtime and alt.get("quantize", "none") == quantize:
+                    return {**{k: v for k, v in shard.items() if k != "alternates"}, **alt}
+            have = [f"{a['runtime']}/{a.get('quantize', 'none')}" for a in shard.get("alternates", ())]
+            raise BundleError(f"bundle shard {shard['name']} has no {runtime} file"
+                              + (f" quantised {quantize}" if quantize != "none" else "")
+                              + f" (it has {', '.join([shard['runtime'], *have])}); rebuild the bundle with "
+                                f"partition.runtimes including {runtime}")
     raise BundleError(f"bundle has no {role} shard" + (f" with index {index}" if index is not None else ""))

@@ -1,6 +1,6 @@
 """The ``testbed`` command line: argument parsing and wiring, nothing else.
 
-Commands: ``inventory check``, ``run``, ``demo``, ``monitor --replay``. Errors a user can fix
+Commands: ``inventory check``, ``run``, ``demo``, ``partition``, ``profile``, ``link``, ``monitor --replay``. Errors a user can fix
 (bad YAML, missing dataset, agents that never come up) are printed on one line without a
 traceback and give a non-zero exit: 2 for configuration and input errors, 1 for run failures.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.errors import NodeError
-from testbed.errors import TestbedError
+from testbed.errors import ConfigError, TestbedError
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
@@ -57,8 +57,8 @@ def _train_progress(console: Any, enabled: bool) -> Any:
             self.p.__enter__()
             self.task = self.p.add_task("students", total=None)
 
-            def cb(_phase: str, done: int, total: int) -> None:
-                self.p.update(self.task, completed=done, total=total)
+            def cb(phase: str, done: int, total: int) -> None:
+                self.p.update(self.task, completed=done, total=total, description=phase)
             return cb
 
         def __exit__(self, *exc: object) -> None:
@@ -82,10 +82,15 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace, 
     cache = Path(args.cache) if args.cache else default_cache_dir()
     with _train_progress(console, not args.headless) as cb:
         if not args.json:
-            console.print(f"model: {exp.model.students} students on {exp.dataset.name} (cache {cache})")
-        prepared = prepare_bundle(exp, cache_dir=cache, progress=cb)
+            what = f"{exp.partition.method} partition" if exp.partition is not None else "jointly trained"
+            console.print(f"model: {exp.students} students ({what}) on {exp.dataset.name} (cache {cache})")
+        prepared = prepare_bundle(exp, cache_dir=cache, progress=cb, inventory=inv,
+                                  bundle_dir=Path(args.bundle) if args.bundle else None)
     tr = prepared.training
-    how = "loaded from cache" if tr.get("cached") else f"trained in {tr['train_seconds']} s"
+    how = ("loaded from cache" if tr.get("cached") else
+           f"trained in {tr['train_seconds']} s" if tr.get("train_seconds") is not None else "built")
+    if args.bundle:
+        how = f"bundle {args.bundle} ({prepared.manifest.get('method')})"
     console.print(f"model: {how}, offline test accuracy {tr['test_accuracy']:.4f}")
     run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
     orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir)
@@ -211,6 +216,50 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    from testbed.config import load_experiment, load_inventory
+    from testbed.orchestrator import default_cache_dir
+    from testbed.partition.report import render_bundle, write_compare
+
+    exp = load_experiment(args.experiment)
+    if exp.partition is None:
+        raise ConfigError("no partition section; expected partition: with method nonn | resilient | layer",
+                          file=str(exp.path), key="partition")
+    inv = load_inventory(args.inventory) if args.inventory else None
+    if inv is None and exp.partition.method == "layer" and Path("inventory.yaml").exists():
+        inv = load_inventory("inventory.yaml")
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    out = Path(args.out) if args.out else Path("bundles") / exp.name
+    _set_threads(args.threads)
+    console = _console(stderr=args.json)
+    with _train_progress(console, not args.json and console.is_terminal) as cb:
+        progress = (lambda phase, step, total, _loss: cb(phase, step, total)) if cb else None
+        if args.compare:
+            from testbed.partition.build import compare
+            doc = write_compare(compare(exp, out_dir=out, cache_dir=cache, progress=progress), out_dir=out)
+        else:
+            from testbed.partition.build import build_bundle
+            built = build_bundle(exp, out_dir=out, cache_dir=cache, inventory=inv, progress=progress)
+            doc = {"bundle": str(built.bundle_dir), "method": built.manifest["method"],
+                   "seconds": built.seconds, "evaluation": built.manifest.get("evaluation", {})}
+            for line in render_bundle(built.manifest, bundle_dir=built.bundle_dir):
+                console.print(line, markup=False)
+    if args.compare:
+        for line in doc["text"]:
+            console.print(line, markup=False)
+        doc.pop("text")
+    if args.json:
+        sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
+    return 0
+
+
+def _set_threads(n: int | None) -> None:
+    import os
+
+    import torch
+    torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     from testbed.linkcmd import link_command
 
@@ -227,6 +276,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--no-faults", action="store_true", help="drop the experiment's fault schedule")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
     if demo:
         p.add_argument("--dataset", choices=("fashion-mnist", "digits"), help="override the demo's dataset")
 
@@ -248,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on simulated boards on this machine")
     _add_run_options(demo, demo=True)
     demo.set_defaults(func=cmd_demo)
+    part = sub.add_parser("partition", help="partition a teacher into shards (nonn | resilient | layer) and write "
+                                            "a bundle")
+    part.add_argument("experiment", help="experiment YAML with a partition section")
+    part.add_argument("--compare", action="store_true",
+                      help="NoNN and the resilient method on the same teacher and seed, with a resilience "
+                           "table and plot")
+    part.add_argument("--out", help="bundle directory (default bundles/<experiment name>; --compare: one "
+                                    "folder per method inside it)")
+    part.add_argument("--inventory", help="inventory.yaml (the layer split reads link rate and board kinds)")
+    part.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    part.add_argument("--threads", type=int, help="torch threads (default: the cores, at most 4)")
+    part.add_argument("--json", action="store_true", help="print one JSON object (bundle, evaluation) last on stdout")
+    part.set_defaults(func=cmd_partition)
     link = sub.add_parser("link", help="kernel (tc) shaping of the inventory's IP links")
     link.add_argument("action", choices=("apply", "clear", "show"))
     link.add_argument("--inventory", default="inventory.yaml")

@@ -33,7 +33,8 @@ __all__ = [
     "COMPRESSIONS",
     "DATASETS", "MODEL_FAMILIES", "FAULT_KINDS", "DEFAULT_FASHION_MNIST_PATH",
     "BrokerSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory",
-    "DatasetSpec", "ModelSpec", "TrainSpec", "RunSpec", "FaultSpec", "Experiment",
+    "DatasetSpec", "ModelSpec", "TrainSpec", "PartitionSpec", "RunSpec", "FaultSpec", "Experiment",
+    "PARTITION_METHODS",
     "load_inventory", "load_experiment", "check_compatible", "with_overrides",
 ]
 
@@ -51,6 +52,9 @@ ENCODINGS = ("f32", "f16", "int8")
 COMPRESSIONS = ("none", "zstd", "lz4")
 DATASETS = ("fashion-mnist", "digits")
 MODEL_FAMILIES = ("cnn-students",)
+PARTITION_METHODS = ("nonn", "resilient", "layer")
+SPLIT_OBJECTIVES = ("latency", "energy")
+QUANTIZE = ("none", "int8", "int8-dynamic")   # testbed.litert.QUANTIZE_MODES
 FAULT_KINDS = ("outage", "kill")
 MERGE = "merge"
 DEFAULT_FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")
@@ -195,6 +199,31 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class PartitionSpec:
+    """The ``partition:`` section: how ``testbed partition`` builds the bundle a run deploys.
+
+    ``students`` is S (1 for ``layer``), ``parts`` is M (resilient; NoNN uses S). ``teacher``,
+    ``graph``, ``student`` and ``layer`` hold only the keys the file set (validated here; the
+    defaults live in testbed.partition.pipeline and testbed.partition.layersplit).
+    ``runtimes`` are the shard formats to export (``torch``: TorchScript, ``tflite``: LiteRT);
+    ``quantize: int8`` (static, calibrated on real images) or ``int8-dynamic`` adds int8 LiteRT
+    shards, with their accuracy measured; ``tflite`` boards then get those.
+    """
+
+    method: str
+    students: int
+    parts: int
+    teacher: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    graph: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    student: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    layer: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    runtimes: tuple[str, ...] = ("torch",)
+    quantize: str = "none"
+    max_subsets: int = 200
+    test_subset: int | None = None
+
+
+@dataclass(frozen=True)
 class RunSpec:
     samples: int
     rate_hz: float
@@ -216,18 +245,31 @@ class FaultSpec:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A validated ``experiment.yaml``. ``assignment`` maps board -> student index or 'merge'."""
+    """A validated ``experiment.yaml``. ``assignment`` maps board -> student index or 'merge'.
+
+    Exactly one of ``model`` (+ ``train``: the spine's jointly trained students) and
+    ``partition`` (a teacher partitioned by NoNN, the resilient method or a layer split) is set.
+    """
 
     path: Path
     name: str
     seed: int
     dataset: DatasetSpec
-    model: ModelSpec
-    train: TrainSpec
+    model: ModelSpec | None
+    train: TrainSpec | None
     assignment: Mapping[str, int | str]
     run: RunSpec
     faults: tuple[FaultSpec, ...] = ()
+    partition: PartitionSpec | None = None
     _lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def students(self) -> int:
+        """How many student shards the bundle has (= wearables assigned an index)."""
+        if self.partition is not None:
+            return self.partition.students
+        assert self.model is not None
+        return self.model.students
 
     def line_of(self, key: str) -> int | None:
         """1-based line of a dotted key in the file (or of its nearest present parent)."""
@@ -718,7 +760,7 @@ def _profile(r: _Reader, value: Any, key: str) -> LinkProfile:
 
 # --------------------------------------------------------------------------- experiment loader
 
-_EXPERIMENT_WHAT = ("an experiment YAML file (keys: name, seed, dataset, model, train, "
+_EXPERIMENT_WHAT = ("an experiment YAML file (keys: name, seed, dataset, model, train, partition, "
                     "assignment, run, faults)")
 
 
@@ -729,10 +771,8 @@ def load_experiment(path: str | Path) -> Experiment:
     r = _Reader(path, lines)
     top = r.mapping(
         data, "", what=_EXPERIMENT_WHAT,
-        allowed=("name", "seed", "dataset", "model", "train", "assignment", "run", "faults"),
+        allowed=("name", "seed", "dataset", "model", "train", "partition", "assignment", "run", "faults"),
         required={"name": _EXP_NAME_DESC, "dataset": "a mapping with name (and path)",
-                  "model": "a mapping with family, students, width, out_dim",
-                  "train": "a mapping with epochs, batch_size, lr (and subset)",
                   "assignment": "a mapping of board name -> student index or 'merge'",
                   "run": "a mapping with samples, rate_hz, deadline_ms, timeout_ms, output"})
     name = r.get(top, "", "name", _string(pattern=_EXP_NAME_RE, desc=_EXP_NAME_DESC))
@@ -751,23 +791,26 @@ def load_experiment(path: str | Path) -> Experiment:
         ds_path = None
     dataset = DatasetSpec(name=ds_name, path=ds_path)
 
-    mm = r.mapping(top["model"], "model", allowed=("family", "students", "width", "out_dim"))
-    model = ModelSpec(
-        family=r.get(mm, "model", "family", _choice(MODEL_FAMILIES), default="cnn-students"),
-        students=r.get(mm, "model", "students", _integer(lo=1)),
-        width=r.get(mm, "model", "width", _integer(lo=1)),
-        out_dim=r.get(mm, "model", "out_dim", _integer(lo=1)),
-    )
+    model: ModelSpec | None = None
+    train: TrainSpec | None = None
+    partition: PartitionSpec | None = None
+    if top.get("partition") is not None:
+        for k in ("model", "train"):
+            if k in top:
+                raise r.error(k, "expected either model + train (jointly trained students) or partition "
+                                 "(a partitioned teacher), not both; the partition section defines the model")
+        partition = _partition(r, top["partition"])
+        students = partition.students
+    else:
+        for k, desc in (("model", "a mapping with family, students, width, out_dim"),
+                        ("train", "a mapping with epochs, batch_size, lr (and subset)")):
+            if k not in top:
+                raise r.error(k, f"required key missing; expected {desc} (or a partition section instead)",
+                              line_key="")
+        model, train = _model(r, top["model"]), _train(r, top["train"])
+        students = model.students
 
-    t = r.mapping(top["train"], "train", allowed=("epochs", "batch_size", "lr", "subset"))
-    train = TrainSpec(
-        epochs=r.get(t, "train", "epochs", _integer(lo=1)),
-        batch_size=r.get(t, "train", "batch_size", _integer(lo=1)),
-        lr=r.get(t, "train", "lr", _number(gt=0)),
-        subset=r.get(t, "train", "subset", _integer(lo=1), default=None),
-    )
-
-    assignment = _assignment(r, top["assignment"], model.students)
+    assignment = _assignment(r, top["assignment"], students)
 
     u = r.mapping(top["run"], "run",
                   allowed=("samples", "rate_hz", "deadline_ms", "timeout_ms", "output"))
@@ -789,7 +832,109 @@ def load_experiment(path: str | Path) -> Experiment:
 
     return Experiment(path=path, name=name, seed=seed, dataset=dataset, model=model,
                       train=train, assignment=MappingProxyType(assignment), run=run,
-                      faults=tuple(faults), _lines=MappingProxyType(dict(lines)))
+                      faults=tuple(faults), partition=partition, _lines=MappingProxyType(dict(lines)))
+
+
+def _model(r: _Reader, value: Any) -> ModelSpec:
+    mm = r.mapping(value, "model", allowed=("family", "students", "width", "out_dim"))
+    return ModelSpec(
+        family=r.get(mm, "model", "family", _choice(MODEL_FAMILIES), default="cnn-students"),
+        students=r.get(mm, "model", "students", _integer(lo=1)),
+        width=r.get(mm, "model", "width", _integer(lo=1)),
+        out_dim=r.get(mm, "model", "out_dim", _integer(lo=1)),
+    )
+
+
+def _train(r: _Reader, value: Any) -> TrainSpec:
+    t = r.mapping(value, "train", allowed=("epochs", "batch_size", "lr", "subset"))
+    return TrainSpec(
+        epochs=r.get(t, "train", "epochs", _integer(lo=1)),
+        batch_size=r.get(t, "train", "batch_size", _integer(lo=1)),
+        lr=r.get(t, "train", "lr", _number(gt=0)),
+        subset=r.get(t, "train", "subset", _integer(lo=1), default=None),
+    )
+
+
+def _widths(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list) or not v or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in v):
+        raise _Invalid("a list of positive integers (channels per stage, e.g. [16, 32, 64])")
+    return tuple(v)
+
+
+def _fraction(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+        raise _Invalid("a number in (0, 1]")
+    return float(v)
+
+
+def _probability(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        raise _Invalid("a number in [0, 1)")
+    return float(v)
+
+
+# Keys of the partition sub-sections and how each value is checked; defaults live with the code
+# that uses them (testbed.partition.pipeline / layersplit), so only keys the file sets are kept.
+_PARTITION_SUBSECTIONS: dict[str, dict[str, _Conv]] = {
+    "teacher": {"widths": _Conv("a list of positive integers", _widths), "blocks": _integer(lo=1),
+                "epochs": _integer(lo=1), "batch_size": _integer(lo=1), "lr": _number(gt=0),
+                "subset": _integer(lo=1)},
+    "graph": {"top_k": _integer(lo=2), "keep_fraction": _Conv("a number in (0, 1]", _fraction),
+              "images": _integer(lo=10)},
+    "student": {"width": _integer(lo=1), "part_dim": _integer(lo=1), "epochs": _integer(lo=1),
+                "batch_size": _integer(lo=1), "lr": _number(gt=0), "temperature": _number(gt=0),
+                "alpha": _Conv("a number in [0, 1)", _probability), "beta": _number(ge=0),
+                "dropout": _Conv("a number in [0, 1)", _probability), "subset": _integer(lo=1)},
+    "layer": {"objective": _choice(SPLIT_OBJECTIVES), "encoding": _choice(ENCODINGS),
+              "link": _string(desc="a link name of the inventory or a profile preset (e.g. hbc-164k)"),
+              "repeats": _integer(lo=1)},
+}
+
+
+def _partition(r: _Reader, value: Any) -> PartitionSpec:
+    key = "partition"
+    p = r.mapping(value, key, allowed=("method", "students", "parts", *_PARTITION_SUBSECTIONS, "runtimes",
+                                       "quantize", "max_subsets", "test_subset"),
+                  required={"method": "one of " + ", ".join(PARTITION_METHODS)},
+                  what="a mapping with method (nonn | resilient | layer), students, parts, teacher, graph, student")
+    method = r.get(p, key, "method", _choice(PARTITION_METHODS))
+    if method == "layer":
+        students = r.get(p, key, "students", _integer(lo=1, hi=1), default=1)
+        parts = r.get(p, key, "parts", _integer(lo=1, hi=1), default=1)
+    else:
+        students = r.get(p, key, "students", _integer(lo=2))
+        parts = r.get(p, key, "parts", _integer(lo=1), default=students if method == "nonn" else 2)
+        if method == "nonn" and parts != students:
+            raise r.error(f"{key}.parts", f"expected {students} (NoNN has one part per student) or no parts "
+                                          f"key; got {parts}")
+        if method == "resilient" and students < 2 * parts:
+            raise r.error(f"{key}.parts", f"expected M <= S/2 = {students // 2} so every part has >= 2 "
+                                          f"students; got M = {parts}")
+    subs: dict[str, Mapping[str, Any]] = {}
+    for sub, convs in _PARTITION_SUBSECTIONS.items():
+        skey = f"{key}.{sub}"
+        m = r.mapping(p.get(sub) or {}, skey, allowed=tuple(convs))
+        subs[sub] = MappingProxyType({k: r.get(m, skey, k, convs[k]) for k in m if m[k] is not None})
+    runtimes: tuple[str, ...] = ("torch",)
+    if p.get("runtimes") is not None:
+        items = r.list(p["runtimes"], f"{key}.runtimes", what="a list of runtimes (torch, tflite)")
+        conv = _choice(RUNTIMES)
+        checked = []
+        for i, v in enumerate(items):
+            try:
+                checked.append(conv(v))
+            except _Invalid as exc:
+                raise r.error(f"{key}.runtimes[{i}]", f"expected {exc.expected}; got {_got(v)}") from None
+        runtimes = tuple(dict.fromkeys(checked))
+        if not runtimes:
+            raise r.error(f"{key}.runtimes", "expected at least one runtime (torch, tflite)")
+    quantize = r.get(p, key, "quantize", _choice(QUANTIZE), default="none")
+    if quantize != "none" and "tflite" not in runtimes:
+        raise r.error(f"{key}.quantize", "int8 quantisation applies to LiteRT shards; expected runtimes to "
+                                         "include tflite")
+    return PartitionSpec(method=method, students=students, parts=parts, runtimes=runtimes, quantize=quantize,
+                         max_subsets=r.get(p, key, "max_subsets", _integer(lo=1), default=200),
+                         test_subset=r.get(p, key, "test_subset", _integer(lo=1), default=None), **subs)
 
 
 def _assignment(r: _Reader, value: Any, students: int) -> dict[str, int | str]:
@@ -872,6 +1017,15 @@ def check_compatible(experiment: Experiment, inventory: Inventory) -> None:
     if inventory.edge.name not in experiment.assignment:
         raise r.error("assignment", f"expected the edge {inventory.edge.name!r} assigned "
                                     "'merge'; it is not assigned")
+    exported = experiment.partition.runtimes if experiment.partition is not None else ("torch",)
+    for board in inventory.boards.values():
+        if board.name in experiment.assignment and board.runtime not in exported:
+            key = "partition.runtimes" if experiment.partition is not None else "model"
+            how = ("add it to partition.runtimes" if experiment.partition is not None
+                   else "jointly trained students export TorchScript only; use a partition section with "
+                        "runtimes: [torch, tflite]")
+            raise r.error(key, f"board {board.name!r} of {inv} has runtime {board.runtime!r} but the bundle "
+                               f"would only hold {', '.join(exported)} shards; {how}")
     links = [l.name for l in inventory.links]
     for i, f in enumerate(experiment.faults):
         if f.kind == "outage" and f.link not in links:
@@ -938,6 +1092,9 @@ def with_overrides(experiment: Experiment, *, samples: int | None = None,
                                   if dataset == "fashion-mnist" else None)
         new["dataset"] = dataset
     if train is not None:
+        if experiment.train is None:
+            raise ConfigError("expected no train override: this experiment has a partition section "
+                              "(set partition.student / partition.teacher instead)", file=_OVERRIDE, key="train")
         if isinstance(train, TrainSpec):
             new["train"] = train
         else:

@@ -28,21 +28,24 @@ from testbed.errors import RunError
 
 def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, Any], assignment: Any,
                  broker_host: str, broker_port: int, deadline_ms: float, profiles: dict[str, LinkProfile],
-                 endpoint: Callable[[LinkSpec, str], dict[str, Any]], telemetry_hz: float = 2.0) -> dict[str, Any]:
+                 endpoint: Callable[[LinkSpec, str], dict[str, Any]], telemetry_hz: float = 2.0,
+                 quantize: str = "none") -> dict[str, Any]:
     """agent.json for ``board``; ``profiles`` are the links' effective profiles (faults merged),
-    ``endpoint(link, "tx" | "rx")`` gives each end's transport settings."""
+    ``endpoint(link, "tx" | "rx")`` gives each end's transport settings. The shard file is the
+    one the board's runtime loads (``quantize``: which LiteRT variant ``tflite`` boards get)."""
     cfg: dict[str, Any] = {"bench": inventory.bench, "board": board.name, "role": board.role,
                            "broker": {"host": broker_host, "port": broker_port}, "runtime": board.runtime,
                            "telemetry_hz": telemetry_hz}
     if board.role == "wearable":
-        shard = shard_for(manifest, role="student", index=int(assignment))
+        shard = shard_for(manifest, role="student", index=int(assignment), runtime=board.runtime,
+                          quantize=quantize)
         link = inventory.link_from(board.name)
         cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
                    link={"name": link.name, "transport": endpoint(link, "tx"),
                          "profile": profiles[link.name].as_dict(), "encoding": link.encoding,
                          "compression": link.compression})
     else:
-        shard = shard_for(manifest, role="merge")
+        shard = shard_for(manifest, role="merge", runtime=board.runtime, quantize=quantize)
         inbound = [lk for lk in inventory.links if lk.dst == board.name]
         cfg.update(merge={"shard": shard["file"], "parts": list(range(int(manifest["students"]))),
                           "student_part": list(manifest["student_part"]),
@@ -57,7 +60,7 @@ def deploy_local(*, bundle_dir: Path, board_dir: Path, manifest: dict[str, Any],
     """Copy what ``cfg`` names into ``board_dir`` (hash-checked) and write agent.json there."""
     board_dir.mkdir(parents=True, exist_ok=True)
     shard_file = cfg["shard"] if cfg["role"] == "wearable" else cfg["merge"]["shard"]
-    entry = next(s for s in manifest["shards"] if s["file"] == shard_file)
+    entry = next(e for s in manifest["shards"] for e in (s, *s.get("alternates", ())) if e["file"] == shard_file)
     dst = board_dir / shard_file
     shutil.copyfile(bundle_dir / shard_file, dst)
     if sha256_file(dst) != entry["sha256"]:

@@ -56,12 +56,20 @@ class Prepared:
     training: dict[str, Any]
 
 
-def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None = None) -> Prepared:
-    """Train (or load from the cache) the experiment's model and export its bundle."""
+def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None = None,
+                   inventory: Inventory | None = None, bundle_dir: Path | None = None) -> Prepared:
+    """The bundle to deploy: ``bundle_dir`` as given (verified), the experiment's partition
+    bundle (built by testbed.partition.build, cached by its key), or the spine's jointly trained
+    students (trained or loaded from the cache, then exported)."""
+    if bundle_dir is not None:
+        return _given_bundle(experiment, Path(bundle_dir))
+    if experiment.partition is not None:
+        return _partition_bundle(experiment, cache_dir=cache_dir, progress=progress, inventory=inventory)
     from testbed.model import StudentsConfig, load_or_train  # torch: laptop side only
 
     ds = load_dataset(experiment.dataset.name, path=experiment.dataset.path, seed=experiment.seed)
     m, tr = experiment.model, experiment.train
+    assert m is not None and tr is not None
     cfg = StudentsConfig(dataset=ds.name, input_shape=ds.input_shape, num_classes=len(ds.classes),
                          students=m.students, width=m.width, out_dim=m.out_dim, epochs=tr.epochs,
                          batch_size=tr.batch_size, lr=tr.lr, subset=tr.subset, seed=experiment.seed)
@@ -76,6 +84,34 @@ def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: Progres
                       evaluation={"test_accuracy": record["test_accuracy"]})
         manifest = load_manifest(bundle_dir)
     return Prepared(bundle_dir=bundle_dir, manifest=manifest, dataset=ds, training=record)
+
+
+def _given_bundle(experiment: Experiment, bundle_dir: Path) -> Prepared:
+    manifest = load_manifest(bundle_dir)
+    if manifest.get("dataset") != experiment.dataset.name:
+        raise RunError(f"{bundle_dir}: bundle was built for dataset {manifest.get('dataset')!r}; the experiment "
+                       f"uses {experiment.dataset.name!r}")
+    if int(manifest["students"]) != experiment.students:
+        raise RunError(f"{bundle_dir}: bundle has {manifest['students']} student shards; the experiment assigns "
+                       f"{experiment.students}")
+    ds = load_dataset(experiment.dataset.name, path=experiment.dataset.path, seed=experiment.seed)
+    return Prepared(bundle_dir=bundle_dir, manifest=manifest, dataset=ds, training=_bundle_record(manifest, True))
+
+
+def _partition_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None,
+                      inventory: Inventory | None) -> Prepared:
+    from testbed.partition.build import cached_bundle  # torch: laptop side only
+
+    cb = (lambda phase, step, total, _loss: progress(phase, step, total)) if progress else None
+    built = cached_bundle(experiment, cache_dir=cache_dir, inventory=inventory, progress=cb)
+    return Prepared(bundle_dir=built.bundle_dir, manifest=built.manifest, dataset=built.dataset,
+                    training=_bundle_record(built.manifest, built.cached))
+
+
+def _bundle_record(manifest: dict[str, Any], cached: bool) -> dict[str, Any]:
+    ev = manifest.get("evaluation", {})
+    return {"test_accuracy": float(ev.get("test_accuracy", float("nan"))), "cached": cached,
+            "train_seconds": None, "method": manifest.get("method")}
 
 
 def select_samples(ds: Dataset, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,7 +199,9 @@ class Orchestrator:
                "inventory": {"path": str(self.inventory.path), "text": self.inventory.path.read_text()},
                "experiment": {"path": str(self.experiment.path), "text": self.experiment.path.read_text(),
                               "effective": _jsonable(self.experiment)},
-               "bundle": {"dir": str(self.prepared.bundle_dir), "config_key": self.prepared.manifest["config_key"],
+               "bundle": {"dir": str(self.prepared.bundle_dir), "method": self.prepared.manifest.get("method"),
+                          "config_key": self.prepared.manifest.get("bundle_key",
+                                                                   self.prepared.manifest.get("config_key")),
                           "evaluation": self.prepared.manifest["evaluation"]},
                "training": self.prepared.training,
                "broker": {"kind": broker.kind, "host": broker.host, "port": broker.port,
@@ -232,7 +270,8 @@ class Orchestrator:
             cfg = agent_config(inventory=inv, board=board, manifest=self.prepared.manifest,
                                assignment=exp.assignment[board.name], broker_host=broker.host,
                                broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles,
-                               endpoint=fabric.endpoint)
+                               endpoint=fabric.endpoint,
+                               quantize=exp.partition.quantize if exp.partition is not None else "none")
             path = deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=self.run_dir / "boards" / board.name,
                                 manifest=self.prepared.manifest, cfg=cfg,
                                 samples=x if board.role == "wearable" else None)

@@ -77,3 +77,13 @@ def test_student_to_part_assignment() -> None:
     assert student_parts(students=6, parts=3) == [0, 1, 2, 0, 1, 2]
     with pytest.raises(ValueError):
         student_parts(students=2, parts=3)
+
+
+def test_louvain_bisects_the_largest_community_when_too_few_are_found() -> None:
+    acts, truth = planted(groups=3, size=8)
+    w = filter_graph(acts, top_k=8, keep_fraction=0.2)
+    part = louvain_parts(w, parts=5, seed=0)
+    assert len(part.parts) == 5 and all(part.sizes) and sum(part.sizes) + len(part.dropped) == 24
+    assert part.notes["communities"] == 3 and part.notes["bisected"] == 2
+    # every part stays inside one planted community: bisection never mixes communities
+    assert all(any(set(p) <= t for t in truth) for p in part.parts)

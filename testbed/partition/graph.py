@@ -88,6 +88,8 @@ def louvain_parts(w: np.ndarray, *, parts: int, seed: int = 0, resolution: float
     Filters with no edge left after thresholding are dropped (NoNN drops them too: they carry
     no co-activation evidence); communities are merged greedily, largest first, into the part
     with the fewest filters so far (NoNN's public code only handles 2 parts; this generalises).
+    When Louvain finds fewer communities than ``parts``, the largest community is bisected by
+    its leading modularity eigenvector until there are enough (``notes["bisected"]`` counts them).
     """
     import networkx as nx
 
@@ -100,14 +102,31 @@ def louvain_parts(w: np.ndarray, *, parts: int, seed: int = 0, resolution: float
         raise ValueError(f"only {g.number_of_nodes()} connected filters for {parts} parts; "
                          f"raise keep_fraction or top_k")
     comms = nx.community.louvain_communities(g, weight="weight", seed=seed, resolution=resolution)
-    comms = sorted((sorted(c) for c in comms), key=lambda c: (-len(c), c[0]))
+    comms = [sorted(c) for c in comms]
+    found = len(comms)
+    while len(comms) < parts:   # fewer communities than students: bisect the largest one
+        comms.sort(key=len)
+        comms.extend(_bisect(w, np.asarray(comms.pop(), dtype=int)))
+    comms = sorted(comms, key=lambda c: (-len(c), c[0]))
     groups: list[list[int]] = [[] for _ in range(parts)]
     for c in comms:
         min(groups, key=len).extend(c)
     return Partition(parts=tuple(tuple(sorted(g_)) for g_ in groups), dropped=isolated,
                      dropped_reason="no edge left after keeping the strongest edges (isolated filter)"
                      if isolated else "", method="nonn",
-                     notes={"communities": len(comms), "community_sizes": [len(c) for c in comms]})
+                     notes={"communities": found, "bisected": len(comms) - found,
+                            "community_sizes": [len(c) for c in comms]})
+
+
+def _bisect(w: np.ndarray, nodes: np.ndarray) -> list[list[int]]:
+    """Split one community in two by the sign of its modularity matrix's leading eigenvector
+    (Newman 2006); at the median rank when the signs do not split it."""
+    v = _leading_vector(w, nodes)
+    left = nodes[v > 0]
+    if not 0 < len(left) < len(nodes):
+        left = nodes[np.argsort(-v, kind="stable")[: len(nodes) // 2]]
+    right = np.setdiff1d(nodes, left)
+    return [sorted(int(i) for i in left), sorted(int(i) for i in right)]
 
 
 # -- resilient: balanced eigen split ---------------------------------------------------------

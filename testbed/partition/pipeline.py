@@ -137,6 +137,7 @@ class PartitionResult:
     rows: tuple[ResilienceRow, ...]
     partition: dict[str, Any]
     timings: dict[str, float]
+    model: PartitionedStudents | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return PartitionResult(method=cfg.method, bundle_dir=out_dir, manifest=manifest, teacher_accuracy=teacher_acc,
-                           accuracy=accuracy, rows=rows, partition=report, timings=timings)
+                           accuracy=accuracy, rows=rows, partition=report, timings=timings, model=model)
 
 
 def _teacher_acc(model: Teacher, x: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,232 @@
+"""From an experiment's ``partition:`` section to a verified bundle directory.
+
+Holds ``partition_config`` (the section, the dataset and the seed -> pipeline.PartitionConfig),
+``bundle_key`` (a hash of everything that determines the bundle), ``build_bundle`` (run the
+method into a directory: NoNN or resilient through testbed.partition.pipeline, the layer split
+through testbed.partition.layersplit; then the LiteRT shards the section asks for, each checked
+against torch and, for int8, with its accuracy measured) and ``cached_bundle`` (the same, reused
+from the cache when a bundle with the same key verifies) and ``compare`` (NoNN and resilient on
+one teacher). ``testbed partition`` and ``testbed
+run`` for experiments with a partition section both come through here.
+
+It never sets torch's thread count (the CLI does) and never downloads anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from testbed.bundle import MANIFEST, BundleError, load_manifest
+from testbed.config import Experiment, Inventory, PartitionSpec
+from testbed.data import Dataset, load_dataset
+from testbed.errors import TestbedError
+from testbed.partition.evaluate import merge_batch
+from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfig, Progress, StudentSpec,
+                                        TeacherSpec, run_compare, run_partition)
+
+PARITY_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class Built:
+    """A bundle ready to deploy, and what building it reported."""
+
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    dataset: Dataset
+    cached: bool
+    seconds: float
+
+
+def partition_config(spec: PartitionSpec, *, dataset: str, dataset_path: Path | None, seed: int) -> PartitionConfig:
+    """The pipeline's config for ``spec`` (keys the file left out take the pipeline's defaults)."""
+    method = spec.method if spec.method != "layer" else "resilient"   # layer: only the teacher is used
+    return PartitionConfig(dataset=dataset, dataset_path=str(dataset_path) if dataset_path else None,
+                           method=method, students=max(spec.students, 2), parts=max(1, spec.parts),
+                           teacher=TeacherSpec(**spec.teacher), graph=GraphSpec(**spec.graph),
+                           student=StudentSpec(**spec.student), seed=seed, max_subsets=spec.max_subsets,
+                           test_subset=spec.test_subset)
+
+
+def _config(exp: Experiment) -> PartitionConfig:
+    assert exp.partition is not None
+    return partition_config(exp.partition, dataset=exp.dataset.name, dataset_path=exp.dataset.path, seed=exp.seed)
+
+
+def _layer_inputs(exp: Experiment, inventory: Inventory | None) -> dict[str, Any]:
+    """What the layer split's choice depends on besides the teacher: the link and the board kinds."""
+    from testbed.partition.layersplit import resolve_layer_inputs
+    return resolve_layer_inputs(exp, inventory)
+
+
+def bundle_key(exp: Experiment, *, inventory: Inventory | None = None) -> str:
+    """A hash of everything that determines the bundle of ``exp``'s partition section."""
+    spec = exp.partition
+    if spec is None:
+        raise TestbedError(f"{exp.path}: no partition section; expected one for a partition bundle")
+    blob: dict[str, Any] = {"config": _jsonable(asdict(_config(exp))), "method": spec.method,
+                            "runtimes": list(spec.runtimes), "quantize": spec.quantize, "v": 1,
+                            "torch": torch.__version__.split("+")[0]}
+    if spec.method == "layer":
+        blob["layer"] = _layer_inputs(exp, inventory)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: Inventory | None = None,
+                 progress: Progress | None = None) -> Built:
+    """Run ``exp``'s partition section into ``out_dir`` (replaced) and return the verified bundle."""
+    spec = exp.partition
+    if spec is None:
+        raise TestbedError(f"{exp.path}: no partition section; expected one for `testbed partition`")
+    t0 = time.monotonic()
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    data = load_dataset(exp.dataset.name, path=exp.dataset.path, seed=exp.seed)
+    if spec.method == "layer":
+        from testbed.partition.layersplit import build_layer_bundle
+        manifest, modules = build_layer_bundle(exp, _config(exp), data, inventory=inventory, out_dir=out_dir,
+                                               cache_dir=Path(cache_dir), progress=progress)
+        cached = False
+    else:
+        result = run_partition(_config(exp), cache_dir=Path(cache_dir), out_dir=out_dir, progress=progress)
+        manifest = result.manifest
+        assert result.model is not None
+        modules = {f"student_{i}": s for i, s in enumerate(result.model.students)}
+        modules["merge"] = result.model.merge
+        cached = bool(manifest.get("students_cached"))
+    manifest["bundle_key"] = bundle_key(exp, inventory=inventory)
+    manifest["experiment"] = {"name": exp.name, "file": str(exp.path)}
+    if "tflite" in spec.runtimes:
+        _add_litert(manifest, modules, out_dir=out_dir, data=data, quantize=spec.quantize)
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return Built(bundle_dir=out_dir, manifest=load_manifest(out_dir), dataset=data, cached=cached,
+                 seconds=round(time.monotonic() - t0, 2))
+
+
+def cached_bundle(exp: Experiment, *, cache_dir: Path, inventory: Inventory | None = None,
+                  progress: Progress | None = None) -> Built:
+    """``exp``'s bundle from ``cache_dir/partition-<key>/bundle`` when it verifies, else built there."""
+    key = bundle_key(exp, inventory=inventory)
+    bundle_dir = Path(cache_dir) / f"partition-{key}" / "bundle"
+    try:
+        manifest = load_manifest(bundle_dir)
+        if manifest.get("bundle_key") != key:
+            raise BundleError("stale")
+    except BundleError:
+        return build_bundle(exp, out_dir=bundle_dir, cache_dir=cache_dir, inventory=inventory, progress=progress)
+    data = load_dataset(exp.dataset.name, path=exp.dataset.path, seed=exp.seed)
+    return Built(bundle_dir=bundle_dir, manifest=manifest, dataset=data, cached=True, seconds=0.0)
+
+
+# -- LiteRT shards -----------------------------------------------------------------------------
+
+def _add_litert(manifest: dict[str, Any], modules: dict[str, torch.nn.Module], *, out_dir: Path, data: Dataset,
+                quantize: str) -> None:
+    """Export every shard as .tflite (and int8 when asked), parity-checked on real test images;
+    record each file as an alternate of its shard and the int8 accuracy in the evaluation."""
+    from testbed.litert import export_tflite
+
+    samples = np.ascontiguousarray(data.x_test[:PARITY_SAMPLES], dtype=np.float32)
+    inputs = _shard_inputs(manifest, modules, samples)
+    variants = ["none"] + ([quantize] if quantize != "none" else [])
+    for shard in manifest["shards"]:
+        module, x = modules[shard["name"]], inputs[shard["name"]]
+        example = torch.from_numpy(x[:1])
+        shard["alternates"] = []
+        for q in variants:
+            suffix = "" if q == "none" else f".{q}"
+            entry = export_tflite(module, example, out_dir / f"{shard['name']}{suffix}.tflite", samples=x,
+                                  quantize=q)
+            entry["file"] = Path(entry["file"]).name
+            shard["alternates"].append(entry)
+    ev = manifest.setdefault("evaluation", {})
+    ev["litert"] = {v: _litert_accuracy(manifest, out_dir=out_dir, data=data, quantize=v) for v in variants}
+
+
+def _shard_inputs(manifest: dict[str, Any], modules: dict[str, torch.nn.Module],
+                  samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Real inputs for every shard: images for students, their merged vectors for the merge."""
+    out: dict[str, np.ndarray] = {}
+    vecs = []
+    with torch.no_grad():
+        for shard in manifest["shards"]:
+            if shard["role"] == "student":
+                out[shard["name"]] = samples
+                vecs.append(modules[shard["name"]](torch.from_numpy(samples)).reshape(len(samples), -1).numpy())
+    v = np.stack(vecs, axis=1)
+    present = np.ones((1, v.shape[1]), dtype=bool)
+    out["merge"] = np.ascontiguousarray(
+        merge_batch(v, present, rule=manifest["merge_rule"], student_part=manifest["student_part"])[0],
+        dtype=np.float32)
+    return out
+
+
+def _litert_accuracy(manifest: dict[str, Any], *, out_dir: Path, data: Dataset, quantize: str,
+                     limit: int = 2000) -> dict[str, Any]:
+    """Accuracy of the LiteRT shards end to end (all students present) on the first ``limit``
+    test images, beside the torch bundle's accuracy on the same images."""
+    from testbed.litert import run_tflite
+
+    x = np.ascontiguousarray(data.x_test[:limit], dtype=np.float32)
+    y = data.y_test[:limit]
+
+    def alt(shard: dict[str, Any]) -> Path:
+        return out_dir / next(a["file"] for a in shard["alternates"] if a.get("quantize", "none") == quantize)
+
+    students = [s for s in manifest["shards"] if s["role"] == "student"]
+    merge = next(s for s in manifest["shards"] if s["role"] == "merge")
+    v = np.stack([run_tflite(alt(s), x).reshape(len(x), -1) for s in students], axis=1)
+    z = merge_batch(v, np.ones((1, v.shape[1]), dtype=bool), rule=manifest["merge_rule"],
+                    student_part=manifest["student_part"])[0]
+    logits = run_tflite(alt(merge), np.ascontiguousarray(z, dtype=np.float32))
+    acc = float(np.mean(np.argmax(logits, axis=1) == y))
+    ref = _torch_accuracy(manifest, out_dir=out_dir, x=x, y=y)
+    return {"accuracy": round(acc, 4), "torch_accuracy": round(ref, 4), "delta_pt": round(100 * (acc - ref), 2),
+            "images": int(len(x)), "how": "LiteRT shards end to end, all students present"}
+
+
+def _torch_accuracy(manifest: dict[str, Any], *, out_dir: Path, x: np.ndarray, y: np.ndarray) -> float:
+    from nodes.runtime import open_runtime
+
+    students = [s for s in manifest["shards"] if s["role"] == "student"]
+    merge = next(s for s in manifest["shards"] if s["role"] == "merge")
+    vecs = []
+    for s in students:
+        with open_runtime("torch", out_dir / s["file"]) as rt:
+            vecs.append(rt.run(x).reshape(len(x), -1))
+    z = merge_batch(np.stack(vecs, axis=1), np.ones((1, len(vecs)), dtype=bool), rule=manifest["merge_rule"],
+                    student_part=manifest["student_part"])[0]
+    with open_runtime("torch", out_dir / merge["file"]) as rt:
+        logits = rt.run(np.ascontiguousarray(z, dtype=np.float32))
+    return float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+
+def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path,
+            progress: Progress | None = None) -> tuple[CompareResult, PartitionConfig]:
+    """NoNN and the resilient method on ``exp``'s teacher and seed; bundles in ``out_dir/<method>``.
+    ``partition.method`` is ignored (a ``layer`` section compares with its students/parts)."""
+    spec = exp.partition
+    if spec is None:
+        raise TestbedError(f"{exp.path}: no partition section; expected one for `testbed partition --compare`")
+    cfg = _config(exp)
+    if cfg.parts > cfg.students // 2:
+        raise TestbedError(f"{exp.path}: --compare needs the resilient method's M <= S/2; got S = {cfg.students}, "
+                           f"M = {cfg.parts}")
+    return run_compare(cfg, cache_dir=Path(cache_dir), out_dir=Path(out_dir), progress=progress), cfg
