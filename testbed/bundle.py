@@ -1,8 +1,10 @@
 """Bundles: the directory a partitioned model travels in, from laptop to boards.
 
-Holds export of the spine's model (one TorchScript shard per student, one for the merge) and
-``manifest.json``: shards with roles, input/output shapes and dtypes, merge rule, sha256 of
-every file, versions, offline evaluation. A shard entry names its TorchScript file; the same
+Holds the one way a shard becomes a TorchScript file (``trace_shard``: trace, save, reload;
+``check_parity``: the reloaded shard against the torch module, else ``ExportParityError``),
+used here and by the partition and layer-split exports; export of the spine's model (one
+TorchScript shard per student, one for the merge); and ``manifest.json``: shards with roles,
+input/output shapes and dtypes, merge rule, sha256 of every file, versions, offline evaluation. A shard entry names its TorchScript file; the same
 shard in other formats (LiteRT ``.tflite``, f32 or int8) are its ``alternates``, each with its
 own file and sha256. ``load_manifest`` verifies every hash and refuses a tampered or missing
 file; ``shard_for`` picks the entry a board's runtime loads.
@@ -17,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from testbed.errors import TestbedError
@@ -24,10 +27,15 @@ from testbed.model import StudentsConfig, UnifiedStudents
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+PARITY_TOLERANCE = 1e-4   # max |traced shard - torch module| on real inputs
 
 
 class BundleError(TestbedError):
     """A bundle is incomplete, tampered with, or of an unknown format."""
+
+
+class ExportParityError(TestbedError):
+    """A traced shard does not reproduce the torch module within the tolerance."""
 
 
 def sha256_file(path: Path) -> str:
@@ -38,17 +46,39 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
-    module = module.eval()
+def trace_shard(module: torch.nn.Module, example: torch.Tensor,
+                path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Trace ``module`` (in eval mode) on ``example``, save it to ``path`` and load it back.
+
+    Returns the reloaded shard (what a torch board will run) and its ``input``/``output``
+    manifest entries: the shapes and dtypes of ``example`` and of the shard's output on it.
+    """
     # TorchScript is deprecated upstream but is what JetPack's torch builds load reliably; the
     # deprecation warning is expected here, not news to the user.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(module, example)
-        out = traced(example)
-    traced.save(str(path))
-    return {"input": {"shape": list(example.shape), "dtype": "float32"},
-            "output": {"shape": list(out.shape), "dtype": "float32"}}
+        torch.jit.trace(module.eval(), example).save(str(path))
+        loaded = torch.jit.load(str(path))
+        out = loaded(example)
+    return loaded, {"input": {"shape": list(example.shape), "dtype": _dtype(example)},
+                    "output": {"shape": list(out.shape), "dtype": _dtype(out)}}
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def check_parity(name: str, got: np.ndarray, want: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> float:
+    """The max absolute difference between shard ``name``'s traced output ``got`` and the torch
+    module's ``want``; ExportParityError when the shapes differ or it exceeds ``tolerance``."""
+    if got.shape != want.shape:
+        raise ExportParityError(f"shard {name}: traced output has shape {list(got.shape)}, the torch module's "
+                                f"{list(want.shape)}; expected the same")
+    err = float(np.max(np.abs(got - want))) if got.size else 0.0
+    if not err <= tolerance:
+        raise ExportParityError(f"shard {name}: traced output differs from the torch module by {err:.3g} "
+                                f"(shape {list(got.shape)}); expected <= {tolerance:g}")
+    return err
 
 
 def export_bundle(model: UnifiedStudents, cfg: StudentsConfig, *, out_dir: Path,
@@ -59,12 +89,12 @@ def export_bundle(model: UnifiedStudents, cfg: StudentsConfig, *, out_dir: Path,
     x = torch.zeros((1, *cfg.input_shape), dtype=torch.float32)
     for i, student in enumerate(model.students):
         name = f"student_{i}"
-        io = _export(student, x, out_dir / f"{name}.ts")
+        _, io = trace_shard(student, x, out_dir / f"{name}.ts")
         shards.append({"name": name, "role": "student", "index": i, "part": i, "runtime": "torch",
                        "file": f"{name}.ts", **io})
     z = torch.zeros((1, cfg.students * cfg.out_dim), dtype=torch.float32)
-    shards.append({"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts",
-                   **_export(model.merge, z, out_dir / "merge.ts")})
+    _, io = trace_shard(model.merge, z, out_dir / "merge.ts")
+    shards.append({"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts", **io})
     for shard in shards:
         shard["sha256"] = sha256_file(out_dir / shard["file"])
     manifest = {

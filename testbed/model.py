@@ -1,25 +1,30 @@
 """The spine's model: S small CNN students (one per wearable) and the edge's merge layer.
 
-Holds the torch definitions, joint training with cross-entropy, evaluation, and the weight
-cache keyed by a hash of the configuration. Students each see the whole input and emit a
-short vector; the merge shard concatenates the S vectors (zeros for a missing part) and
-applies one fully connected layer. torch is imported here at module level: only laptop-side
-code (training, partitioning) imports this module, never a board.
+Holds ``StudentsConfig``, ``UnifiedStudents`` (S students + the merge layer, trained jointly),
+joint training with cross-entropy (testbed/training.py's loop), evaluation, and the weight
+cache keyed by a hash of the configuration. The student CNN and the merge layer are the
+partition students' own (testbed/partition/students.py: ``Student``, ``MergeFC``): each
+student sees the whole input and emits a short vector; the merge shard concatenates the S
+vectors (zeros for a missing part) and applies one fully connected layer. torch is imported
+here at module level: only laptop-side code (training, partitioning) imports this module,
+never a board.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from testbed import weightcache
 from testbed.data import Dataset
+from testbed.partition.students import MergeFC, Student
+from testbed.training import ProgressFn, accuracy, fit
 
 
 @dataclass(frozen=True)
@@ -39,40 +44,9 @@ class StudentsConfig:
     seed: int
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "torch": torch.__version__.split("+")[0], "v": 1}, sort_keys=True)
+        # v2: the student is testbed.partition.students.Student (state dict "body.*", was "features.*")
+        blob = json.dumps({**asdict(self), "torch": torch.__version__.split("+")[0], "v": 2}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class Student(nn.Module):
-    """Two conv blocks and a global-average head: input N x C x H x W -> N x out_dim (>= 0)."""
-
-    def __init__(self, *, in_channels: int, width: int, out_dim: int, mean: float, std: float) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Sequential(nn.Linear(4 * width, out_dim), nn.ReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features((x - self.mean) / self.std))
-
-
-class Merge(nn.Module):
-    """The edge shard: N x (S * out_dim) concatenated student vectors -> N x classes logits."""
-
-    def __init__(self, *, students: int, out_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(students * out_dim, num_classes)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc(z)
 
 
 class UnifiedStudents(nn.Module):
@@ -81,15 +55,12 @@ class UnifiedStudents(nn.Module):
     def __init__(self, cfg: StudentsConfig, *, mean: float, std: float) -> None:
         super().__init__()
         self.students = nn.ModuleList(
-            Student(in_channels=cfg.input_shape[0], width=cfg.width, out_dim=cfg.out_dim, mean=mean, std=std)
+            Student(in_channels=cfg.input_shape[0], width=cfg.width, part_dim=cfg.out_dim, mean=mean, std=std)
             for _ in range(cfg.students))
-        self.merge = Merge(students=cfg.students, out_dim=cfg.out_dim, num_classes=cfg.num_classes)
+        self.merge = MergeFC(inputs=cfg.students * cfg.out_dim, num_classes=cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.merge(torch.cat([s(x) for s in self.students], dim=1))
-
-
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 def train_students(cfg: StudentsConfig, data: Dataset, *, progress: ProgressFn | None = None,
@@ -101,39 +72,14 @@ def train_students(cfg: StudentsConfig, data: Dataset, *, progress: ProgressFn |
     x = torch.from_numpy(data.x_train[: cfg.subset] if cfg.subset else data.x_train)
     y = torch.from_numpy(data.y_train[: cfg.subset] if cfg.subset else data.y_train)
     model = UnifiedStudents(cfg, mean=float(x.mean()), std=float(x.std()) or 1.0)
-    steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            loss = loss_fn(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress:
-                progress(step, total, float(loss))
-    model.eval()
+    fit(model, lambda idx: F.cross_entropy(model(x[idx]), y[idx]), samples=len(x), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, generator=torch.Generator().manual_seed(cfg.seed), progress=progress)
     return model
 
 
-@torch.no_grad()
 def evaluate(model: UnifiedStudents, x: np.ndarray, y: np.ndarray, *, batch: int = 1000) -> float:
     """Top-1 accuracy of the whole unified model (all parts present)."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        logits = model(torch.from_numpy(x[i:i + batch]))
-        correct += int((logits.argmax(1).numpy() == y[i:i + batch]).sum())
-    return correct / max(1, len(x))
+    return accuracy(model, x, y, batch=batch)
 
 
 def load_or_train(cfg: StudentsConfig, data: Dataset, *, cache_dir: Path,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.mqtt import MqttClient, Will, topic
+from nodes.mqtt import MqttClient, topic
 from testbed.broker import EmbeddedBroker, free_port, mosquitto_config
 
 

@@ -31,12 +31,18 @@ def test_iid_loss_rate():
 def test_gilbert_elliott_matches_theory(p, r, h1, k1):
     model = LossModel("gemodel", p, r=r, one_minus_h=h1, one_minus_k=k1)
     chain = model.chain(random.Random(42))
-    losses, bad_steps, bursts, bad_runs, run = 0, 0, [], [], 0
+    losses, bad_steps, bursts, bad_runs, run, burst = 0, 0, [], [], 0, 0
     prev_bad = False
     for _ in range(N):
         was_bad = chain.bad
-        losses += chain.step()
+        lost = chain.step()
+        losses += lost
         bad_steps += was_bad
+        if lost:
+            burst += 1
+        elif burst:
+            bursts.append(burst)
+            burst = 0
         if was_bad:
             run += 1
         elif prev_bad:
@@ -53,6 +59,10 @@ def test_gilbert_elliott_matches_theory(p, r, h1, k1):
     # bad sojourn is geometric with mean 1 / r; its mean over k runs has sd ~ sqrt(1-r)/r/sqrt(k)
     mean_run, rr = statistics.fmean(bad_runs), r / 100
     assert mean_run == pytest.approx(1 / rr, abs=4 * math.sqrt(1 - rr) / rr / math.sqrt(len(bad_runs)))
+    # losses come in bursts: longer than independent losses at the same rate (mean 1 / (1 - loss))
+    assert statistics.fmean(bursts) > 1.5 / (1 - model.mean_loss)
+    if (h1, k1) == (100.0, 0.0):  # Gilbert: a frame is lost iff the step leaves the chain bad,
+        assert bursts[:len(bad_runs)] == bad_runs  # so the bursts are the bad sojourns, a step early
 
 
 def test_loss_spec_and_errors():

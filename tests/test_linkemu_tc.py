@@ -13,9 +13,8 @@ import time
 import pytest
 
 from linkemu.errors import LinkError
-from linkemu.loss import LossModel
 from linkemu.outage import Outage
-from linkemu.profile import PRESETS, LinkProfile, resolve_profile
+from linkemu.profile import PRESETS, resolve_profile
 from linkemu.tc import KernelLink, Runner, choose_backend, netem_argv, plan, probe
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

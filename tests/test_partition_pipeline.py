@@ -14,7 +14,7 @@ import torch
 from nodes.merge import Merger
 from nodes.runtime import open_runtime
 from testbed.bundle import BundleError, load_manifest, shard_for
-from testbed.partition.evaluate import failure_subsets, merge_batch, resilience
+from testbed.partition.evaluate import failure_subsets, merge_batch
 from testbed.partition.pipeline import (CompareResult, ExportParityError, GraphSpec, PartitionConfig, PartitionError,
                                         StudentSpec, TeacherSpec, export_partitioned, run_compare)
 from testbed.partition.students import (PartitionedStudents, StudentsConfig, at_loss, attention_map, merge_vectors,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from testbed.partition.students import PartitionedStudents
+from testbed.training import accuracy
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,6 @@ def resilience(model: PartitionedStudents, x: np.ndarray, y: np.ndarray, *, max_
     return rows
 
 
-@torch.no_grad()
 def unified_accuracy(model: PartitionedStudents, x: np.ndarray, y: np.ndarray, *, batch: int = 1000) -> float:
     """Top-1 accuracy of the whole model run as one torch module (all students present)."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        correct += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    return correct / max(1, len(x))
+    return accuracy(model, x, y, batch=batch)

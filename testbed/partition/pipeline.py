@@ -9,7 +9,8 @@ part i, merge ``concat``; resilient: balanced eigen split into M parts, student 
 i mod M, merge ``average``); trains the students by distillation (cached by a hash of their
 config, the teacher's key and the partition); evaluates resilience offline; and exports a bundle
 in testbed/bundle.py's manifest format 1 (TorchScript shards, sha256 of every file) after
-checking that the traced shards reproduce the torch modules on real test images.
+checking that the traced shards reproduce the torch modules on real test images (bundle.py's
+``trace_shard`` and ``check_parity``; ``ExportParityError`` is re-exported here).
 
 Graph density: NoNN keeps the strongest 1 % of the F·(F−1)/2 possible edges. For F = 64 that
 is 20 edges, which touch at most 40 of the 64 filters (typically fewer), so most filters become
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,26 +36,26 @@ import numpy as np
 import torch
 
 from testbed import weightcache
-from testbed.bundle import FORMAT, MANIFEST, sha256_file
+from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityError, check_parity, sha256_file,
+                            trace_shard)
 from testbed.data import Dataset, load_dataset
 from testbed.errors import TestbedError
-from testbed.partition.evaluate import ResilienceRow, merge_batch, resilience, student_vectors, unified_accuracy
+from testbed.partition.evaluate import ResilienceRow, merge_batch, resilience, unified_accuracy
 from testbed.partition.graph import (Partition, eigen_parts, filter_graph, intra_share, louvain_parts,
                                      random_parts, student_parts)
 from testbed.partition.students import PartitionedStudents, StudentsConfig, part_attention, train_students
-from testbed.partition.teacher import Teacher, TeacherConfig, load_or_train_teacher
+from testbed.partition.teacher import Teacher, TeacherConfig, load_or_train_teacher, teacher_accuracy
+
+__all__ = ["METHODS", "PARITY_TOLERANCE", "CompareResult", "ExportParityError", "GraphSpec", "PartitionConfig",
+           "PartitionError", "PartitionResult", "Progress", "StudentSpec", "TeacherSpec", "export_partitioned",
+           "run_compare", "run_partition"]
 
 METHODS = ("nonn", "resilient")
-PARITY_TOLERANCE = 1e-4
 Progress = Callable[[str, int, int, float], None]   # (phase, step, total_steps, loss)
 
 
 class PartitionError(TestbedError):
     """A partitioning run cannot go on (unknown method, unusable graph, ...)."""
-
-
-class ExportParityError(PartitionError):
-    """A traced shard does not reproduce the torch module within the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ class StudentSpec:
     beta: float = 1000.0
     dropout: float = 0.0
     subset: int | None = None
+    seed: int | None = None         # the students' training seed; None: the run's seed
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def _students_config(cfg: PartitionConfig, data: Dataset, student_part: list[int
                           student_part=tuple(student_part), merge_rule="concat" if cfg.method == "nonn" else "average",
                           width=s.width, part_dim=s.part_dim, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
                           temperature=s.temperature, alpha=s.alpha, beta=s.beta, dropout=s.dropout, subset=s.subset,
-                          seed=cfg.seed)
+                          seed=cfg.seed if s.seed is None else s.seed)
 
 
 def _load_or_train_students(scfg: StudentsConfig, *, key: str, data: Dataset, view: _TeacherView,
@@ -251,25 +252,6 @@ def _load_or_train_students(scfg: StudentsConfig, *, key: str, data: Dataset, vi
 
 # -- export ------------------------------------------------------------------------------------
 
-def _trace(module: torch.nn.Module, example: torch.Tensor, path: Path) -> torch.jit.ScriptModule:
-    # TorchScript is deprecated upstream but is what JetPack's torch builds load reliably.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(module.eval(), example)
-    traced.save(str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path))
-
-
-def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> float:
-    err = float(np.max(np.abs(got - want))) if got.size else 0.0
-    if got.shape != want.shape or not err <= tolerance:
-        raise ExportParityError(f"shard {name}: traced output differs from the torch module by {err:.3g} "
-                                f"(shape {list(got.shape)} vs {list(want.shape)}); expected <= {tolerance:g}")
-    return err
-
-
 @torch.no_grad()
 def export_partitioned(model: PartitionedStudents, *, out_dir: Path, samples: np.ndarray,
                        tolerance: float = PARITY_TOLERANCE) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -283,27 +265,23 @@ def export_partitioned(model: PartitionedStudents, *, out_dir: Path, samples: np
     traced_vecs = []
     for i, student in enumerate(model.students):
         name = f"student_{i}"
-        traced = _trace(student, x[:1], out_dir / f"{name}.ts")
+        traced, io = trace_shard(student, x[:1], out_dir / f"{name}.ts")
         got = traced(x).numpy()
-        errors[name] = _check(name, got, student(x).numpy(), tolerance)
+        errors[name] = check_parity(name, got, student(x).numpy(), tolerance)
         traced_vecs.append(got)
         shards.append({"name": name, "role": "student", "index": i, "part": i,
-                       "learns_part": int(model.student_part[i]), "runtime": "torch", "file": f"{name}.ts",
-                       "input": {"shape": [1, *x.shape[1:]], "dtype": "float32"},
-                       "output": {"shape": [1, model.part_dim], "dtype": "float32"}})
+                       "learns_part": int(model.student_part[i]), "runtime": "torch", "file": f"{name}.ts", **io})
     s = len(model.students)
-    width = model.merge.fc.in_features
-    traced_merge = _trace(model.merge, torch.zeros(1, width), out_dir / "merge.ts")
+    traced_merge, merge_io = trace_shard(model.merge, torch.zeros(1, model.merge.fc.in_features),
+                                         out_dir / "merge.ts")
     v_traced = np.stack(traced_vecs, axis=1)
     present = np.vstack([np.ones((1, s), dtype=bool), ~np.eye(s, dtype=bool)])
     z = merge_batch(v_traced, present, rule=model.rule, student_part=model.student_part)
     for u, pres in enumerate(present):
         got = traced_merge(torch.from_numpy(z[u])).numpy()
         want = model(x, torch.from_numpy(pres)).numpy()
-        errors[f"merge[{'all' if u == 0 else f'-{u - 1}'}]"] = _check("merge", got, want, tolerance)
-    shards.append({"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts",
-                   "input": {"shape": [1, width], "dtype": "float32"},
-                   "output": {"shape": [1, model.merge.fc.out_features], "dtype": "float32"}})
+        errors[f"merge[{'all' if u == 0 else f'-{u - 1}'}]"] = check_parity("merge", got, want, tolerance)
+    shards.append({"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts", **merge_io})
     for shard in shards:
         shard["sha256"] = sha256_file(out_dir / shard["file"])
     return shards, errors
@@ -336,7 +314,7 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
     rows = tuple(resilience(model, x_test, y_test, max_subsets=cfg.max_subsets, seed=cfg.seed))
     accuracy = unified_accuracy(model, x_test, y_test)
     teacher_acc = float(view.record["test_accuracy"]) if n_test == len(data.x_test) else \
-        _teacher_acc(view.model, x_test, y_test)
+        teacher_accuracy(view.model, x_test, y_test)
     timings["evaluate"] = round(time.monotonic() - t0, 2)
     t0 = time.monotonic()
     shards, errors = export_partitioned(model, out_dir=out_dir, samples=data.x_test)
@@ -362,11 +340,6 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return PartitionResult(method=cfg.method, bundle_dir=out_dir, manifest=manifest, teacher_accuracy=teacher_acc,
                            accuracy=accuracy, rows=rows, partition=report, timings=timings, model=model)
-
-
-def _teacher_acc(model: Teacher, x: np.ndarray, y: np.ndarray) -> float:
-    from testbed.partition.teacher import teacher_accuracy
-    return teacher_accuracy(model, x, y)
 
 
 def _jsonable(obj: Any) -> Any:

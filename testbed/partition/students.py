@@ -3,13 +3,15 @@
 Holds:
 - ``Student``: a small CNN that sees the whole input and emits a vector of ``part_dim`` values
   (>= 0), the only thing its wearable sends; ``Student.feature_map`` is its last conv layer's
-  output, used for attention transfer;
+  output, used for attention transfer. It is also the spine's student (testbed/model.py), and
+  ``MergeFC`` the spine's merge shard;
 - ``merge_vectors``: the edge's merge arithmetic in torch, the same as nodes.merge.Merger:
   ``concat`` puts student i in slot i and zero-fills a missing student's slot; ``average`` puts
   student i in slot ``student_part[i]``, averages the students of a slot that arrived and
   zero-fills a slot none of whose students arrived; slots are concatenated in order;
 - ``PartitionedStudents``: S students + the merge FC (one linear layer over the merged vector);
-- ``train_students``: joint knowledge distillation from precomputed teacher targets:
+- ``train_students``: joint knowledge distillation from precomputed teacher targets, through
+  testbed/training.py's minibatch loop (Adam, one-cycle schedule):
 
       loss = α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α)·CE(s, y) + β·AT
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from testbed.training import ProgressFn, fit
+
 MERGE_RULES = ("concat", "average")
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 @dataclass(frozen=True)
@@ -242,33 +245,21 @@ def train_students(cfg: StudentsConfig, *, x: np.ndarray, y: np.ndarray, teacher
     if ta.shape[1] != cfg.slots:
         raise ValueError(f"teacher attention has {ta.shape[1]} parts; the students learn {cfg.slots}")
     model = PartitionedStudents(cfg, mean=float(xt.mean()), std=float(xt.std()) or 1.0)
-    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            xb = xt[idx]
-            outs = [s.vector_and_map(xb) for s in model.students]
-            v = torch.stack([o[0] for o in outs], dim=1)
-            present = None
-            if cfg.dropout > 0:
-                present = torch.rand(len(idx), cfg.students, generator=gen) >= cfg.dropout
-            logits = model.merge(model.merged(v, present))
-            loss = kd_loss(logits, tl[idx], yt[idx], temperature=cfg.temperature, alpha=cfg.alpha)
-            if cfg.beta:
-                loss = loss + cfg.beta * at_loss([o[1] for o in outs], ta[idx], cfg.student_part)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress:
-                progress(step, total, loss.item())
-    model.eval()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = xt[idx]
+        outs = [s.vector_and_map(xb) for s in model.students]
+        v = torch.stack([o[0] for o in outs], dim=1)
+        present = None
+        if cfg.dropout > 0:
+            present = torch.rand(len(idx), cfg.students, generator=gen) >= cfg.dropout
+        logits = model.merge(model.merged(v, present))
+        loss = kd_loss(logits, tl[idx], yt[idx], temperature=cfg.temperature, alpha=cfg.alpha)
+        if cfg.beta:
+            loss = loss + cfg.beta * at_loss([o[1] for o in outs], ta[idx], cfg.student_part)
+        return loss
+
+    fit(model, batch_loss, samples=n, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
+        progress=progress)
     return model

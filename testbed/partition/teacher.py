@@ -1,9 +1,10 @@
 """The teacher whose final-layer filters NoNN and the resilient method partition.
 
 Holds a small wide-residual network (WRN-style, pre-activation basic blocks) for 28x28 / 32x32
-(and tiny 8x8) images sized for a 2-core CPU, its training (Adam, one-cycle schedule, progress
-callback), the weight cache keyed by a hash of ``TeacherConfig`` (as testbed/model.py does for
-the spine), and the two views of its last layer the partitioners need:
+(and tiny 8x8) images sized for a 2-core CPU, its training (cross-entropy through
+testbed/training.py's loop: AdamW, one-cycle schedule, progress callback), the weight cache
+keyed by a hash of ``TeacherConfig`` (as testbed/model.py does for the spine), and the two
+views of its last layer the partitioners need:
 
 - ``final_maps``: the final conv layer's feature maps after its BN + ReLU, N x F x h x w
   (the attention-transfer targets);
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,8 +27,7 @@ from torch.nn import functional as F
 
 from testbed import weightcache
 from testbed.data import Dataset
-
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+from testbed.training import ProgressFn, accuracy, fit
 
 
 @dataclass(frozen=True)
@@ -120,26 +119,9 @@ def train_teacher(cfg: TeacherConfig, data: Dataset, *, progress: ProgressFn | N
     x = torch.from_numpy(data.x_train[: cfg.subset] if cfg.subset else data.x_train)
     y = torch.from_numpy(data.y_train[: cfg.subset] if cfg.subset else data.y_train)
     model = Teacher(cfg, mean=float(x.mean()), std=float(x.std()) or 1.0)
-    steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress:
-                progress(step, total, loss.item())
-    model.eval()
+    fit(model, lambda idx: F.cross_entropy(model(x[idx]), y[idx]), samples=len(x), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        generator=torch.Generator().manual_seed(cfg.seed), progress=progress)
     return model
 
 
@@ -160,14 +142,9 @@ def final_feature_maps(model: Teacher, x: np.ndarray | torch.Tensor, *, batch: i
     return torch.cat([model.final_maps(xt[i:i + batch]) for i in range(0, len(xt), batch)]).numpy()
 
 
-@torch.no_grad()
 def teacher_accuracy(model: Teacher, x: np.ndarray, y: np.ndarray, *, batch: int = 1000) -> float:
     """Top-1 accuracy on ``x``, ``y``."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        correct += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    return correct / max(1, len(x))
+    return accuracy(model, x, y, batch=batch)
 
 
 def load_or_train_teacher(cfg: TeacherConfig, data: Dataset, *, cache_dir: Path,
