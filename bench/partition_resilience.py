@@ -10,7 +10,8 @@ the teacher as the ceiling, a random balanced split's intra-part edge share for 
     .venv/bin/python bench/partition_resilience.py --quick    # digits, tiny models (< 60 s)
     ... --json   last line of stdout: one JSON object (dataset, S, M, teacher_accuracy, rows, wall times)
 
-Without --quick it writes docs/results/partition_resilience.{json,md,png} (--out redirects;
+Without --quick it writes docs/results/partition_resilience.{json,md,png} for S=4, M=2 and
+partition_resilience_s<S>_m<M>.{json,md,png} otherwise (--out redirects;
 with --quick only --out writes). Models are cached by config hash (--cache, default the
 harness cache), so a re-run only re-evaluates; wall times say whether anything was cached.
 """
@@ -59,16 +60,24 @@ def _progress(quiet: bool):
 
 
 def _ablation_md(summary: dict[str, Any]) -> str:
-    abl = summary.get("ablation_no_dropout")
+    abl = summary.get("ablation")
     if not abl:
         return ""
-    return ("\n### Ablation: the same run without student dropout in training\n\n"
-            "Same teacher, partitions, seed and epochs; only p = 0.\n\n"
-            + table({**summary, "rows": abl["rows"]}) + "\n\nTarget without dropout: **"
+    p = abl["dropout"]
+    return (f"\n### Ablation: both methods trained for failures (student dropout p = {p})\n\n"
+            f"Same teacher, partitions, seed and epochs; in training each student's vector is zeroed with "
+            f"probability {p} (both methods), so the merge FC learns to expect missing students.\n\n"
+            + table({**summary, "rows": abl["rows"]}) + f"\n\nTarget with p = {p}: **"
             + ("met" if abl["target_met"] else "not met") + "**.\n")
 
 
 DISCUSSION_START, DISCUSSION_END = "<!-- discussion -->", "<!-- /discussion -->"
+
+
+def stem(summary: dict[str, Any]) -> str:
+    """File stem of the results: the issue's S = 4, M = 2 run keeps the plain name."""
+    s, m = summary["S"], summary["M"]
+    return "partition_resilience" if (s, m) == (4, 2) else f"partition_resilience_s{s}_m{m}"
 
 
 def markdown(summary: dict[str, Any], *, previous: str = "") -> str:
@@ -81,8 +90,8 @@ def markdown(summary: dict[str, Any], *, previous: str = "") -> str:
         kept = previous.split(DISCUSSION_START, 1)[1].split(DISCUSSION_END, 1)[0].strip("\n")
     return f"""# Partition resilience: NoNN vs the resilient method ({summary['dataset']}, S = {summary['S']}, M = {summary['M']})
 
-Produced by `bench/partition_resilience.py` (figures below are from its last full run; the
-JSON is `partition_resilience.json`, the plot `partition_resilience.png`).
+Produced by `bench/partition_resilience.py --students {summary['S']} --parts {summary['M']}` (figures below
+are from its last full run; the JSON is `{stem(summary)}.json`, the plot `{stem(summary)}.png`).
 
 ## Accuracy with k failed students
 
@@ -94,7 +103,7 @@ NoNN is the baseline for the resilient method (Δ in percentage points); the tea
 Target (issue #3): resilient >= NoNN at every k >= 1 (mean and worst) and within 0.5 pt of
 NoNN at k = 0: **{'met' if summary['target_met'] else 'not met'}**.
 
-![accuracy vs failed students](partition_resilience.png)
+![accuracy vs failed students]({stem(summary)}.png)
 {_ablation_md(summary)}
 ## Partitions
 
@@ -141,11 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="model cache dir (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     ap.add_argument("--students", type=int, default=4)
     ap.add_argument("--parts", type=int, default=2)
-    ap.add_argument("--dropout", type=float, default=0.2,
-                    help="student-dropout probability in training, both methods (default 0.2; see the .md)")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="student-dropout probability in training, both methods (default 0: as both papers "
+                         "train; see the .md)")
+    ap.add_argument("--student-seed", type=int,
+                    help="seed of the students' training only (default --seed); the teacher stays the same")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ablation", action="store_true",
-                    help="also train both methods without student dropout (same teacher) and report it")
+                    help="also train both methods with student dropout p = 0.2 (0 if --dropout > 0), same "
+                         "teacher, and report it")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (default 2; use 1 when other jobs share the cores: OpenMP "
                          "threads that wait on each other make an oversubscribed step several times slower)")
@@ -154,18 +167,19 @@ def main(argv: list[str] | None = None) -> int:
 
     base = dict(QUICK) if args.quick else {}
     student = base.pop("student", StudentSpec())
-    student = StudentSpec(**{**vars(student), "dropout": args.dropout})
+    student = StudentSpec(**{**vars(student), "dropout": args.dropout, "seed": args.student_seed})
     cfg = PartitionConfig(**base, students=args.students, parts=args.parts, student=student, seed=args.seed)
     t0 = time.monotonic()
     out_bundles = Path(_cache_dir(args.cache)) / "bench-partition-bundles"
     result = run_compare(cfg, cache_dir=_cache_dir(args.cache), out_dir=out_bundles, progress=_progress(args.json))
     summary = summarise(result, cfg, wall_s=time.monotonic() - t0)
-    if args.ablation and cfg.student.dropout > 0:
+    if args.ablation:
         t1 = time.monotonic()
-        cfg0 = PartitionConfig(**{**vars(cfg), "student": StudentSpec(**{**vars(cfg.student), "dropout": 0.0})})
-        abl = summarise(run_compare(cfg0, cache_dir=_cache_dir(args.cache), out_dir=out_bundles / "no-dropout",
+        p = 0.2 if cfg.student.dropout == 0 else 0.0
+        cfg0 = PartitionConfig(**{**vars(cfg), "student": StudentSpec(**{**vars(cfg.student), "dropout": p})})
+        abl = summarise(run_compare(cfg0, cache_dir=_cache_dir(args.cache), out_dir=out_bundles / f"dropout-{p}",
                                     progress=_progress(args.json)), cfg0, wall_s=time.monotonic() - t1)
-        summary["ablation_no_dropout"] = {k: abl[k] for k in ("rows", "target_met", "wall_s")}
+        summary["ablation"] = {"dropout": p, **{k: abl[k] for k in ("rows", "target_met", "wall_s")}}
         summary["wall_s"]["total_with_ablation"] = round(time.monotonic() - t0, 1)
 
     print(f"partition resilience: {cfg.dataset}, S = {cfg.students}, M = {cfg.parts}, "
@@ -175,19 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     w = summary["wall_s"]
     print(f"wall time {w['total']:.0f} s (teacher {w['teacher']:.0f} s{' cached' if w['teacher_cached'] else ''}, "
           f"NoNN students {w['nonn_students']:.0f} s, resilient students {w['resilient_students']:.0f} s)")
-    if "ablation_no_dropout" in summary:
-        print("ablation, same teacher, no student dropout in training:")
-        print(table({**summary, "rows": summary["ablation_no_dropout"]["rows"]}))
+    if "ablation" in summary:
+        print(f"ablation, same teacher, student dropout p = {summary['ablation']['dropout']} in training:")
+        print(table({**summary, "rows": summary["ablation"]["rows"]}))
     print(f"target (resilient >= NoNN at every k >= 1, mean and worst; within 0.5 pt at k = 0): "
           f"{'met' if summary['target_met'] else 'NOT met'}")
     out = args.out or (None if args.quick else ROOT / "docs" / "results")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "partition_resilience.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot(summary, out / "partition_resilience.png")
-        md = out / "partition_resilience.md"
+        name = stem(summary)
+        (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot(summary, out / f"{name}.png")
+        md = out / f"{name}.md"
         md.write_text(markdown(summary, previous=md.read_text() if md.exists() else ""))
-        print(f"wrote {out}/partition_resilience.{{json,md,png}} (the .md keeps its hand-written discussion)")
+        print(f"wrote {out}/{name}.{{json,md,png}} (the .md keeps its hand-written discussion)")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -97,6 +97,7 @@ class BoardSpec:
     python: str = "python3"
     workdir: str | None = None
     energy: str = "none"
+    compute_scale: float | None = None   # compute time relative to the laptop's (layer split); None: per kind
 
     @property
     def is_edge(self) -> bool:
@@ -620,7 +621,7 @@ def _broker(r: _Reader, value: Any) -> BrokerSpec:
 
 
 _BOARD_KEYS = ("role", "kind", "connect", "host", "user", "port", "runtime", "python",
-               "workdir", "energy")
+               "workdir", "energy", "compute_scale")
 _SSH_ONLY = ("host", "user", "port")
 
 
@@ -663,9 +664,11 @@ def _boards(r: _Reader, value: Any) -> dict[str, BoardSpec]:
         if kind == "sim" and energy in ("ina219", "ina260"):
             raise r.error(f"{key}.energy", f"a sim board has no power meter; expected none or "
                                            f"model; got {energy!r}")
+        compute_scale = r.get(m, key, "compute_scale", _number(gt=0), default=None)
         boards[name] = BoardSpec(name=name, role=role, kind=kind, connect=connect,
                                  runtime=runtime, host=host, user=user, port=port,
-                                 python=python, workdir=workdir, energy=energy)
+                                 python=python, workdir=workdir, energy=energy,
+                                 compute_scale=compute_scale)
 
     edges = [b for b in boards.values() if b.role == "edge"]
     if len(edges) > 1:
@@ -884,7 +887,8 @@ _PARTITION_SUBSECTIONS: dict[str, dict[str, _Conv]] = {
     "student": {"width": _integer(lo=1), "part_dim": _integer(lo=1), "epochs": _integer(lo=1),
                 "batch_size": _integer(lo=1), "lr": _number(gt=0), "temperature": _number(gt=0),
                 "alpha": _Conv("a number in [0, 1)", _probability), "beta": _number(ge=0),
-                "dropout": _Conv("a number in [0, 1)", _probability), "subset": _integer(lo=1)},
+                "dropout": _Conv("a number in [0, 1)", _probability), "subset": _integer(lo=1),
+                "seed": _integer(lo=0)},
     "layer": {"objective": _choice(SPLIT_OBJECTIVES), "encoding": _choice(ENCODINGS),
               "link": _string(desc="a link name of the inventory or a profile preset (e.g. hbc-164k)"),
               "repeats": _integer(lo=1)},

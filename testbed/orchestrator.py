@@ -15,7 +15,6 @@ import platform
 import queue
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack

@@ -292,3 +292,31 @@ run: {samples: 5, rate_hz: 5, deadline_ms: 500, timeout_ms: 2000}
     x = torch.from_numpy(data.x_test[:4])
     with torch.no_grad():
         assert modules["student_0"](x).shape == (4, manifest["part_dim"])
+
+
+def test_a_boards_compute_scale_in_the_inventory_overrides_its_kind(tmp_path: Path) -> None:
+    from testbed.config import load_experiment, load_inventory
+    from testbed.partition.layersplit import resolve_layer_inputs
+
+    (tmp_path / "inv.yaml").write_text("""\
+bench: t
+boards:
+  wrist: {role: wearable, kind: rpi4, connect: local, runtime: torch, compute_scale: 9.5}
+  edge: {role: edge, kind: jetson-nano, connect: local, runtime: torch}
+links:
+  - {name: wrist-edge, from: wrist, to: edge, transport: {type: mqtt}, profile: hbc-164k}
+""")
+    (tmp_path / "exp.yaml").write_text("""\
+name: layer
+dataset: {name: digits}
+partition: {method: layer}
+assignment: {wrist: 0, edge: merge}
+run: {samples: 5, rate_hz: 5, deadline_ms: 500, timeout_ms: 2000}
+""")
+    inputs = resolve_layer_inputs(load_experiment(tmp_path / "exp.yaml"), load_inventory(tmp_path / "inv.yaml"))
+    assert inputs["scale"] == {"wearable": 9.5, "edge": DEFAULT_SCALE["jetson-nano"]}
+    costs = [LayerCost.of(0, "input", (1, 8, 8), 0.0), LayerCost.of(1, "a", (4,), 2.0)]
+    plan = plan_split(costs, link="hbc-164k", wearable_kind="rpi4", edge_kind="jetson-nano",
+                      wearable_scale=inputs["scale"]["wearable"], edge_scale=inputs["scale"]["edge"])
+    assert plan.rows[1].wearable_ms == pytest.approx(2.0 * 9.5)
+    assert plan.rows[0].edge_ms == pytest.approx(2.0 * DEFAULT_SCALE["jetson-nano"])

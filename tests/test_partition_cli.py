@@ -219,3 +219,11 @@ def test_tflite_boards_get_int8_litert_shards(tmp_path: Path, model_cache: Path)
     (tmp_path / "b" / "merge.int8.tflite").write_bytes(b"\0" * 16)
     with pytest.raises(Exception, match="sha256"):
         load_manifest(tmp_path / "b")
+
+
+@pytest.mark.parametrize("name,inventory", [("resilient", "inventory"), ("layer", "inventory-layer")])
+def test_shipped_partition_examples_load_and_fit_their_inventories(name: str, inventory: str) -> None:
+    root = Path(__file__).resolve().parent.parent / "examples" / "partition"
+    exp = load_experiment(root / f"{name}.yaml")
+    assert exp.partition is not None and exp.partition.method == name
+    check_compatible(exp, load_inventory(root / f"{inventory}.yaml"))

@@ -140,9 +140,27 @@ def test_config_error_is_one_line_exit_2(tmp_path: Path, model_cache: Path) -> N
 def test_physical_bench_is_refused_before_anything_is_contacted(tmp_path: Path, model_cache: Path) -> None:
     """The root inventory names SSH boards and an external broker: refused up front, no network."""
     root_inventory = DEMO_INVENTORY.parent.parent.parent / "inventory.yaml"
-    exp = digits_experiment(tmp_path / "exp.yaml", samples=5)
+    exp = tmp_path / "exp.yaml"   # its Pis run LiteRT: a partition with tflite shards fits the bench
+    exp.write_text("""\
+name: t
+dataset: {name: digits}
+partition: {method: nonn, students: 3, runtimes: [torch, tflite]}
+assignment: {wrist: 0, chest: 1, ankle: 2, edge: merge}
+run: {samples: 5, rate_hz: 20, deadline_ms: 250, timeout_ms: 1500}
+""")
     proc = run_cli("run", str(exp), "--inventory", str(root_inventory), "--headless",
                    cache=tmp_path / "empty-cache", cwd=tmp_path)
     assert proc.returncode == 1
     assert "boards.wrist.connect: 'ssh' is not supported" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "empty-cache").exists(), "nothing trained or written before the refusal"
+
+
+def test_spine_students_on_litert_boards_are_refused_with_the_fix(tmp_path: Path, model_cache: Path) -> None:
+    """The jointly trained students export TorchScript only; the root inventory's Pis run LiteRT."""
+    root_inventory = DEMO_INVENTORY.parent.parent.parent / "inventory.yaml"
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=5)
+    proc = run_cli("run", str(exp), "--inventory", str(root_inventory), "--headless",
+                   cache=tmp_path / "empty-cache", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "runtime 'tflite'" in proc.stderr and "runtimes: [torch, tflite]" in proc.stderr
+    assert not (tmp_path / "empty-cache").exists()

@@ -58,9 +58,9 @@ from torch import nn
 
 from linkemu.profile import PRESETS, LinkProfile
 from nodes.codec import Encoding, encode_frame
-from testbed.bundle import FORMAT, MANIFEST, sha256_file
+from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityError, check_parity, sha256_file,
+                            trace_shard)
 from testbed.errors import TestbedError
-from testbed.partition.pipeline import PARITY_TOLERANCE, ExportParityError, _check, _trace
 from testbed.partition.teacher import Teacher, TeacherConfig, load_or_train_teacher, teacher_accuracy
 from testbed.zoo import VGG16, AlexNet, ResNet
 
@@ -451,13 +451,16 @@ def _radio_power(table: Mapping[str, float], link: LinkProfile) -> float:
 
 def plan_split(costs: Sequence[LayerCost], *, link: LinkProfile | str, wearable_kind: str, edge_kind: str,
                encoding: str = "f32", objective: str = "latency", scale: Mapping[str, float] | None = None,
-               power: Mapping[str, float] | None = None) -> SplitPlan:
+               power: Mapping[str, float] | None = None, wearable_scale: float | None = None,
+               edge_scale: float | None = None) -> SplitPlan:
     """Cost every cut of ``costs`` (row 0 the input, as ``measure_layers`` returns) and pick the
     one with the least end-to-end latency or wearable energy.
 
     Cut k: the wearable runs layers 1..k (host time x ``scale[wearable_kind]``) and sends the
     activation after layer k as one frame in ``encoding`` (``link.airtime_s`` of the frame plus
-    the link's fixed delay); the edge runs the rest (host time x ``scale[edge_kind]``). Wearable
+    the link's fixed delay); the edge runs the rest (host time x ``scale[edge_kind]``).
+    ``wearable_scale`` / ``edge_scale`` (a board's ``compute_scale`` in the inventory) take
+    precedence over the per-kind table. Wearable
     energy = its compute time x ``power[wearable_kind]`` + the frame's airtime x the radio power
     of the link's kind. ``scale`` and ``power`` update ``DEFAULT_SCALE`` / ``DEFAULT_POWER``.
     Ties go to the other objective, then to the earlier cut."""
@@ -471,8 +474,8 @@ def plan_split(costs: Sequence[LayerCost], *, link: LinkProfile | str, wearable_
     profile = _link(link)
     scales = {**DEFAULT_SCALE, **(scale or {})}
     powers = {**DEFAULT_POWER, **(power or {})}
-    sw = _lookup(scales, wearable_kind, what="scale factor", option="scale")
-    se = _lookup(scales, edge_kind, what="scale factor", option="scale")
+    sw = wearable_scale or _lookup(scales, wearable_kind, what="scale factor", option="scale")
+    se = edge_scale or _lookup(scales, edge_kind, what="scale factor", option="scale")
     pw = _lookup(powers, wearable_kind, what="compute power", option="power")
     pr = _radio_power(powers, profile)
     host = [0.0] + [float(c.host_ms or 0.0) for c in costs[1:]]
@@ -592,20 +595,16 @@ def export_layer_bundle(model: nn.Module, plan_or_cut: SplitPlan | int | str, *,
         raise LayerSplitError(f"extra_manifest may not set {', '.join(clash)}: the layer bundle writes them")
     head, tail = split_modules(model, cut, input_shape=shape)
     out_dir.mkdir(parents=True, exist_ok=True)
-    traced_head = _trace(head, x[:1], out_dir / "student_0.ts")
+    traced_head, head_io = trace_shard(head, x[:1], out_dir / "student_0.ts")
     z = traced_head(x)
-    errors = {"student_0": _check("student_0", z.numpy(), head(x.clone()).numpy(), tolerance)}
+    errors = {"student_0": check_parity("student_0", z.numpy(), head(x.clone()).numpy(), tolerance)}
     n = int(z.shape[1])
-    traced_tail = _trace(tail, torch.zeros(1, n), out_dir / "merge.ts")
-    want = model(x.clone())
-    errors["merge"] = _check("merge", traced_tail(z.clone()).numpy(), want.numpy(), tolerance)
-    out_dim = int(want.reshape(len(x), -1).shape[1])
+    traced_tail, tail_io = trace_shard(tail, torch.zeros(1, n), out_dir / "merge.ts")
+    errors["merge"] = check_parity("merge", traced_tail(z.clone()).numpy(), model(x.clone()).numpy(), tolerance)
     shards = [
         {"name": "student_0", "role": "student", "index": 0, "part": 0, "learns_part": 0, "runtime": "torch",
-         "file": "student_0.ts", "layers": head.names,
-         "input": {"shape": [1, *shape], "dtype": "float32"}, "output": {"shape": [1, n], "dtype": "float32"}},
-        {"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts", "layers": tail.names,
-         "input": {"shape": [1, n], "dtype": "float32"}, "output": {"shape": [1, out_dim], "dtype": "float32"}},
+         "file": "student_0.ts", "layers": head.names, **head_io},
+        {"name": "merge", "role": "merge", "runtime": "torch", "file": "merge.ts", "layers": tail.names, **tail_io},
     ]
     for shard in shards:
         shard["sha256"] = sha256_file(out_dir / shard["file"])
@@ -678,9 +677,15 @@ def resolve_layer_inputs(exp: Experiment, inventory: Inventory | None) -> dict[s
         _lookup(DEFAULT_SCALE, kind, what="scale factor", option="scale")
     return {"objective": layer.get("objective", DEFAULTS["objective"]), "encoding": _checked_encoding(encoding),
             "link": profile.as_dict(), "wearable_kind": wk, "edge_kind": ek,
-            "scale": {wk: DEFAULT_SCALE[wk], ek: DEFAULT_SCALE[ek]},
+            "scale": {"wearable": _board_scale(wearable, wk), "edge": _board_scale(edge, ek)},
             "power": {wk: DEFAULT_POWER[wk], "radio": _radio_power(DEFAULT_POWER, profile)},
             "repeats": int(layer.get("repeats", DEFAULTS["repeats"]))}
+
+
+def _board_scale(board: Any, kind: str) -> float:
+    """The board's ``compute_scale`` from the inventory, else the per-kind default."""
+    own = getattr(board, "compute_scale", None)
+    return float(own) if own else DEFAULT_SCALE[kind]
 
 
 def _checked_encoding(name: str) -> str:
@@ -706,7 +711,8 @@ def build_layer_bundle(exp: Experiment, cfg: PartitionConfig, data: Dataset, *, 
     t1 = time.monotonic()
     costs = measure_layers(model, data.input_shape, repeats=inputs["repeats"], sample=data.x_test[:1])
     plan = plan_split(costs, link=LinkProfile.from_dict(inputs["link"]), wearable_kind=inputs["wearable_kind"],
-                      edge_kind=inputs["edge_kind"], encoding=inputs["encoding"], objective=inputs["objective"])
+                      edge_kind=inputs["edge_kind"], encoding=inputs["encoding"], objective=inputs["objective"],
+                      wearable_scale=inputs["scale"]["wearable"], edge_scale=inputs["scale"]["edge"])
     t2 = time.monotonic()
     n_test = cfg.test_subset or len(data.x_test)
     accuracy = teacher_accuracy(model, data.x_test[:n_test], data.y_test[:n_test])

@@ -89,10 +89,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.plot(ks, [r[f"{m}_mean"] for r in summary["rows"]], "o-", color=colour, label=f"{label}, mean")
         ax.plot(ks, [r[f"{m}_worst"] for r in summary["rows"]], "s--", color=colour, alpha=0.7,
                 label=f"{label}, worst")
-    abl = summary.get("ablation_no_dropout")
+    abl = summary.get("ablation")
     for m, colour in (("nonn", "tab:red"), ("resilient", "tab:blue")) if abl else ():
         ax.plot(ks, [r[f"{m}_mean"] for r in abl["rows"]], "^:", color=colour, alpha=0.45, lw=1,
-                label=f"{'NoNN' if m == 'nonn' else 'resilient'}, mean, no dropout")
+                label=f"{'NoNN' if m == 'nonn' else 'resilient'}, mean, dropout {abl['dropout']}")
     ax.set_xticks(ks)
     ax.set_xlabel(f"failed students k (of S = {summary['S']})")
     ax.set_ylabel("test accuracy")
