@@ -7,6 +7,12 @@ executed (locally, as `ip netns exec NS ...`, or behind an SSH argv prefix, or r
 only on a dry run), and `KernelLink`, a context manager that applies a plan, drives the
 outage timeline by toggling an nftables drop rule, and undoes everything in reverse order.
 
+Classified form (`plan(..., dport=PORT)`, used for boards in network namespaces whose control
+plane shares the interface): an htb root whose default class 1:2 is unshaped, a u32 filter
+that sends TCP to `dport` into class 1:1, and the backend's qdisc under 1:1 (netem or tbf as
+its child; for htb, 1:1 itself carries the rate over a bfifo leaf). The nftables outage and
+loss rules then match `tcp dport PORT` only.
+
 Backends: `netem` (rate with packetoverhead/cellsize/celloverhead for the PHY framing,
 delay + jitter, loss random | gemodel) where the kernel has it; `tbf` or `htb` (rate at the
 profile's asymptotic goodput, byte queue limit) plus nftables (outage drops, iid loss via
@@ -33,12 +39,17 @@ from linkemu.profile import LinkProfile
 __all__ = ["BACKENDS", "Plan", "Runner", "KernelLink", "plan", "netem_argv", "tbf_argv",
            "htb_argv", "nft_setup_argv", "nft_teardown_argv", "nft_outage_argv",
            "nft_clear_outage_argv", "clear_argv", "show_argv", "probe", "choose_backend",
-           "nft_table"]
+           "nft_table", "classified_argv", "SHAPED_CLASS", "DEFAULT_CLASS"]
 
 BACKENDS = ("netem", "tbf", "htb")
 TBF_MIN_BURST = 1600          # one Ethernet frame plus headroom: tbf cannot pass less
 DEFAULT_LIMIT_BYTES = 256 * 1024
 LOSS_SCALE = 1_000_000        # nft numgen modulus: loss resolution 1e-4 %
+SHAPED_CLASS = "1:1"          # classified form: the data plane's class
+DEFAULT_CLASS = "1:2"         # classified form: everything else, unshaped
+UNLIMITED = "10gbit"          # an htb class that never limits (veth runs far below it)
+QUANTUM = "1514"              # one Ethernet frame: keeps htb quiet about huge quanta
+HEADER_BYTES = 14 + 20 + 32   # Ethernet + IPv4 + TCP with timestamps: not charged (classified form)
 
 
 # ---------------------------------------------------------------------------- plans
@@ -131,28 +142,29 @@ def _check_tbf_like(profile: LinkProfile, backend: str) -> None:
                       "drop iid (loss model random)")
 
 
-def _burst(rate: float) -> int:
-    return max(TBF_MIN_BURST, math.ceil(rate / 8 / 250))  # at least one HZ=250 tick's worth
+def _burst(rate: float, floor: int = TBF_MIN_BURST) -> int:
+    return max(floor, math.ceil(rate / 8 / 250))  # at least one HZ=250 tick's worth
 
 
-def tbf_argv(dev: str, profile: LinkProfile) -> list[list[str]]:
-    """tbf at the profile's asymptotic goodput (no qdisc for an unlimited link)."""
+def tbf_argv(dev: str, profile: LinkProfile, *, min_burst: int = TBF_MIN_BURST) -> list[list[str]]:
+    """tbf at the profile's asymptotic goodput (no qdisc for an unlimited link); `min_burst`:
+    the bucket's floor in bytes, at least the largest packet it must pass."""
     _check_tbf_like(profile, "tbf")
     rate = profile.asymptotic_goodput_bps
     if math.isinf(rate):
         return []
     limit = profile.queue_limit_bytes or DEFAULT_LIMIT_BYTES
     return [["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", _bits(rate),
-             "burst", str(_burst(rate)), "limit", str(limit)]]
+             "burst", str(_burst(rate, min_burst)), "limit", str(limit)]]
 
 
-def htb_argv(dev: str, profile: LinkProfile) -> list[list[str]]:
+def htb_argv(dev: str, profile: LinkProfile, *, min_burst: int = TBF_MIN_BURST) -> list[list[str]]:
     """htb with one class at the profile's asymptotic goodput and a bfifo byte queue."""
     _check_tbf_like(profile, "htb")
     rate = profile.asymptotic_goodput_bps
     if math.isinf(rate):
         return []
-    burst = str(_burst(rate))
+    burst = str(_burst(rate, min_burst))
     limit = str(profile.queue_limit_bytes or DEFAULT_LIMIT_BYTES)
     return [["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
             ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
@@ -161,22 +173,66 @@ def htb_argv(dev: str, profile: LinkProfile) -> list[list[str]]:
              "limit", limit]]
 
 
+def _under_shaped_class(argv: list[str]) -> list[str]:
+    """A `... root <qdisc> ...` argv moved under the shaped class as handle 10:."""
+    i = argv.index("root")
+    return argv[:i] + ["parent", SHAPED_CLASS, "handle", "10:"] + argv[i + 1:]
+
+
+def classified_argv(dev: str, profile: LinkProfile, *, backend: str, dport: int,
+                    mtu: int = 1500) -> list[list[str]]:
+    """htb root, default class 1:2 unshaped, TCP to `dport` into class 1:1 shaped by the
+    backend (netem/tbf as 1:1's child qdisc; htb: 1:1 at the rate over a bfifo leaf).
+    A size table charges each packet without its Ethernet/IPv4/TCP headers (`HEADER_BYTES`):
+    the link carries the frame's bytes, not the emulation's TCP. `mtu` is DEV's MTU: the
+    bucket need only pass one packet of it. No qdisc at all when the backend would install
+    none (an unlimited link on tbf/htb)."""
+    if backend == "netem":
+        leaf = [_under_shaped_class(netem_argv(dev, profile))]
+        shaped = ["htb", "rate", UNLIMITED, "quantum", QUANTUM]
+    elif backend == "tbf":
+        leaf = [_under_shaped_class(a) for a in tbf_argv(dev, profile, min_burst=mtu)]
+        shaped = ["htb", "rate", UNLIMITED, "quantum", QUANTUM]
+    elif backend == "htb":
+        leaf = htb_argv(dev, profile, min_burst=mtu)
+        if leaf:
+            shaped = leaf[1][leaf[1].index("htb"):]
+            leaf = [["tc", "qdisc", "replace", "dev", dev, "parent", SHAPED_CLASS, "handle", "10:",
+                     *leaf[2][leaf[2].index("bfifo"):]]]
+    else:
+        raise LinkError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if not leaf:
+        return []
+    return [["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "stab", "overhead",
+             str(-HEADER_BYTES), "htb", "default", "2"],
+            ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", DEFAULT_CLASS,
+             "htb", "rate", UNLIMITED, "quantum", QUANTUM],
+            ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", SHAPED_CLASS, *shaped],
+            *leaf,
+            ["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+             "match", "ip", "protocol", "6", "0xff", "match", "ip", "dport", str(dport), "0xffff",
+             "flowid", SHAPED_CLASS]]
+
+
 def nft_table(dev: str) -> str:
     return f"linkemu_{dev}".replace("-", "_").replace(".", "_")
 
 
-def nft_setup_argv(dev: str, profile: LinkProfile, *, backend: str) -> list[list[str]]:
+def nft_setup_argv(dev: str, profile: LinkProfile, *, backend: str,
+                   match: Sequence[str] = ()) -> list[list[str]]:
     """An nftables table with two chains on DEV's egress: `outage` (flushed or holding one
-    drop rule) and `loss` (iid loss by numgen when the backend is not netem)."""
+    drop rule) and `loss` (iid loss by numgen when the backend is not netem). `match`
+    (e.g. `tcp dport 1884`) narrows both to some of DEV's traffic."""
     table = nft_table(dev)
+    match = list(match)
     argv = [["nft", "add", "table", "inet", table],
             ["nft", "add", "chain", "inet", table, "egress",
              "{ type filter hook postrouting priority 0 ; }"],
             ["nft", "add", "chain", "inet", table, "outage"],
-            ["nft", "add", "rule", "inet", table, "egress", "oifname", dev, "jump", "outage"]]
+            ["nft", "add", "rule", "inet", table, "egress", "oifname", dev, *match, "jump", "outage"]]
     if backend != "netem" and profile.loss is not None and profile.loss.p > 0:
         threshold = round(profile.loss.p / 100 * LOSS_SCALE)
-        argv.append(["nft", "add", "rule", "inet", table, "egress", "oifname", dev,
+        argv.append(["nft", "add", "rule", "inet", table, "egress", "oifname", dev, *match,
                      "numgen", "random", "mod", str(LOSS_SCALE), "<", str(threshold), "drop"])
     return argv
 
@@ -206,14 +262,21 @@ def _needs_nft(profile: LinkProfile, backend: str) -> bool:
     return profile.has_outages or (backend != "netem" and iid)
 
 
-def plan(profile: LinkProfile, dev: str, *, backend: str) -> Plan:
-    """The commands for `profile` on `dev` with `backend` (netem | tbf | htb)."""
+def plan(profile: LinkProfile, dev: str, *, backend: str, dport: int | None = None,
+         mtu: int = 1500) -> Plan:
+    """The commands for `profile` on `dev` with `backend` (netem | tbf | htb); with `dport`,
+    the classified form that shapes (and drops, in outages) only TCP to that port (`mtu`:
+    DEV's MTU, which sizes the bucket of that form)."""
     if backend not in BACKENDS:
         raise LinkError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    qdisc = ([netem_argv(dev, profile)] if backend == "netem" else
-             tbf_argv(dev, profile) if backend == "tbf" else htb_argv(dev, profile))
+    if dport is not None:
+        qdisc = classified_argv(dev, profile, backend=backend, dport=dport, mtu=mtu)
+    else:
+        qdisc = ([netem_argv(dev, profile)] if backend == "netem" else
+                 tbf_argv(dev, profile) if backend == "tbf" else htb_argv(dev, profile))
     nft = _needs_nft(profile, backend)
-    apply = list(qdisc) + (nft_setup_argv(dev, profile, backend=backend) if nft else [])
+    match = ["tcp", "dport", str(dport)] if dport is not None else []
+    apply = list(qdisc) + (nft_setup_argv(dev, profile, backend=backend, match=match) if nft else [])
     clear = ([nft_teardown_argv(dev)] if nft else []) + ([clear_argv(dev)] if qdisc else [])
     show = [show_argv(dev)] + ([["nft", "list", "table", "inet", nft_table(dev)]] if nft else [])
     notes = []
@@ -222,6 +285,10 @@ def plan(profile: LinkProfile, dev: str, *, backend: str) -> Plan:
                      f"{profile.asymptotic_goodput_bps:.1f} bit/s (PHY framing averaged)")
     if profile.has_outages:
         notes.append("outages are driven by toggling an nftables drop rule at each edge")
+    if dport is not None:
+        notes.append(f"only TCP to port {dport} is shaped (class {SHAPED_CLASS}); "
+                     f"other traffic takes the unshaped class {DEFAULT_CLASS}; each packet is "
+                     f"charged without its {HEADER_BYTES} header bytes (size table)")
     return Plan(dev, backend, apply, clear, show, outages=profile.has_outages, notes=notes)
 
 
@@ -291,7 +358,8 @@ _PROBE_QDISCS = {
 def probe(*, runner: Runner | None = None) -> dict[str, Any]:
     """Which qdiscs (and whether nft) work here. Adds each qdisc to a veth inside a
     throwaway namespace (root only; the namespace is deleted afterwards). Returns
-    {"netem": bool, "tbf": bool, "htb": bool, "nft": bool, "errors": {name: message}}."""
+    {"netem": bool, "tbf": bool, "htb": bool, "u32": bool, "nft": bool, "errors": {name: message}}
+    (u32: an htb root with a u32 filter, which the classified form needs)."""
     runner = runner or Runner.local()
     if runner.prefix[:1] != ["ssh"] and not _is_root():
         raise LinkError("probe needs root (it adds a qdisc on a veth in a temporary network "
@@ -311,6 +379,16 @@ def probe(*, runner: Runner | None = None) -> dict[str, Any]:
             except LinkError as exc:
                 out[name] = False
                 out["errors"][name] = str(exc).rsplit(": ", 1)[-1]
+        try:  # the classified form: htb root + u32 filter
+            inside.run(["tc", "qdisc", "add", "dev", "lp0", "root", "handle", "1:", "htb"])
+            inside.run(["tc", "filter", "add", "dev", "lp0", "parent", "1:", "protocol", "ip",
+                        "prio", "1", "u32", "match", "ip", "dport", "1", "0xffff", "flowid", "1:1"])
+            out["u32"] = True
+        except LinkError as exc:
+            out["u32"] = False
+            out["errors"]["u32"] = str(exc).rsplit(": ", 1)[-1]
+        finally:
+            inside.run(clear_argv("lp0"), check=False)
         try:
             inside.run(["nft", "add", "table", "inet", "linkemu_probe"])
             out["nft"] = True
@@ -344,10 +422,10 @@ class KernelLink:
     everything in reverse order on exit."""
 
     def __init__(self, profile: LinkProfile, dev: str, *, backend: str, runner: Runner,
-                 clock: Any = None) -> None:
+                 clock: Any = None, dport: int | None = None, mtu: int = 1500) -> None:
         import time
         self.profile = profile
-        self.plan = plan(profile, dev, backend=backend)
+        self.plan = plan(profile, dev, backend=backend, dport=dport, mtu=mtu)
         self.runner = runner
         self._clock = clock or time.monotonic
         self._stop = threading.Event()

@@ -99,7 +99,7 @@ class Agent:
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         return json.dumps({"board": self.board, "role": self.role, "state": state, "pid": os.getpid(),
-                           "python": platform.python_version(), **extra}).encode()
+                           "python": platform.python_version(), "net_ns": _net_ns(), **extra}).encode()
 
     def status(self, state: str, *, wait: float | None = None, **extra: Any) -> None:
         self._ctl.publish(self._topic("status"), self._status_payload(state, **extra), qos=1, retain=True,
@@ -290,7 +290,7 @@ class Agent:
     def _report_link(self) -> None:
         assert self._sender is not None
         self.tele("link", link=self.cfg["link"]["name"], **self._sender.snapshot(),
-                  transport=_transport_stats(self._transports[0]))
+                  shaper=self.cfg["link"].get("shaper", "user"), transport=_transport_stats(self._transports[0]))
 
     # -- edge ------------------------------------------------------------------------------
     def _frame(self, data: bytes, arrived_at: float, arrived_ns: int) -> None:
@@ -326,6 +326,14 @@ class Agent:
             self._report_link()
         if self._merger is not None:
             self._report_edge()
+
+
+def _net_ns() -> str | None:
+    """This process's network namespace, e.g. ``net:[4026531840]`` (None off Linux)."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
 
 
 def _transport_stats(tr: Transport) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def _links(st: RunState) -> Table:
         rate = "∞" if lk.rate_bps is None else f"{lk.rate_bps / 1000:.1f} kbit/s"
         now = Text("OUTAGE", style="bold red") if lk.in_outage else Text("up", style="green")
         drops = f"{lk.dropped}" + (f" ({lk.dropped_outage} outage)" if lk.dropped_outage else "")
-        t.add_row(lk.name, lk.transport, rate, _bytes(lk.bytes), str(lk.frames), drops,
+        t.add_row(lk.name, f"{lk.transport} ({lk.shaper})", rate, _bytes(lk.bytes), str(lk.frames), drops,
                   _bytes(lk.queue_bytes), _fmt(percentile(lk.transit_ms, 50), ".2f", " ms"), now)
     return t
 

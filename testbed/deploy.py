@@ -3,7 +3,8 @@
 Holds ``agent_config`` (the agent.json a board's agent reads), ``deploy_local`` (copies a
 board's shard files and its sample inputs into its board directory, checking hashes) and
 ``AgentProcess`` (``python -m nodes.agent`` as a subprocess with its log in the board dir,
-terminated in ``finally``). SSH deploy to physical boards builds on the same agent.json.
+terminated in ``finally``; ``prefix`` runs it through e.g. ``ip netns exec NS``, which execs,
+so the pid is the agent's own). SSH deploy to physical boards builds on the same agent.json.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,13 @@ from testbed.errors import RunError
 def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, Any], assignment: Any,
                  broker_host: str, broker_port: int, deadline_ms: float, profiles: dict[str, LinkProfile],
                  endpoint: Callable[[LinkSpec, str], dict[str, Any]], telemetry_hz: float = 2.0,
-                 quantize: str = "none") -> dict[str, Any]:
-    """agent.json for ``board``; ``profiles`` are the links' effective profiles (faults merged),
-    ``endpoint(link, "tx" | "rx")`` gives each end's transport settings. The shard file is the
-    one the board's runtime loads (``quantize``: which LiteRT variant ``tflite`` boards get)."""
+                 quantize: str = "none", shapers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """agent.json for ``board``; ``profiles`` are the profiles the agents' user-space shapers
+    apply (the links' effective profiles, faults merged; ideal where the kernel shapes),
+    ``endpoint(link, "tx" | "rx")`` gives each end's transport settings, ``shapers`` says
+    which shaper each link uses (default "user"; reported in the link telemetry). The shard
+    file is the one the board's runtime loads (``quantize``: which LiteRT variant ``tflite``
+    boards get)."""
     cfg: dict[str, Any] = {"bench": inventory.bench, "board": board.name, "role": board.role,
                            "broker": {"host": broker_host, "port": broker_port}, "runtime": board.runtime,
                            "telemetry_hz": telemetry_hz}
@@ -43,7 +47,8 @@ def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, 
         cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
                    link={"name": link.name, "transport": endpoint(link, "tx"),
                          "profile": profiles[link.name].as_dict(), "encoding": link.encoding,
-                         "compression": link.compression})
+                         "compression": link.compression,
+                         "shaper": (shapers or {}).get(link.name, "user")})
     else:
         shard = shard_for(manifest, role="merge", runtime=board.runtime, quantize=quantize)
         inbound = [lk for lk in inventory.links if lk.dst == board.name]
@@ -80,6 +85,7 @@ class AgentProcess:
     config: Path
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
+    prefix: Sequence[str] = ()
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log: Any = field(default=None, init=False, repr=False)
 
@@ -93,7 +99,8 @@ class AgentProcess:
         root = str(Path(__file__).resolve().parent.parent)  # so an uninstalled checkout works too
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            self._proc = subprocess.Popen([self.python, "-m", "nodes.agent", "--config", str(self.config.resolve())],
+            self._proc = subprocess.Popen([*self.prefix, self.python, "-m", "nodes.agent",
+                                           "--config", str(self.config.resolve())],
                                           stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           cwd=self.config.parent, env=env)
         except OSError as exc:

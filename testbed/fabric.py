@@ -10,25 +10,41 @@ ends need and returns each end's transport settings:
   controller per end behind a TCP HCI port, joined by one virtual radio link (real HCI, ATT and
   GATT between the two agent processes).
 
+Each end is reached at ``addresses[board]`` (the host-side veth address of a ``connect: netns``
+board, else the broker's host): MQTT ends get it as their broker host (the sending end of a
+link listed in ``data_ports`` gets that port, the data plane's own listener), bumble binds the
+controller of that end there. A pty is a file, so it works across namespaces unchanged.
+
+Also holds ``BoardNamespaces``: one network namespace per ``connect: netns`` board
+(``tb-<bench>-<board>``, veth ``tbh-<hash>`` on the host <-> ``tb0`` inside, a free /30 of
+198.18.0.0/15 each), deleted on exit, and ``check_netns`` (root and ``ip netns`` present).
+
 Everything it starts is stopped in reverse order on exit. It does not run agents or shape links.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from linkemu.errors import LinkError
+from linkemu.netns import (SUBNET_POOL, BoardNetns, existing_namespaces, host_networks, namespace_pids,
+                           pick_subnets)
+from linkemu.tc import Runner
 from nodes.mqtt import topic
 from testbed.broker import free_port
-from testbed.config import Inventory, LinkSpec
+from testbed.config import BoardSpec, Inventory, LinkSpec
 from testbed.errors import RunError
+
+NETNS_DEV = "tb0"   # a netns board's interface inside its namespace (docs/linkemu.md)
 
 PTY = "pty"
 VIRTUAL = "virtual"
@@ -97,6 +113,8 @@ class LocalFabric:
     workdir: Path
     broker_host: str
     broker_port: int
+    addresses: Mapping[str, str] = field(default_factory=dict)   # board -> where it reaches the host
+    data_ports: Mapping[str, int] = field(default_factory=dict)  # link -> broker port of its sending end
     _stack: ExitStack = field(default_factory=ExitStack, init=False)
     _ends: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     notes: list[str] = field(default_factory=list, init=False)
@@ -121,18 +139,19 @@ class LocalFabric:
     def _make(self, link: LinkSpec) -> None:
         settings = dict(link.transport.settings)
         kind = link.transport.type
+        src, dst = (self.addresses.get(b, self.broker_host) for b in (link.src, link.dst))
         if kind == "mqtt":
-            settings.setdefault("host", self.broker_host)
-            settings.setdefault("port", self.broker_port)
             settings.setdefault("topic", topic(self.inventory.bench, "data", link.name))
-            tx = rx = {"type": kind, **settings}
+            tx = {"type": kind, "host": src, "port": self.data_ports.get(link.name, self.broker_port), **settings}
+            rx = {"type": kind, "host": dst, "port": self.broker_port, **settings}
         elif kind == "serial" and settings.get("port") == PTY:
             a, b = self._pty_pair(link.name)
             tx, rx = {"type": kind, **settings, "port": a}, {"type": kind, **settings, "port": b}
         elif kind == "ble" and settings.get("hci") == VIRTUAL:
-            p_tx, p_rx = self._ble_controllers(link.name)
+            src, dst = (self.addresses.get(b, "127.0.0.1") for b in (link.src, link.dst))
+            p_tx, p_rx = self._ble_controllers(link.name, hosts=(src, dst))
             base = {"type": kind, "stack": "bumble", "address": ble_address(link.name), **settings}
-            tx, rx = {**base, "hci": f"tcp-client:127.0.0.1:{p_tx}"}, {**base, "hci": f"tcp-client:127.0.0.1:{p_rx}"}
+            tx, rx = {**base, "hci": f"tcp-client:{src}:{p_tx}"}, {**base, "hci": f"tcp-client:{dst}:{p_rx}"}
         else:
             tx = rx = {"type": kind, **settings}
         self._ends[(link.name, "tx")], self._ends[(link.name, "rx")] = tx, rx
@@ -151,14 +170,121 @@ class LocalFabric:
         self.notes.append(f"{name}: serial over pty pair {a} <-> {b}")
         return a, b
 
-    def _ble_controllers(self, name: str) -> tuple[int, int]:
+    def _ble_controllers(self, name: str, *, hosts: tuple[str, str]) -> tuple[int, int]:
+        """Two controllers, one per end, each listening where its end's agent reaches the host."""
         d = self.workdir / name
         d.mkdir(parents=True, exist_ok=True)
-        ports = (free_port(), free_port())
+        ports = (free_port(hosts[0]), free_port(hosts[1]))
         proc = self._spawn([sys.executable, "-m", "bumble.apps.controllers",
-                            *(f"tcp-server:127.0.0.1:{p}" for p in ports)], d / "controllers.log")
+                            *(f"tcp-server:{h}:{p}" for h, p in zip(hosts, ports))], d / "controllers.log")
         for p in ports:
             _wait(lambda p=p: _listening(p), what=f"bumble controllers for {name}", proc=proc,
                   log=d / "controllers.log")
-        self.notes.append(f"{name}: BLE over bumble's virtual controllers on tcp ports {ports[0]}, {ports[1]}")
+        self.notes.append(f"{name}: BLE over bumble's virtual controllers on tcp {hosts[0]}:{ports[0]}, "
+                          f"{hosts[1]}:{ports[1]}")
         return ports
+
+
+# ---------------------------------------------------------------------------- network namespaces
+
+
+def netns_name(bench: str, board: str) -> str:
+    """A netns board's namespace (docs/linkemu.md; `testbed link` uses the same name)."""
+    return f"tb-{bench}-{board}"
+
+
+def host_dev_name(bench: str, board: str) -> str:
+    """The host end of a netns board's veth: ``tbh-`` + 8 hex digits (15-character limit)."""
+    return f"tbh-{zlib.crc32(f'{bench}/{board}'.encode()):08x}"
+
+
+def check_netns(inventory: Inventory) -> None:
+    """RunError, before anything starts, when a ``connect: netns`` board cannot be made here."""
+    boards = [b for b in inventory.boards.values() if b.connect == "netns"]
+    if not boards:
+        return
+    b = boards[0]
+    where = f"{inventory.path}:{inventory._lines.get(f'boards.{b.name}.connect', '?')}: boards.{b.name}.connect"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise RunError(f"{where}: 'netns' needs root (network namespaces and tc); run as root or use "
+                       f"connect: local")
+    if shutil.which("ip") is None:
+        raise RunError(f"{where}: 'netns' needs iproute2's `ip` (apt-get install iproute2)")
+    try:
+        existing_namespaces()
+    except LinkError as exc:
+        raise RunError(f"{where}: 'netns' needs `ip netns`, which failed here: {exc}") from None
+
+
+@dataclass
+class BoardNamespaces:
+    """``with BoardNamespaces(inventory=...) as ns: ns.address(board)``: the namespaces of the
+    bench's ``connect: netns`` boards, made on enter and deleted on exit (reverse order)."""
+
+    inventory: Inventory
+    runner: Runner = field(default_factory=Runner.local)
+    spaces: dict[str, BoardNetns] = field(default_factory=dict, init=False)
+    notes: list[str] = field(default_factory=list, init=False)
+    _stack: ExitStack = field(default_factory=ExitStack, init=False)
+
+    def __enter__(self) -> BoardNamespaces:
+        boards = [b for b in self.inventory.boards.values() if b.connect == "netns"]
+        if not boards:
+            return self
+        check_netns(self.inventory)
+        try:
+            present = set(existing_namespaces(self.runner))
+            subnets = pick_subnets(len(boards), used=host_networks(self.runner))
+            for board, subnet in zip(boards, subnets):
+                self._make(board, subnet, present)
+        except LinkError as exc:
+            self._stack.close()
+            raise RunError(f"network namespaces: {exc}") from None
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self.spaces.clear()
+
+    def _make(self, board: BoardSpec, subnet: Any, present: set[str]) -> None:
+        ns = netns_name(self.inventory.bench, board.name)
+        if ns in present:
+            pids = namespace_pids(ns, self.runner)
+            if pids:
+                raise RunError(f"boards.{board.name}: namespace {ns} already exists with processes "
+                               f"{', '.join(map(str, pids))} in it (another run of bench "
+                               f"{self.inventory.bench!r}?); expected none")
+            self.runner.run(["ip", "netns", "del", ns], check=False)
+            self.notes.append(f"{board.name}: removed the stale, empty namespace {ns} (an earlier run was killed)")
+        space = BoardNetns(ns, host_dev=host_dev_name(self.inventory.bench, board.name), inner_dev=NETNS_DEV,
+                           subnet=subnet, runner=self.runner)
+        self._stack.enter_context(space)
+        self.spaces[board.name] = space
+        self.notes.append(f"{board.name}: namespace {ns}, {space.host_dev} {space.host_addr} <-> "
+                          f"{NETNS_DEV} {space.ns_addr} ({subnet})")
+
+    def address(self, board: str, default: str) -> str:
+        """Where ``board`` reaches services of the host: its veth's host-side address."""
+        space = self.spaces.get(board)
+        return space.host_addr if space else default
+
+    def exec_prefix(self, board: str) -> list[str]:
+        space = self.spaces.get(board)
+        return space.exec_prefix() if space else []
+
+    def runner_for(self, board: str) -> Runner:
+        return Runner.netns(self.spaces[board].ns)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pool": SUBNET_POOL, "boards": {name: {**s.as_dict(), "inode": _ns_inode(s.ns)}
+                                                for name, s in self.spaces.items()}}
+
+
+def _ns_inode(ns: str) -> int | None:
+    try:
+        return os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return None

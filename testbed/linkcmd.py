@@ -23,11 +23,11 @@ from linkemu.errors import LinkError
 from linkemu.tc import BACKENDS, KernelLink, Plan, Runner, choose_backend, plan, probe
 from testbed.config import BoardSpec, LinkSpec, load_inventory
 from testbed.errors import TestbedError
+from testbed.fabric import NETNS_DEV, netns_name
 
 __all__ = ["ACTIONS", "LinkCommandError", "link_command", "netns_name", "NETNS_DEV", "SSH_DEV"]
 
 ACTIONS = ("apply", "clear", "show")
-NETNS_DEV = "tb0"
 SSH_DEV = "eth0"
 KERNEL_CONNECTS = ("netns", "ssh")
 
@@ -44,10 +44,6 @@ class _Target:
     board: BoardSpec
     dev: str
     runner: Runner
-
-
-def netns_name(bench: str, board: str) -> str:
-    return f"tb-{bench}-{board}"
 
 
 def _runner(bench: str, board: BoardSpec, *, dry_run: bool) -> tuple[Runner, str]:

@@ -1,8 +1,12 @@
 """Running an experiment on a bench: the laptop side of ``testbed run`` and ``testbed demo``.
 
 Holds ``prepare_bundle`` (train or load the model from the cache, export shards), sample
-selection, and ``Orchestrator``: starts (or reaches) the broker, deploys local boards and
-starts their agents, waits for every board to report ready, then triggers samples at the
+selection, ``plan_kernel_links`` (which links the kernel shapes: MQTT links sent from
+``connect: netns`` boards, checked before anything starts) and ``Orchestrator``: makes the
+netns boards' namespaces, starts (or reaches) the broker (listening on each namespace's veth
+too, plus a data-plane port that the kernel classifies), deploys local boards and starts
+their agents (inside their namespace where they have one), shapes kernel links on ``tb0``
+from the first sample on, waits for every board to report ready, then triggers samples at the
 configured rate, injects faults on schedule, collects predictions, counts samples that never
 complete, and writes ``runs/<id>/`` (run.json, events.jsonl, summary.json). Rendering is not
 done here: the dashboard subscribes to the event log.
@@ -25,16 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from linkemu.profile import LinkProfile, Outage
+from linkemu.errors import LinkError
+from linkemu.netns import BOARD_MTU
+from linkemu.profile import PRESETS, LinkProfile, Outage
+from linkemu.tc import SHAPED_CLASS, KernelLink, choose_backend, plan, probe
 from nodes.clocksync import reply as clock_reply
 from nodes.mqtt import MqttClient, topic
-from testbed.broker import EmbeddedBroker, ExternalBroker
+from testbed.broker import EmbeddedBroker, ExternalBroker, free_port
 from testbed.bundle import export_bundle, load_manifest
 from testbed.config import Experiment, Inventory, check_compatible
 from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.errors import RunError
-from testbed.fabric import LocalFabric
+from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.runstate import EventLog, RunState
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -134,19 +141,68 @@ def effective_profiles(inventory: Inventory, experiment: Experiment) -> dict[str
     return out
 
 
-RUNNABLE_CONNECTS = ("local",)
+RUNNABLE_CONNECTS = ("local", "netns")
 
 
 def check_runnable(inventory: Inventory) -> None:
-    """Refuse, before anything is started or contacted, a bench this version cannot run."""
+    """Refuse, before anything is started or contacted, a bench this version cannot run
+    (SSH boards, an external broker; netns boards without root or ``ip netns``)."""
     for board in inventory.boards.values():
         if board.connect not in RUNNABLE_CONNECTS:
             raise RunError(f"{inventory.path}: boards.{board.name}.connect: {board.connect!r} is not supported "
                            f"by `testbed run` yet; expected {' or '.join(RUNNABLE_CONNECTS)} "
-                           f"(SSH deploy and netns boards are tracked in open issues)")
+                           f"(SSH deploy is tracked in an open issue)")
     if inventory.broker.mode == "external":
         raise RunError(f"{inventory.path}: broker.mode: 'external' is not supported by `testbed run` yet "
                        f"(only simulated local benches); expected embedded")
+    check_netns(inventory)
+
+
+@dataclass(frozen=True)
+class KernelShaped:
+    """A link the kernel shapes: its sender's namespace, the backend, the effective profile."""
+
+    link: str
+    board: str
+    backend: str
+    profile: LinkProfile
+
+    @property
+    def shaper(self) -> str:
+        return f"kernel:{self.backend}"
+
+
+def plan_kernel_links(inventory: Inventory, profiles: dict[str, LinkProfile], *,
+                      caps: dict[str, Any] | None = None) -> dict[str, KernelShaped]:
+    """The MQTT links sent from ``connect: netns`` boards, each with the backend the kernel
+    offers (probed once) and its plan checked: a knob the backend cannot honour, or a kernel
+    without the classifier or nftables the plan needs, is a RunError naming the link's profile."""
+    links = [(i, lk) for i, lk in enumerate(inventory.links)
+             if lk.transport.type == "mqtt" and inventory.boards[lk.src].connect == "netns"]
+    if not links:
+        return {}
+    if caps is None:
+        try:
+            caps = probe()
+        except LinkError as exc:
+            raise RunError(f"kernel shaping of netns boards: {exc}") from None
+    out = {}
+    for i, lk in links:
+        where = f"{inventory.path}:{inventory._lines.get(f'links[{i}].profile', '?')}: links[{i}].profile"
+        try:
+            backend = choose_backend(caps)
+            p = plan(profiles[lk.name], NETNS_DEV, backend=backend, dport=1, mtu=BOARD_MTU)
+            if p.apply and not caps.get("u32"):
+                raise LinkError("shaping only the data plane needs tc's u32 classifier, which this kernel lacks "
+                                f"({caps.get('errors', {}).get('u32', 'probe said no')})")
+            if any(argv[0] == "nft" for argv in p.apply) and not caps.get("nft"):
+                raise LinkError("outages and iid loss need nftables, which is not usable here "
+                                f"({caps.get('errors', {}).get('nft', 'probe said no')})")
+        except LinkError as exc:
+            raise RunError(f"{where}: link {lk.name} (from netns board {lk.src}, shaped by the kernel): "
+                           f"{exc}") from None
+        out[lk.name] = KernelShaped(link=lk.name, board=lk.src, backend=backend, profile=profiles[lk.name])
+    return out
 
 
 @dataclass
@@ -185,7 +241,8 @@ class Orchestrator:
             return
         self._msgs.put((topic_name, payload, time.monotonic()))
 
-    def _write_run_json(self, run_id: str, broker: Any, seed: int) -> None:
+    def _write_run_json(self, run_id: str, broker: Any, seed: int, *, spaces: BoardNamespaces,
+                        kernel: dict[str, KernelShaped], shapers: dict[str, str], data_port: int | None) -> None:
         from importlib import metadata
 
         def version(pkg: str) -> str | None:
@@ -204,10 +261,26 @@ class Orchestrator:
                           "evaluation": self.prepared.manifest["evaluation"]},
                "training": self.prepared.training,
                "broker": {"kind": broker.kind, "host": broker.host, "port": broker.port,
-                          "fallback_reason": broker.fallback_reason},
+                          "fallback_reason": broker.fallback_reason,
+                          "listeners": [list(li) for li in getattr(broker, "listeners", ())],
+                          "data_port": data_port},
+               "netns": spaces.as_dict() if spaces.spaces else None,
+               "shaping": {lk.name: self._shaping_record(lk.name, kernel, shapers, data_port)
+                           for lk in self.inventory.links},
                "versions": {"python": platform.python_version(), "platform": platform.platform(),
                             **{p: version(p) for p in ("hbc-testbed", "torch", "numpy", "paho-mqtt", "rich")}}}
         (self.run_dir / "run.json").write_text(json.dumps(doc, indent=2))
+
+    @staticmethod
+    def _shaping_record(name: str, kernel: dict[str, KernelShaped], shapers: dict[str, str],
+                        data_port: int | None) -> dict[str, Any]:
+        k = kernel.get(name)
+        if k is None:
+            return {"shaper": shapers[name], "where": "the sending agent's egress (linkemu shaper)"}
+        p = plan(k.profile, NETNS_DEV, backend=k.backend, dport=data_port, mtu=BOARD_MTU)
+        return {"shaper": k.shaper, "where": f"{NETNS_DEV} egress of the sender's namespace, TCP to port {data_port}",
+                "board": k.board, "apply": p.apply, "clear": p.clear, "notes": p.notes,
+                "agent_profile": "ideal (the user-space shaper is off for this link)"}
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -218,13 +291,20 @@ class Orchestrator:
         run_id = self.run_dir.name
         x, labels, _ = select_samples(self.prepared.dataset, exp.run.samples, seed=exp.seed)
         profiles = effective_profiles(inv, exp)
+        kernel = plan_kernel_links(inv, profiles)
+        shapers = {lk.name: kernel[lk.name].shaper if lk.name in kernel else "user" for lk in inv.links}
+        data_port = free_port() if kernel else None
         with ExitStack() as stack:
             self._log = stack.enter_context(EventLog(self.run_dir / "events.jsonl"))
             self._log.subscribe(self.state.apply)
             if self.on_log:
                 self.on_log(self._log)
-            broker = stack.enter_context(self._broker())
-            self._write_run_json(run_id, broker, exp.seed)
+            spaces = stack.enter_context(BoardNamespaces(inventory=inv))
+            for note in spaces.notes:
+                self._event("fabric", note=note)
+            broker = stack.enter_context(self._broker(spaces, data_port, kernel))
+            self._write_run_json(run_id, broker, exp.seed, spaces=spaces, kernel=kernel, shapers=shapers,
+                                 data_port=data_port)
             self._event("run_start", run=run_id, run_dir=str(self.run_dir), samples=exp.run.samples,
                         rate_hz=exp.run.rate_hz, dataset=self.prepared.dataset.name,
                         broker={"kind": broker.kind, "port": broker.port, "fallback_reason": broker.fallback_reason},
@@ -232,7 +312,8 @@ class Orchestrator:
                                 for b in inv.boards.values()],
                         links=[{"name": lk.name, "src": lk.src, "dst": lk.dst, "transport": lk.transport.type,
                                 "rate_bps": None if profiles[lk.name].rate_bps == float("inf")
-                                else profiles[lk.name].rate_bps, "profile": profiles[lk.name].as_dict()}
+                                else profiles[lk.name].rate_bps, "profile": profiles[lk.name].as_dict(),
+                                "shaper": shapers[lk.name]}
                                for lk in inv.links],
                         faults=[_jsonable(f) for f in exp.faults])
             ctl = stack.enter_context(MqttClient(host=broker.host, port=broker.port,
@@ -241,40 +322,90 @@ class Orchestrator:
             for plane in ("status", "tele"):
                 ctl.subscribe(topic(inv.bench, plane, "+"), qos=1)
             ctl.subscribe(topic(inv.bench, "time", "+"), qos=0)
+            shaped: dict[str, KernelLink] = {}
             try:
+                addresses = {b: spaces.address(b, broker.host) for b in inv.boards}
                 fabric = stack.enter_context(LocalFabric(inventory=inv, workdir=self.run_dir / "links",
-                                                         broker_host=broker.host, broker_port=broker.port))
+                                                         broker_host=broker.host, broker_port=broker.port,
+                                                         addresses=addresses,
+                                                         data_ports={name: data_port for name in kernel}))
                 for note in fabric.notes:
                     self._event("fabric", note=note)
-                self._start_agents(stack, broker, profiles, x, fabric)
+                user_profiles = {**profiles, **{name: PRESETS["ideal"] for name in kernel}}
+                self._start_agents(stack, broker, user_profiles, x, fabric, spaces=spaces, shapers=shapers)
                 self._wait_ready()
+                for name, k in kernel.items():  # from the first sample on, like the agents' shapers
+                    shaped[name] = stack.enter_context(KernelLink(
+                        k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board), dport=data_port,
+                        mtu=BOARD_MTU))
+                    self._event("fabric", note=f"{name}: shaped by the kernel ({k.shaper}) on {NETNS_DEV} of "
+                                              f"{spaces.spaces[k.board].ns}, TCP to port {data_port} only")
                 self._sample_loop(ctl, labels)
                 self._stop_agents(ctl)
             finally:
+                if shaped:
+                    self._record_kernel_stats(shaped)
                 self._event("run_end")
                 summary = self.state.summary()
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    def _broker(self) -> EmbeddedBroker | ExternalBroker:
+    def _broker(self, spaces: BoardNamespaces, data_port: int | None,
+                kernel: dict[str, KernelShaped]) -> EmbeddedBroker | ExternalBroker:
+        """The broker; embedded, it also listens on each namespace's host-side veth address (the
+        control plane's port) and, for the senders of kernel-shaped links, on ``data_port``."""
         spec = self.inventory.broker
         if spec.mode == "external":
             return ExternalBroker(host=str(spec.host), port=int(spec.port or 1883))
-        return EmbeddedBroker(workdir=self.run_dir / "broker", host=spec.host or "127.0.0.1", port=spec.port or 0)
+        host = spec.host or "127.0.0.1"
+        port = spec.port or free_port(host)
+        listeners = [(s.host_addr, port) for s in spaces.spaces.values()]
+        listeners += [(spaces.spaces[b].host_addr, data_port) for b in sorted({k.board for k in kernel.values()})
+                      if data_port is not None]
+        return EmbeddedBroker(workdir=self.run_dir / "broker", host=host, port=port, listeners=tuple(listeners))
 
     def _start_agents(self, stack: ExitStack, broker: Any, profiles: dict[str, LinkProfile],
-                      x: np.ndarray, fabric: LocalFabric) -> None:
+                      x: np.ndarray, fabric: LocalFabric, *, spaces: BoardNamespaces,
+                      shapers: dict[str, str]) -> None:
         inv, exp = self.inventory, self.experiment
         for board in inv.boards.values():
             cfg = agent_config(inventory=inv, board=board, manifest=self.prepared.manifest,
-                               assignment=exp.assignment[board.name], broker_host=broker.host,
+                               assignment=exp.assignment[board.name],
+                               broker_host=spaces.address(board.name, broker.host),
                                broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles,
-                               endpoint=fabric.endpoint,
+                               endpoint=fabric.endpoint, shapers=shapers,
                                quantize=exp.partition.quantize if exp.partition is not None else "none")
             path = deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=self.run_dir / "boards" / board.name,
                                 manifest=self.prepared.manifest, cfg=cfg,
                                 samples=x if board.role == "wearable" else None)
-            self._agents[board.name] = stack.enter_context(AgentProcess(name=board.name, config=path))
+            self._agents[board.name] = stack.enter_context(
+                AgentProcess(name=board.name, config=path, prefix=spaces.exec_prefix(board.name)))
+
+    def _record_kernel_stats(self, shaped: dict[str, KernelLink]) -> None:
+        """Add each kernel-shaped link's final tc/nft counters to run.json (before they are cleared)."""
+        stats: dict[str, Any] = {}
+        for name, link in shaped.items():
+            dev = link.plan.dev
+            entry: dict[str, Any] = {"dev": dev, "outage_edges": [state for state, _ in link.edges]}
+            try:
+                entry["qdisc"] = json.loads(link.runner.run(["tc", "-s", "-j", "qdisc", "show", "dev", dev]) or "[]")
+            except (LinkError, ValueError) as exc:
+                entry["qdisc"] = [{"error": str(exc)}]
+            entry["class_text"] = link.runner.run(["tc", "-s", "class", "show", "dev", dev], check=False)
+            if link.plan.outages:
+                entry["nft"] = link.runner.run(link.plan.show[-1], check=False)
+            leaf = next((q for q in entry["qdisc"] if q.get("parent") == SHAPED_CLASS), None)
+            entry["shaped_bytes"] = leaf.get("bytes") if leaf else None     # the data plane's leaf qdisc
+            entry["shaped_packets"] = leaf.get("packets") if leaf else None
+            entry["shaped_drops"] = leaf.get("drops") if leaf else None
+            stats[name] = entry
+        path = self.run_dir / "run.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        doc["kernel_stats"] = stats
+        path.write_text(json.dumps(doc, indent=2))
 
     def _drain(self, timeout: float, on_result: Callable[[dict[str, Any], float], None] | None = None) -> None:
         """Handle control-plane messages for up to ``timeout`` seconds (at least one wait)."""
@@ -303,7 +434,7 @@ class Orchestrator:
             return
         if plane == "status":
             self._event("status", board=board, state=msg.get("state"),
-                        **{k: msg[k] for k in ("pid", "error", "clock") if msg.get(k) is not None})
+                        **{k: msg[k] for k in ("pid", "error", "clock", "net_ns") if msg.get(k) is not None})
         elif plane == "tele":
             kind = msg.pop("kind", None)
             msg.pop("board", None)

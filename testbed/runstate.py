@@ -105,6 +105,7 @@ class LinkState:
     dst: str
     transport: str
     rate_bps: float | None
+    shaper: str = "user"             # "user" (linkemu shaper in the agent) or "kernel:<backend>"
     bytes: int = 0
     frames: int = 0
     dropped: int = 0
@@ -172,7 +173,8 @@ class RunState:
             self.boards[b["name"]] = BoardState(name=b["name"], role=b["role"], kind=b.get("kind", ""))
         for lk in ev.get("links", []):
             self.links[lk["name"]] = LinkState(name=lk["name"], src=lk["src"], dst=lk["dst"],
-                                               transport=lk.get("transport", ""), rate_bps=lk.get("rate_bps"))
+                                               transport=lk.get("transport", ""), rate_bps=lk.get("rate_bps"),
+                                               shaper=lk.get("shaper", "user"))
             self._link_of_board[lk["src"]] = lk["name"]
         if self.broker.get("fallback_reason"):
             self.notes.append(f"broker: {self.broker.get('kind')} ({self.broker['fallback_reason']})")
@@ -284,7 +286,7 @@ class RunState:
                        "dropped": b.dropped, "clock_offset_ms": b.clock_offset_ms,
                        "clock_uncertainty_ms": b.clock_uncertainty_ms} for b in self.boards.values()]
             links = [{"name": lk.name, "from": lk.src, "to": lk.dst, "transport": lk.transport,
-                      "rate_bps": lk.rate_bps, "bytes": lk.bytes, "frames": lk.frames, "dropped": lk.dropped,
+                      "shaper": lk.shaper, "rate_bps": lk.rate_bps, "bytes": lk.bytes, "frames": lk.frames, "dropped": lk.dropped,
                       "dropped_outage": lk.dropped_outage, "dropped_queue": lk.dropped_queue,
                       "one_way_ms_p50": _r(percentile(lk.transit_ms, 50)),
                       "one_way_ms_p95": _r(percentile(lk.transit_ms, 95)),
