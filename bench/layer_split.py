@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from testbed.data import load_dataset  # noqa: E402
+from testbed.orchestrator import default_cache_dir  # noqa: E402
 from testbed.partition.layersplit import export_layer_bundle, measure_layers, plan_split  # noqa: E402
 from testbed.partition.pipeline import TeacherSpec  # noqa: E402
 from testbed.partition.teacher import TeacherConfig, load_or_train_teacher  # noqa: E402
@@ -41,11 +42,7 @@ QUICK_TEACHER = TeacherSpec(widths=(8, 16, 32), epochs=6, batch_size=64, lr=0.01
 
 
 def _cache_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    if os.environ.get("HBC_TESTBED_CACHE"):
-        return Path(os.environ["HBC_TESTBED_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hbc-testbed"
+    return Path(arg) if arg else default_cache_dir()
 
 
 def _files(tmp: Path, *, dataset: str, preset: str, samples: int, rate_hz: float, deadline_ms: float) -> tuple[Path, Path]:

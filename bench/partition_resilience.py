@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from testbed.orchestrator import default_cache_dir  # noqa: E402
 from testbed.partition.pipeline import GraphSpec, PartitionConfig, StudentSpec, TeacherSpec, run_compare  # noqa: E402
 from testbed.partition.report import partition_table, plot, summarise, table  # noqa: E402
 
@@ -39,11 +39,7 @@ QUICK = dict(dataset="digits", teacher=TeacherSpec(widths=(8, 16, 32), epochs=10
 
 
 def _cache_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    if os.environ.get("HBC_TESTBED_CACHE"):
-        return Path(os.environ["HBC_TESTBED_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hbc-testbed"
+    return Path(arg) if arg else default_cache_dir()
 
 
 def _progress(quiet: bool):
