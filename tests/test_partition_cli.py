@@ -206,6 +206,7 @@ def test_tflite_boards_get_int8_litert_shards(tmp_path: Path, model_cache: Path)
         assert set(alts) == {"none", "int8"} and all(a["runtime"] == "tflite" for a in alts.values())
         assert alts["none"]["parity_max_abs_error"] <= 1e-4
         assert alts["int8"]["bytes"] < alts["none"]["bytes"] or shard["role"] == "merge"
+    assert m["versions"]["litert_torch"] and m["versions"]["ai_edge_litert"] and m["versions"]["torch"]
     lite = m["evaluation"]["litert"]
     assert lite["none"]["accuracy"] == pytest.approx(lite["none"]["torch_accuracy"], abs=0.01)
     assert 0 <= lite["int8"]["accuracy"] <= 1 and lite["int8"]["images"] > 0

@@ -132,7 +132,7 @@ def _add_litert(manifest: dict[str, Any], modules: dict[str, torch.nn.Module], *
                 quantize: str) -> None:
     """Export every shard as .tflite (and int8 when asked), parity-checked on real test images;
     record each file as an alternate of its shard and the int8 accuracy in the evaluation."""
-    from testbed.litert import export_tflite
+    from testbed.litert import export_tflite, litert_versions
 
     samples = np.ascontiguousarray(data.x_test[:PARITY_SAMPLES], dtype=np.float32)
     inputs = _shard_inputs(manifest, modules, samples)
@@ -147,6 +147,7 @@ def _add_litert(manifest: dict[str, Any], modules: dict[str, torch.nn.Module], *
                                   quantize=q)
             entry["file"] = Path(entry["file"]).name
             shard["alternates"].append(entry)
+    manifest.setdefault("versions", {}).update({k: v for k, v in litert_versions().items() if v})
     ev = manifest.setdefault("evaluation", {})
     ev["litert"] = {v: _litert_accuracy(manifest, out_dir=out_dir, data=data, quantize=v) for v in variants}
 
