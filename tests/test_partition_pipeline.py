@@ -219,3 +219,16 @@ def _reload(manifest: dict, cache: Path) -> PartitionedStudents:
     model = PartitionedStudents(cfg, mean=0.0, std=1.0)
     model.load_state_dict(torch.load(cache / f"students-{manifest['config_key']}" / "weights.pt", weights_only=True))
     return model.eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+def test_teacher_and_student_take_28_and_32_pixel_inputs(shape: tuple[int, int, int]) -> None:
+    from testbed.partition.students import Student
+    from testbed.partition.teacher import Teacher, TeacherConfig
+    teacher = Teacher(TeacherConfig(dataset="x", input_shape=shape, num_classes=100), mean=0.0, std=1.0).eval()
+    student = Student(in_channels=shape[0], width=6, part_dim=5, mean=0.0, std=1.0).eval()
+    x = torch.zeros(2, *shape)
+    with torch.no_grad():
+        assert teacher(x).shape == (2, 100) and student(x).shape == (2, 5)
+        side = -(-shape[1] // 4)   # stages 2 and 3 halve the resolution
+        assert teacher.final_maps(x).shape == (2, 64, side, side)
