@@ -9,6 +9,13 @@ resyncs and counts what it drops) and hands each packet to the registered handle
 packets are opaque here: integrity is the frame's own CRC32, checked by
 `nodes.codec.Decoder` on the edge.
 
+pyserial opens and configures the port (termios, exclusive lock, RTS/CTS); on POSIX the hot
+paths then use its non-blocking descriptor directly: the reader waits in ``select`` (on the
+port and pyserial's cancel pipe) and takes everything the tty has in one ``os.read``; a send is
+one ``os.write`` of ``0x00 || COBS || 0x00`` built in one buffer, waiting in ``select`` only
+when the tty is full. pyserial's own ``read``/``write`` add a select, a timeout object and a
+copy per call; they remain the path on platforms without a descriptor.
+
 This module must not decode frames, shape traffic (the link emulator does, before `send`),
 or import ``testbed``. A failed or timed-out write is a counted send failure, never an
 exception into the caller.
@@ -31,11 +38,15 @@ Raspberry Pi UART setup (full detail and arithmetic in ``docs/serial.md``):
 """
 from __future__ import annotations
 
+import os
+import select
 import threading
+import time
+from collections.abc import Callable
 
 import serial
 
-from nodes.cobs import CobsStreamDecoder, encode
+from nodes.cobs import CobsStreamDecoder, encode_delimited
 from nodes.errors import TransportError
 from nodes.transport import Transport
 
@@ -44,7 +55,7 @@ __all__ = ["SerialTransport", "SETTINGS"]
 SETTINGS = ("port", "baud", "rtscts", "xonxoff", "max_frame", "write_timeout")
 _READ_TIMEOUT_S = 0.05
 _JOIN_TIMEOUT_S = 5.0
-_DELIM = b"\x00"
+_READ_CHUNK = 1 << 16   # a tty hands over at most what it holds (4 KiB on Linux n_tty)
 
 
 def _check_settings(*, port: object, baud: object, max_frame: object, write_timeout: object,
@@ -148,17 +159,35 @@ class SerialTransport(Transport):
         if len(frame) > self.max_frame:
             self.last_error = f"frame of {len(frame)} bytes exceeds max_frame {self.max_frame}"
             return False
-        wire = b"".join((_DELIM, encode(frame), _DELIM))
+        wire = encode_delimited(frame)
         with self._write_lock:
             ser = self._serial
             if ser is None:
                 return False
             try:
-                written = ser.write(wire)
+                return self._write(ser, wire)
             except (serial.SerialException, OSError) as exc:  # SerialTimeoutException included
                 self.last_error = f"write to {self.port} failed: {exc}"
                 return False
-        return written == len(wire)
+
+    def _write(self, ser: serial.Serial, wire: bytes) -> bool:
+        """Write all of ``wire``; raises SerialTimeoutException past ``write_timeout``."""
+        fd = getattr(ser, "fd", None)
+        if not isinstance(fd, int):
+            return ser.write(wire) == len(wire)
+        view, deadline = memoryview(wire), None
+        while True:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                pass
+            if not view:
+                return True
+            if deadline is None:
+                deadline = time.monotonic() + self.write_timeout
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise serial.SerialTimeoutException("Write timeout")
 
     # -- receiving -------------------------------------------------------------------------
     def decoder_stats(self) -> dict[str, int]:
@@ -169,9 +198,10 @@ class SerialTransport(Transport):
     def _read_loop(self) -> None:
         ser = self._serial
         assert ser is not None
+        read = self._chunk_reader(ser)
         while not self._stop.is_set():
             try:
-                data = ser.read(max(1, ser.in_waiting))
+                data = read()
             except (serial.SerialException, OSError, TypeError) as exc:
                 if self._stop.is_set():
                     return  # the port was closed under us: a normal shutdown
@@ -181,6 +211,32 @@ class SerialTransport(Transport):
             if data:
                 for packet in self._decoder.feed(data):
                     self._hand_over(packet)
+
+    @staticmethod
+    def _chunk_reader(ser: serial.Serial) -> Callable[[], bytes]:
+        """A function returning whatever the port has (b"" after ``_READ_TIMEOUT_S`` idle)."""
+        fd, abort = getattr(ser, "fd", None), getattr(ser, "pipe_abort_read_r", None)
+        if not isinstance(fd, int) or not isinstance(abort, int):
+            return lambda: ser.read(max(1, ser.in_waiting))
+        waitable = [fd, abort]
+
+        def read() -> bytes:
+            ready = select.select(waitable, [], [], _READ_TIMEOUT_S)[0]
+            if not ready:
+                return b""
+            if abort in ready:   # close() -> cancel_read(): let the loop see the stop flag
+                os.read(abort, 1000)
+                return b""
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return b""
+            if not data:   # as pyserial: readable yet empty means the device went away
+                raise serial.SerialException("device reports readiness to read but returned no "
+                                             "data (device disconnected?)")
+            return data
+
+        return read
 
     def _hand_over(self, packet: bytes) -> None:
         try:

@@ -255,3 +255,107 @@ def test_round_trip_property(data: bytes) -> None:
     enc = cobs.encode(data)
     assert b"\x00" not in enc and len(enc) <= cobs.max_encoded_len(len(data))
     assert cobs.decode(enc) == data
+
+
+# ---------------------------------------------------------------------------- fast paths
+# Packets with hundreds of short blocks take the numpy paths (pointer doubling + a C-level
+# walk); few or long blocks take the loops. Both must agree byte for byte with each other.
+
+
+def _relu_f16(n_values: int, seed: int) -> bytes:
+    """An activation as the wire carries it: ReLU-like float16, a zero byte every 2-4 bytes."""
+    import numpy as np
+    x = np.maximum(np.random.default_rng(seed).standard_normal(n_values), 0)
+    return x.astype(np.float16).tobytes()
+
+
+def _long_runs_and_zeros(seed: int) -> bytes:
+    """64 KiB mixing zero-free runs of 254-3000 bytes (full 0xFF blocks) with zero-heavy stretches."""
+    rng = random.Random(seed)
+    parts = []
+    while sum(map(len, parts)) < 65536:
+        if rng.random() < 0.5:
+            parts.append(bytes(rng.randrange(1, 256) for _ in range(rng.randrange(254, 3000))))
+        else:
+            parts.append(_relu_f16(rng.randrange(100, 2000), rng.randrange(1 << 30)))
+    return b"".join(parts)[:65536]
+
+
+FAST_CASES = {
+    "relu64k": _relu_f16(32768, 1),
+    "relu4k": _relu_f16(2048, 2),
+    "long_runs64k": _long_runs_and_zeros(3),
+    "zeros64k": bytes(65536),
+    "dense64k": random.Random(4).randbytes(65536).replace(b"\x00", b"\x01"),
+    "full_run_end": _relu_f16(2048, 5) + b"\x07" * 254,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAST_CASES))
+def test_fast_paths_agree_with_the_loops(name: str) -> None:
+    raw = FAST_CASES[name]
+    enc = cobs.encode(raw)
+    assert enc == cobs._encode_loop(raw)  # noqa: SLF001
+    assert cobs.encode_delimited(raw) == b"\x00" + enc + b"\x00"
+    assert cobs.decode(enc) == cobs._decode_loop(enc) == raw  # noqa: SLF001
+    assert cobs._decode_vectorised(enc, len(enc) / 2) == raw  # noqa: SLF001 - forced numpy path
+    if enc.endswith(b"\xff" + b"\x07" * 254):  # the trailing 0x01 block some encoders emit
+        assert cobs._decode_vectorised(enc + b"\x01", len(enc) / 2) == raw  # noqa: SLF001
+
+
+@pytest.mark.parametrize("name", ["relu64k", "long_runs64k", "relu4k"])
+def test_fast_path_rejects_every_truncation_the_loop_rejects(name: str) -> None:
+    enc = cobs.encode(FAST_CASES[name])
+    rng = random.Random(6)
+    for cut in [len(enc) - 1, len(enc) // 2, *(rng.randrange(300, len(enc)) for _ in range(40))]:
+        try:
+            expected = cobs._decode_loop(enc[:cut])  # noqa: SLF001
+        except CobsError:
+            expected = None
+        try:
+            got = cobs._decode_vectorised(enc[:cut], cut / 2)  # noqa: SLF001
+        except CobsError:
+            got = None
+        assert got == expected, cut
+
+
+def test_big_frames_split_across_many_reads_with_garbage_between() -> None:
+    """As a tty delivers them: 4 KiB reads (and odd cuts) that split packets anywhere, noise
+    between packets; whole packets inside one read are decoded in place, split ones buffered."""
+    packets = [FAST_CASES["relu64k"], b"short", FAST_CASES["long_runs64k"], FAST_CASES["relu4k"]]
+    noise = [b"\xfe\xfd noise", b"\x80\x81\x82"]  # cannot decode: the blocks overrun
+    stream = (b"\x00" + cobs.encode(packets[0]) + b"\x00" + noise[0] + b"\x00"
+              + b"".join(cobs.encode_delimited(p) for p in packets[1:3]) + noise[1]
+              + cobs.encode_delimited(packets[3]))
+    for step in (4095, 1000, 65536, 7):
+        dec = CobsStreamDecoder()
+        out = [p for i in range(0, len(stream), step) for p in dec.feed(stream[i:i + step])]
+        assert out == packets, step
+        assert dec.stats.as_dict() == {"packets": 4, "bytes_in": len(stream), "dropped_invalid": 2,
+                                       "dropped_oversize": 0,
+                                       "garbage_bytes": sum(map(len, noise))}, step
+        assert dec.buffered == 0
+
+
+def test_whole_oversize_packet_inside_one_read_is_counted_like_a_split_one() -> None:
+    big = cobs.encode(FAST_CASES["relu4k"])
+    for step in (len(big) + 10, 100):
+        dec = CobsStreamDecoder(max_packet=1000)
+        stream = b"\x00" + big + b"\x00" + cobs.encode(b"ok") + b"\x00"
+        out = [p for i in range(0, len(stream), step) for p in dec.feed(stream[i:i + step])]
+        assert out == [b"ok"]
+        assert dec.stats.dropped_oversize == 1 and dec.stats.garbage_bytes == len(big)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.one_of(st.binary(min_size=1, max_size=300),
+                               st.sampled_from([b"\x00\x00", b"\x00", b"\x01\x02\x03" * 100])),
+                     min_size=1, max_size=60))
+def test_round_trip_property_zero_heavy(data: list[bytes]) -> None:
+    """Zero-heavy packets long enough for the numpy paths, with 0xFF blocks mixed in."""
+    raw = b"".join(data)
+    enc = cobs.encode(raw)
+    assert enc == cobs._encode_loop(raw)  # noqa: SLF001
+    assert cobs.decode(enc) == raw
+    if enc:
+        assert cobs._decode_vectorised(enc, len(enc) / 2) == raw  # noqa: SLF001

@@ -521,3 +521,64 @@ def test_fuzz_mutated_valid_frames_are_never_accepted_with_bad_crc(encoding, com
         buf[pos % len(buf)] ^= xor
     frame = Decoder().decode(bytes(buf))
     assert frame is None or _crc_ok(bytes(buf))
+
+
+# ------------------------------------------------------------------------- fast paths
+
+
+def _f16_hard_cases() -> np.ndarray:
+    """Every finite float16 as float32, one float32 ulp either side, and every midpoint between
+    neighbouring float16 values (the round-half-to-even ties) with its neighbours, both signs."""
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    f = every[np.isfinite(every)].astype(np.float32)
+    u = f.view(np.uint32)
+    pos = np.unique(np.abs(f))
+    mid = ((pos[:-1].astype(np.float64) + pos[1:]) / 2).astype(np.float32)
+    mu = mid.view(np.uint32)
+    x = np.concatenate([f, (u + 1).view(np.float32), (u - 1).view(np.float32),
+                        mid, (mu + 1).view(np.float32), (mu - 1).view(np.float32)])
+    x = np.concatenate([x, -x]).astype(np.float32)
+    return x[np.isfinite(x) & (np.abs(x) <= 65504)]
+
+
+def test_f16_encoding_is_bit_identical_to_numpys_cast():
+    from nodes.codec import _to_f16_bits
+    x = _f16_hard_cases()
+    np.testing.assert_array_equal(_to_f16_bits(x), x.astype(np.float16).view(np.uint16))
+    buf = encode_frame(x, encoding=Encoding.F16, **IDS)
+    assert buf[HEADER_SIZE:-TRAILER_SIZE] == x.astype("<f2").tobytes()
+
+
+def test_f16_decoding_is_bit_identical_to_numpys_cast_nan_payloads_included():
+    every = np.arange(1 << 16, dtype=np.uint32).astype("<u2")
+    ref = every.view("<f2").astype(np.float32)
+    head = struct.pack("<2sBBHIIHIQBB4II", b"HB", 1, 1, int(Encoding.F16), 0, 0, 0, 0, 0, 0, 1,
+                       every.size, 0, 0, 0, every.nbytes)
+    body = head + every.tobytes()
+    frame = decode_frame(body + struct.pack("<I", zlib.crc32(body)))
+    np.testing.assert_array_equal(frame.array.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("values", [[np.nan, 1.0], [np.inf, -2.0], [-np.inf], [65504.0, -65504.0]])
+def test_f16_non_finite_and_extreme_values_take_numpys_cast(values):
+    x = np.array(values, dtype=np.float32)
+    buf = encode_frame(x, encoding=Encoding.F16, **IDS)
+    assert buf[HEADER_SIZE:-TRAILER_SIZE] == x.astype("<f2").tobytes()
+
+
+def test_f32_decode_is_a_read_only_view_of_the_frame():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    frame = decode_frame(encode_frame(x, **IDS))
+    np.testing.assert_array_equal(frame.array, x)
+    assert not frame.array.flags.writeable
+    copy = frame.array.copy()
+    copy += 1  # a copy is the way to write
+
+
+def test_encode_accepts_non_contiguous_and_other_dtypes():
+    base = np.arange(40, dtype=np.float64).reshape(5, 8)
+    for enc in Encoding:
+        x = base[:, ::2]
+        frame = decode_frame(encode_frame(x, encoding=enc, **IDS))
+        assert frame.array.shape == x.shape
+        np.testing.assert_allclose(frame.array, x, atol=0.1)

@@ -462,3 +462,55 @@ def test_lazy_registration_target_resolves() -> None:
     reg.register_lazy("serial", "nodes.serial_transport:SerialTransport")
     assert reg.get("serial") is SerialTransport
     assert SerialTransport.type_name == "serial"
+
+
+# ---------------------------------------------------------------------------- fast receive path
+
+
+def frame_with_long_runs(seq: int) -> bytes:
+    """A ~64 KiB f32 wire frame whose payload mixes zero-free runs of > 254 bytes (full 0xFF COBS
+    blocks, the encoder's loop path) with zero-heavy stretches (the numpy decode path)."""
+    n = (65536 - HEADER_SIZE - TRAILER_SIZE) // 4
+    values = np.random.default_rng(seq).uniform(1.0, 2.0, n).astype(np.float32)  # no zero bytes...
+    values[: n // 2][np.random.default_rng(seq + 1).random(n // 2) < 0.5] = 0.0  # ...except here
+    frame = encode_frame(values, run_id=7, sample_id=seq, shard=1, seq=seq, send_ts_ns=seq)
+    assert len(frame) > 65500 and b"\xff" in cobs.encode(frame)
+    return frame
+
+
+def test_big_frames_split_across_many_reads_with_garbage_between(pty_pair: PtyPair) -> None:
+    """The stream arrives in small pieces (a slow UART), so every 64 KiB frame spans many reads
+    and garbage sits between frames; all frames come out, the garbage is counted."""
+    sent = [frame_of(65536, seq=21), frame_with_long_runs(22), frame_of(4096, seq=23),
+            frame_of(65536, seq=24)]
+    noise = b"\xfe\xfd noise \r\n"
+    stream = b"".join(wire(f) + noise for f in sent[:2]) + b"".join(wire(f) for f in sent[2:])
+    with receiver(pty_pair.port) as (tr, got):
+        for i in range(0, len(stream), 1500):
+            raw_write(pty_pair.raw, stream[i:i + 1500])
+            if i % 15000 == 0:
+                threading.Event().wait(0.002)  # pacing only, so reads see partial frames
+        assert_valid_frames(take(got, len(sent)), sent)
+        assert_nothing_more(got)
+        stats = tr.decoder_stats()
+    assert stats["dropped_invalid"] == 2 and stats["garbage_bytes"] == 2 * len(noise)
+    assert stats["bytes_in"] == len(stream) and stats["packets"] == len(sent)
+
+
+def test_transport_pair_carries_long_run_frames_over_socat(socat_paths: tuple[str, str]) -> None:
+    a, b = socat_paths
+    sent = [frame_with_long_runs(31), frame_of(65536, seq=32), frame_with_long_runs(33)]
+    with receiver(b) as (rx, got), SerialTransport(port=a, baud=921600, receive=False) as tx:
+        assert all(tx.send(f) for f in sent)
+        assert_valid_frames(take(got, len(sent)), sent)
+        assert rx.decoder_stats()["garbage_bytes"] == 0
+
+
+def test_close_while_idle_stops_the_reader_promptly_via_the_cancel_pipe() -> None:
+    """The reader waits in select on the port and pyserial's cancel pipe: close() wakes it."""
+    with openpty_pair() as pair:
+        tr = SerialTransport(port=pair.port, baud=921600, receive=True).open()
+        reader = tr._reader  # noqa: SLF001
+        tr.close()
+        assert reader is not None and not reader.is_alive()
+        assert tr.decoder_stats()["read_errors"] == 0
