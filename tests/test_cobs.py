@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -359,3 +360,36 @@ def test_round_trip_property_zero_heavy(data: list[bytes]) -> None:
     assert cobs.decode(enc) == raw
     if enc:
         assert cobs._decode_vectorised(enc, len(enc) / 2) == raw  # noqa: SLF001
+
+
+def test_c_extension_and_python_paths_agree_on_packets_and_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C extension (PyPI "cobs") and our numpy/loop paths: same encodings, same packets,
+    same rejections, and the stream decoder counts the same drops either way."""
+    import nodes.cobs as mod
+    if mod._c is None:
+        pytest.skip("the cobs C extension is not installed; only the Python paths run here")
+    rng = np.random.default_rng(7)
+    packets = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes() for n in rng.integers(0, 3000, 150)]
+    packets += [(np.maximum(rng.standard_normal(32768), 0).astype(np.float16)).tobytes(), bytes(range(1, 255)),
+                bytes(300), b""]
+    garbage = [rng.integers(1, 256, int(n), dtype=np.uint8).tobytes() for n in rng.integers(1, 400, 300)]
+    stream = b"".join(mod.encode_delimited(p) for p in packets) + b"\x00".join(garbage) + b"\x00"
+
+    def run() -> tuple[list[bytes], list[bytes | None], list[bytes], object]:
+        enc = [mod.encode(p) for p in packets]
+        dec = []
+        for g in garbage:
+            try:
+                dec.append(mod.decode(g))
+            except mod.CobsError:
+                dec.append(None)
+        d = mod.CobsStreamDecoder(max_packet=1 << 17)
+        got = [p for i in range(0, len(stream), 977) for p in d.feed(stream[i:i + 977])]
+        return enc, dec, got, d.stats
+
+    with_c = run()
+    monkeypatch.setattr(mod, "_c", None)
+    without_c = run()
+    assert with_c[0] == without_c[0] and with_c[1] == without_c[1]
+    assert with_c[2] == without_c[2] and with_c[3] == without_c[3]
+    assert with_c[2][:len(packets)] == packets   # every packet came back first, then nothing of the garbage
