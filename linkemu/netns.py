@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,21 @@ def netns_teardown_argv(a: _End, b: _End) -> list[list[str]]:
     return [["ip", "netns", "del", b.ns], ["ip", "netns", "del", a.ns]]
 
 
+def _run_or_undo(runner: Runner, argvs: list[list[str]], *, done: list[list[str]],
+                 undo: Callable[[], None]) -> None:
+    """Run ``argvs`` in order (root only unless dry run), recording each in ``done``; on any
+    failure call ``undo`` (which tears down what ``done`` says was made) and re-raise."""
+    if not runner.dry_run and os.geteuid() != 0:
+        raise LinkError("network namespaces need root")
+    try:
+        for argv in argvs:
+            runner.run(argv)
+            done.append(argv)
+    except BaseException:
+        undo()
+        raise
+
+
 class NetnsPair:
     """Two fresh namespaces `<prefix>-a` / `<prefix>-b` joined by veth `<dev>a` / `<dev>b`
     with addresses `subnet`.1 and `subnet`.2 (/30). `a` and `b` are the ends."""
@@ -83,15 +99,7 @@ class NetnsPair:
         return ["ip", "netns", "exec", end.ns]
 
     def __enter__(self) -> NetnsPair:
-        if not self.runner.dry_run and os.geteuid() != 0:
-            raise LinkError("network namespaces need root")
-        try:
-            for argv in netns_pair_argv(self.a, self.b):
-                self.runner.run(argv)
-                self._done.append(argv)
-        except BaseException:
-            self.__exit__()
-            raise
+        _run_or_undo(self.runner, netns_pair_argv(self.a, self.b), done=self._done, undo=self.__exit__)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -195,15 +203,7 @@ class BoardNetns:
                                 host_addr=f"{self.host_addr}/30", ns_addr=f"{self.ns_addr}/30", mtu=self.mtu)
 
     def __enter__(self) -> BoardNetns:
-        if not self.runner.dry_run and os.geteuid() != 0:
-            raise LinkError("network namespaces need root")
-        try:
-            for argv in self.argv():
-                self.runner.run(argv)
-                self._done.append(argv)
-        except BaseException:
-            self.__exit__()
-            raise
+        _run_or_undo(self.runner, self.argv(), done=self._done, undo=self.__exit__)
         return self
 
     def __exit__(self, *exc: Any) -> None:

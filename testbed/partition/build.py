@@ -72,7 +72,7 @@ def bundle_key(exp: Experiment, *, inventory: Inventory | None = None) -> str:
     spec = exp.partition
     if spec is None:
         raise TestbedError(f"{exp.path}: no partition section; expected one for a partition bundle")
-    blob: dict[str, Any] = {"config": _jsonable(asdict(_config(exp))), "method": spec.method,
+    blob: dict[str, Any] = {"config": asdict(_config(exp)), "method": spec.method,
                             "runtimes": list(spec.runtimes), "quantize": spec.quantize, "v": 1,
                             "torch": torch.__version__.split("+")[0]}
     if spec.method == "layer":
@@ -208,15 +208,6 @@ def _torch_accuracy(manifest: dict[str, Any], *, out_dir: Path, x: np.ndarray, y
     with open_runtime("torch", out_dir / merge["file"]) as rt:
         logits = rt.run(np.ascontiguousarray(z, dtype=np.float32))
     return float(np.mean(np.argmax(logits, axis=1) == y))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
 
 
 def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path,
