@@ -26,9 +26,9 @@ import torch
 
 from nodes.errors import RuntimeLoadError
 from nodes.runtime import TFLiteRuntime
+from testbed.config import QUANTIZE as QUANTIZE_MODES  # one list: the modes the experiment file accepts
 from testbed.errors import TestbedError
 
-QUANTIZE_MODES = ("none", "int8", "int8-dynamic")
 SCHEMES = {
     "none": "float32",
     # full integer: int8 weights and activations (calibrated), int8 input/output tensors that the

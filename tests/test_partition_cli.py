@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import last_json, read_jsonl, run_cli
-from testbed.bundle import load_manifest
+from testbed.bundle import BundleError, load_manifest
 from testbed.config import check_compatible, load_experiment, load_inventory
 from testbed.errors import ConfigError
 
@@ -209,7 +209,9 @@ def test_tflite_boards_get_int8_litert_shards(tmp_path: Path, model_cache: Path)
     assert m["versions"]["litert_torch"] and m["versions"]["ai_edge_litert"] and m["versions"]["torch"]
     lite = m["evaluation"]["litert"]
     assert lite["none"]["accuracy"] == pytest.approx(lite["none"]["torch_accuracy"], abs=0.01)
-    assert 0 <= lite["int8"]["accuracy"] <= 1 and lite["int8"]["images"] > 0
+    # int8 PTQ may cost accuracy; 5 pt is far past what calibrated int8 costs a model this size
+    assert lite["int8"]["accuracy"] == pytest.approx(lite["int8"]["torch_accuracy"], abs=0.05)
+    assert lite["int8"]["images"] > 0
     proc = run_cli("run", str(path), "--bundle", str(tmp_path / "b"), "--headless", "--json", "--samples", "10",
                    "--output", str(tmp_path / "runs"), cache=model_cache, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -218,7 +220,7 @@ def test_tflite_boards_get_int8_litert_shards(tmp_path: Path, model_cache: Path)
     board_a = Path(s["run_dir"]) / "boards" / "a"
     assert json.loads((board_a / "agent.json").read_text())["shard"] == "student_0.int8.tflite"
     (tmp_path / "b" / "merge.int8.tflite").write_bytes(b"\0" * 16)
-    with pytest.raises(Exception, match="sha256"):
+    with pytest.raises(BundleError, match="sha256"):
         load_manifest(tmp_path / "b")
 
 

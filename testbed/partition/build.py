@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from testbed.bundle import MANIFEST, BundleError, load_manifest
+from testbed.bundle import MANIFEST, BundleError, load_manifest, shard_for
 from testbed.config import Experiment, Inventory, PartitionSpec
 from testbed.data import Dataset, load_dataset
 from testbed.errors import TestbedError
@@ -33,6 +33,7 @@ from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfi
                                         TeacherSpec, run_compare, run_partition)
 
 PARITY_SAMPLES = 64
+LITERT_EVAL_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: 
                                                cache_dir=Path(cache_dir), progress=progress)
         cached = False
     else:
-        result = run_partition(_config(exp), cache_dir=Path(cache_dir), out_dir=out_dir, progress=progress)
+        result = run_partition(_config(exp), cache_dir=Path(cache_dir), out_dir=out_dir, progress=progress,
+                               data=data)
         manifest = result.manifest
         assert result.model is not None
         modules = {f"student_{i}": s for i, s in enumerate(result.model.students)}
@@ -148,8 +150,16 @@ def _add_litert(manifest: dict[str, Any], modules: dict[str, torch.nn.Module], *
             entry["file"] = Path(entry["file"]).name
             shard["alternates"].append(entry)
     manifest.setdefault("versions", {}).update({k: v for k, v in litert_versions().items() if v})
+    x = np.ascontiguousarray(data.x_test[:LITERT_EVAL_IMAGES], dtype=np.float32)
+    y = data.y_test[:LITERT_EVAL_IMAGES]
+    ref = _bundle_accuracy(manifest, out_dir=out_dir, x=x, y=y, runtime="torch")
     ev = manifest.setdefault("evaluation", {})
-    ev["litert"] = {v: _litert_accuracy(manifest, out_dir=out_dir, data=data, quantize=v) for v in variants}
+    ev["litert"] = {}
+    for v in variants:
+        acc = _bundle_accuracy(manifest, out_dir=out_dir, x=x, y=y, runtime="tflite", quantize=v)
+        ev["litert"][v] = {"accuracy": round(acc, 4), "torch_accuracy": round(ref, 4),
+                           "delta_pt": round(100 * (acc - ref), 2), "images": int(len(x)),
+                           "how": "LiteRT shards end to end, all students present"}
 
 
 def _shard_inputs(manifest: dict[str, Any], modules: dict[str, torch.nn.Module],
@@ -170,43 +180,23 @@ def _shard_inputs(manifest: dict[str, Any], modules: dict[str, torch.nn.Module],
     return out
 
 
-def _litert_accuracy(manifest: dict[str, Any], *, out_dir: Path, data: Dataset, quantize: str,
-                     limit: int = 2000) -> dict[str, Any]:
-    """Accuracy of the LiteRT shards end to end (all students present) on the first ``limit``
-    test images, beside the torch bundle's accuracy on the same images."""
-    from testbed.litert import run_tflite
-
-    x = np.ascontiguousarray(data.x_test[:limit], dtype=np.float32)
-    y = data.y_test[:limit]
-
-    def alt(shard: dict[str, Any]) -> Path:
-        return out_dir / next(a["file"] for a in shard["alternates"] if a.get("quantize", "none") == quantize)
-
-    students = [s for s in manifest["shards"] if s["role"] == "student"]
-    merge = next(s for s in manifest["shards"] if s["role"] == "merge")
-    v = np.stack([run_tflite(alt(s), x).reshape(len(x), -1) for s in students], axis=1)
-    z = merge_batch(v, np.ones((1, v.shape[1]), dtype=bool), rule=manifest["merge_rule"],
-                    student_part=manifest["student_part"])[0]
-    logits = run_tflite(alt(merge), np.ascontiguousarray(z, dtype=np.float32))
-    acc = float(np.mean(np.argmax(logits, axis=1) == y))
-    ref = _torch_accuracy(manifest, out_dir=out_dir, x=x, y=y)
-    return {"accuracy": round(acc, 4), "torch_accuracy": round(ref, 4), "delta_pt": round(100 * (acc - ref), 2),
-            "images": int(len(x)), "how": "LiteRT shards end to end, all students present"}
-
-
-def _torch_accuracy(manifest: dict[str, Any], *, out_dir: Path, x: np.ndarray, y: np.ndarray) -> float:
+def _bundle_accuracy(manifest: dict[str, Any], *, out_dir: Path, x: np.ndarray, y: np.ndarray, runtime: str,
+                     quantize: str = "none") -> float:
+    """Top-1 accuracy of the bundle's shards in ``runtime`` (the files a board with that runtime
+    gets, via ``shard_for``), every student present, merged by the bundle's rule."""
     from nodes.runtime import open_runtime
 
-    students = [s for s in manifest["shards"] if s["role"] == "student"]
-    merge = next(s for s in manifest["shards"] if s["role"] == "merge")
-    vecs = []
-    for s in students:
-        with open_runtime("torch", out_dir / s["file"]) as rt:
-            vecs.append(rt.run(x).reshape(len(x), -1))
-    z = merge_batch(np.stack(vecs, axis=1), np.ones((1, len(vecs)), dtype=bool), rule=manifest["merge_rule"],
+    def run(shard: dict[str, Any], inputs: np.ndarray) -> np.ndarray:
+        with open_runtime(runtime, out_dir / shard["file"]) as rt:
+            return rt.run(inputs).reshape(len(inputs), -1)
+
+    s = int(manifest["students"])
+    v = np.stack([run(shard_for(manifest, role="student", index=i, runtime=runtime, quantize=quantize), x)
+                  for i in range(s)], axis=1)
+    z = merge_batch(v, np.ones((1, s), dtype=bool), rule=manifest["merge_rule"],
                     student_part=manifest["student_part"])[0]
-    with open_runtime("torch", out_dir / merge["file"]) as rt:
-        logits = rt.run(np.ascontiguousarray(z, dtype=np.float32))
+    logits = run(shard_for(manifest, role="merge", runtime=runtime, quantize=quantize),
+                 np.ascontiguousarray(z, dtype=np.float32))
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 

@@ -351,9 +351,10 @@ def _jsonable(obj: Any) -> Any:
 
 
 def run_partition(cfg: PartitionConfig, *, cache_dir: Path, out_dir: Path,
-                  progress: Progress | None = None) -> PartitionResult:
-    """Partition with ``cfg.method`` and write the bundle into ``out_dir``."""
-    data = _load(cfg)
+                  progress: Progress | None = None, data: Dataset | None = None) -> PartitionResult:
+    """Partition with ``cfg.method`` and write the bundle into ``out_dir`` (``data``: the
+    dataset when the caller has it loaded already)."""
+    data = data or _load(cfg)
     view = _teacher_view(cfg, data, cache_dir=Path(cache_dir), progress=progress)
     result = _run_method(cfg, data, view, cache_dir=Path(cache_dir), out_dir=Path(out_dir), progress=progress)
     return PartitionResult(**{**result.__dict__, "timings": {**view.seconds, **result.timings}})
