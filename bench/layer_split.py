@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from testbed.data import load_dataset  # noqa: E402
 from testbed.orchestrator import default_cache_dir  # noqa: E402
 from testbed.partition.layersplit import export_layer_bundle, measure_layers, plan_split  # noqa: E402
-from testbed.partition.pipeline import TeacherSpec  # noqa: E402
-from testbed.partition.teacher import TeacherConfig, load_or_train_teacher  # noqa: E402
+from testbed.partition.pipeline import PartitionConfig, TeacherSpec, teacher_config  # noqa: E402
+from testbed.partition.teacher import load_or_train_teacher  # noqa: E402
 
 QUICK_TEACHER = TeacherSpec(widths=(8, 16, 32), epochs=6, batch_size=64, lr=0.01)
 
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.monotonic()
     data = load_dataset(dataset, seed=0)
     t = QUICK_TEACHER if args.quick else TeacherSpec()
-    tcfg = TeacherConfig(dataset=data.name, input_shape=data.input_shape, num_classes=len(data.classes),
-                         widths=t.widths, blocks=t.blocks, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                         subset=t.subset, seed=0)
+    tcfg = teacher_config(PartitionConfig(dataset=dataset, teacher=t, seed=0), data)
     model, _ = load_or_train_teacher(tcfg, data, cache_dir=cache)
     costs = measure_layers(model, data.input_shape, repeats=50, sample=data.x_test[:1])
     plan = plan_split(costs, link=args.preset, wearable_kind="sim", edge_kind="sim")

@@ -61,7 +61,8 @@ from nodes.codec import Encoding, encode_frame
 from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityError, check_parity, sha256_file,
                             trace_shard)
 from testbed.errors import TestbedError
-from testbed.partition.teacher import Teacher, TeacherConfig, load_or_train_teacher, teacher_accuracy
+from testbed.partition.pipeline import phase_progress, teacher_config
+from testbed.partition.teacher import Teacher, load_or_train_teacher, teacher_accuracy
 from testbed.zoo import VGG16, AlexNet, ResNet
 
 if TYPE_CHECKING:
@@ -701,13 +702,9 @@ def build_layer_bundle(exp: Experiment, cfg: PartitionConfig, data: Dataset, *, 
     host on a real test image, plan for ``resolve_layer_inputs``, export the bundle to ``out_dir``.
     Returns the manifest and the shard modules by shard name (for LiteRT export)."""
     inputs = resolve_layer_inputs(exp, inventory)
-    t = cfg.teacher
-    tcfg = TeacherConfig(dataset=data.name, input_shape=data.input_shape, num_classes=len(data.classes),
-                         widths=t.widths, blocks=t.blocks, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                         subset=t.subset, seed=cfg.seed)
+    tcfg = teacher_config(cfg, data)
     t0 = time.monotonic()
-    phase = None if progress is None else (lambda step, total, loss: progress("teacher", step, total, loss))
-    model, record = load_or_train_teacher(tcfg, data, cache_dir=Path(cache_dir), progress=phase)
+    model, record = load_or_train_teacher(tcfg, data, cache_dir=Path(cache_dir), progress=phase_progress(progress, "teacher"))
     t1 = time.monotonic()
     costs = measure_layers(model, data.input_shape, repeats=inputs["repeats"], sample=data.x_test[:1])
     plan = plan_split(costs, link=LinkProfile.from_dict(inputs["link"]), wearable_kind=inputs["wearable_kind"],

@@ -163,7 +163,7 @@ class _TeacherView:
     seconds: dict[str, float]
 
 
-def _phase(progress: Progress | None, name: str) -> Callable[[int, int, float], None] | None:
+def phase_progress(progress: Progress | None, name: str) -> Callable[[int, int, float], None] | None:
     if progress is None:
         return None
     return lambda step, total, loss: progress(name, step, total, loss)
@@ -173,13 +173,18 @@ def _load(cfg: PartitionConfig) -> Dataset:
     return load_dataset(cfg.dataset, path=Path(cfg.dataset_path) if cfg.dataset_path else None, seed=cfg.seed)
 
 
-def _teacher_view(cfg: PartitionConfig, data: Dataset, *, cache_dir: Path, progress: Progress | None) -> _TeacherView:
+def teacher_config(cfg: PartitionConfig, data: Dataset) -> TeacherConfig:
+    """The teacher ``cfg`` asks for on ``data`` (its cache key is shared by every method)."""
     t = cfg.teacher
-    tcfg = TeacherConfig(dataset=data.name, input_shape=data.input_shape, num_classes=len(data.classes),
+    return TeacherConfig(dataset=data.name, input_shape=data.input_shape, num_classes=len(data.classes),
                          widths=t.widths, blocks=t.blocks, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                          subset=t.subset, seed=cfg.seed)
+
+
+def _teacher_view(cfg: PartitionConfig, data: Dataset, *, cache_dir: Path, progress: Progress | None) -> _TeacherView:
+    tcfg = teacher_config(cfg, data)
     t0 = time.monotonic()
-    model, record = load_or_train_teacher(tcfg, data, cache_dir=cache_dir, progress=_phase(progress, "teacher"))
+    model, record = load_or_train_teacher(tcfg, data, cache_dir=cache_dir, progress=phase_progress(progress, "teacher"))
     t1 = time.monotonic()
     n = cfg.student.subset or len(data.x_train)
     logits, maps = [], []
@@ -304,7 +309,7 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
                           "method": cfg.method, "dataset": data.name})
     t0 = time.monotonic()
     model, srecord = _load_or_train_students(scfg, key=key, data=data, view=view, parts=part.parts,
-                                             cache_dir=cache_dir, progress=_phase(progress, f"students:{cfg.method}"))
+                                             cache_dir=cache_dir, progress=phase_progress(progress, f"students:{cfg.method}"))
     cached = bool(srecord["cached"])
     timings["students"] = round(time.monotonic() - t0, 2)
     timings["students_train_seconds"] = srecord["train_seconds"]
