@@ -32,7 +32,9 @@ The `Decoder` never raises on garbage: it counts the reason and returns None.
 
 This module must import only numpy and the standard library at import time: ``zstandard``
 and ``lz4`` are imported lazily, when a frame uses them, so a board that never compresses
-needs neither. It must do no I/O: framing for a byte stream (COBS) or fragmenting for BLE
+needs neither. float16 conversions use torch's vectorised casts when the process has already
+imported torch (a torch-runtime board, the edge, the laptop), never importing it itself; a
+LiteRT-only board uses the numpy paths, which give the same bits. It must do no I/O: framing for a byte stream (COBS) or fragmenting for BLE
 belongs to the transports.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 import importlib
 import math
 import struct
+import sys
 import threading
 import zlib
 from dataclasses import asdict, dataclass
@@ -53,7 +56,7 @@ __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "MAX_NDIM",
     "DEFAULT_ZSTD_LEVEL", "MAX_DECOMPRESSED_BYTES",
     "FrameType", "Encoding", "Compression", "Frame", "FrameError", "DecodeStats", "Decoder",
-    "run_id_hash", "encode_frame", "decode_frame",
+    "run_id_hash", "encode_frame", "decode_frame", "f16_backend",
 ]
 
 MAGIC = b"HB"
@@ -333,6 +336,23 @@ def _to_f16_bits(values: np.ndarray) -> np.ndarray:
     return out.astype(np.uint16)
 
 
+def _loaded_torch() -> Any:
+    """torch, if this process has already imported it (else None); never imports it.
+
+    torch's float16 casts are vectorised (F16C on x86, NEON fp16 on ARM): ~3.5 us per
+    25,000 values either way here, where numpy's are scalar loops. A board running the torch
+    runtime, the edge and the laptop have torch loaded anyway; a LiteRT-only board does not and
+    keeps the numpy paths, so the codec never pulls torch into a process that lacks it.
+    """
+    torch = sys.modules.get("torch")
+    return torch if getattr(torch, "from_numpy", None) is not None else None
+
+
+def f16_backend() -> str:
+    """Which float16 conversion this process uses now: ``"torch"`` or ``"numpy"``."""
+    return "torch" if _loaded_torch() is not None else "numpy"
+
+
 def _encode_f16(values: np.ndarray) -> np.ndarray:
     """1-D float32 ``values`` as little-endian float16 bits (raises beyond +-65504; NaN/inf
     pass through numpy's own cast)."""
@@ -341,6 +361,9 @@ def _encode_f16(values: np.ndarray) -> np.ndarray:
         if math.isfinite(lo) and math.isfinite(hi):
             if max(-lo, hi) > _F16_MAX:
                 raise ValueError("values exceed the float16 range (65504); use F32 or INT8_AFFINE")
+            torch = _loaded_torch()
+            if torch is not None:   # round to nearest even, as numpy (tested bit for bit)
+                return torch.from_numpy(values).to(torch.float16).numpy().view("<u2")
             return _to_f16_bits(values)
     finite = values[np.isfinite(values)]
     if finite.size and float(np.abs(finite).max()) > _F16_MAX:
@@ -496,12 +519,23 @@ def _f16_table() -> np.ndarray:
     return _F16_TABLE
 
 
+def _decode_f16(payload: memoryview | bytes) -> np.ndarray:
+    """float16 payload -> float32: torch's vectorised cast when torch is loaded (exact; a NaN
+    stays a NaN, a signalling one comes back quiet), else one lookup in the exact table."""
+    torch = _loaded_torch()
+    if torch is None:
+        return np.take(_f16_table(), np.frombuffer(payload, dtype="<u2"))
+    # a writable copy (~1 us per 50 KB): torch warns on read-only buffers, and frames are
+    half = np.frombuffer(payload, dtype="<f2").astype(np.float16)   # native order, copied
+    return torch.from_numpy(half).to(torch.float32).numpy()
+
+
 def _decode_payload(payload: memoryview | bytes, encoding: Encoding,
                     shape: tuple[int, ...]) -> np.ndarray:
     if encoding is Encoding.F32:   # a read-only view of the frame's bytes: no copy
         flat = np.frombuffer(payload, dtype="<f4")
-    elif encoding is Encoding.F16:  # a table lookup: numpy's float16 cast is a scalar loop here
-        flat = np.take(_f16_table(), np.frombuffer(payload, dtype="<u2"))
+    elif encoding is Encoding.F16:
+        flat = _decode_f16(payload)
     else:
         scale, zero_point = _INT8_PARAMS.unpack_from(payload)
         if not (math.isfinite(scale) and scale > 0) or not -128 <= zero_point <= 127:
