@@ -21,8 +21,10 @@ back-to-back frames, first send to last arrival; best of the rounds (raw and our
 so that load from other processes on a shared machine penalises neither side more.
 
 Serial rows also carry ``cobs_bound_ratio``: the MB/s that COBS encode + stream-decode alone
-allow in this process (both ends share one GIL), over the raw MB/s: no pure-Python COBS
-transport can beat it.
+allow in this process (both ends share one GIL), over the raw MB/s: no COBS transport in one
+process can beat it. And ``aa_ratio``: the raw pty measured a second time in each round, over
+the first (an A/A test): how far two runs of the *same* code differ here, so the noise band
+that ``throughput_ratio`` must be read against (a pty pair through socat, on shared cores).
 
 Codec cost: ``encode_frame`` + ``decode_frame`` of a 100 KB activation (25,000 ReLU-like
 float32 values: VGG16's pool5 is 25,088) for f32/f16/int8 x none/zstd/lz4, each beside its
@@ -422,21 +424,12 @@ def bench_serial(*, plan: Plan, workdir: Path, log: Callable[[str], None]) -> li
     if shutil.which("socat") is None:
         raise RuntimeError("socat is not installed (apt-get install socat)")
     sides = {size: (Side([], []), Side([], [])) for size in SIZES}
+    again = {size: Side([], []) for size in SIZES}   # the raw pty a second time: A/A noise
     checks: dict[str, Any] = {"corrupt": 0, "send_failures": 0}
     with socat_ptys(workdir) as (a, b):
         for _ in range(plan.rounds):
-            raw_arr = Arrivals()
-            counter = ByteCounter(raw_arr)
-            with _raw_fd(a) as wfd, _raw_fd(b) as rfd:
-                reader = RawPtyReader(rfd, counter)
-                try:
-                    raw = Pair("raw pty", lambda f, fd=wfd: _raw_write(fd, f), raw_arr, counter.expect)
-                    _prime(raw)
-                    for size in SIZES:
-                        run_side(raw, wire_frame(size), plan=plan, burst=max(MIN_BURST, plan.burst_bytes // size),
-                                 side=sides[size][0])
-                finally:
-                    reader.close()
+            _raw_pty_round(a, b, plan=plan, into={size: sides[size][0] for size in SIZES})
+            _raw_pty_round(a, b, plan=plan, into=again)
             with SerialTransport(port=b, baud=921600, receive=True) as rx, \
                     SerialTransport(port=a, baud=921600, receive=False) as tx:
                 ours = _ours_pair("SerialTransport", tx, rx, Arrivals(), [])
@@ -449,10 +442,28 @@ def bench_serial(*, plan: Plan, workdir: Path, log: Callable[[str], None]) -> li
     rows = []
     for size in SIZES:
         rows.append(make_row("serial", size, "raw pty", *sides[size], checks))
+        rows[-1]["aa_ratio"] = round(again[size].best_mb_s / sides[size][0].best_mb_s, 3)
         rows[-1].update(cobs_bound(size, rows[-1]["raw_mb_s"], reps=max(5, plan.codec_reps // 4)))
         log(fmt_row(rows[-1]) + f"  [COBS enc+dec {rows[-1]['cobs_us_per_frame']:.1f} us/frame: "
-            f"<= {rows[-1]['cobs_bound_ratio']:.2f}x raw]")
+            f"<= {rows[-1]['cobs_bound_ratio']:.2f}x raw; raw pty again / raw pty (A/A) "
+            f"{rows[-1]['aa_ratio']:.2f}]")
     return rows
+
+
+def _raw_pty_round(a: str, b: str, *, plan: Plan, into: dict[int, Side]) -> None:
+    """One raw round on the pty pair: plain os.write on ``a``, os.read on ``b``, every size."""
+    raw_arr = Arrivals()
+    counter = ByteCounter(raw_arr)
+    with _raw_fd(a) as wfd, _raw_fd(b) as rfd:
+        reader = RawPtyReader(rfd, counter)
+        try:
+            raw = Pair("raw pty", lambda f, fd=wfd: _raw_write(fd, f), raw_arr, counter.expect)
+            _prime(raw)
+            for size in SIZES:
+                run_side(raw, wire_frame(size), plan=plan, burst=max(MIN_BURST, plan.burst_bytes // size),
+                         side=into[size])
+        finally:
+            reader.close()
 
 
 def cobs_bound(size: int, raw_mb_s: float, *, reps: int) -> dict[str, Any]:
