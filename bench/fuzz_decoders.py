@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bench (fuzz mode): the COBS stream decoder and the raw frame decoder on hostile input.
 
-Two fuzzers, each driven by a seeded PRNG so a failure can be replayed with ``--seed``:
+Three fuzzers, each driven by a seeded PRNG so a failure can be replayed with ``--seed``:
 
 - ``cobs_stream``: byte streams of 1-4 real wire frames framed as the serial transport sends
   them (``00 COBS(frame) 00``), then either left clean, replaced by random bytes, or mutated
@@ -10,11 +10,18 @@ Two fuzzers, each driven by a seeded PRNG so a failure can be replayed with ``--
   packet it returns offered to `nodes.codec.Decoder`, as the edge does.
 - ``raw_frame``: single buffers given to `nodes.codec.Decoder`: random bytes, valid frames,
   and valid frames mutated the same ways.
+- ``ble_fragments``: notification streams of 1-4 real wire frames cut by `nodes.ble_frag.fragment`
+  (payload sizes from the 9-byte minimum to 244, ATT_MTU 247), then left clean, replaced by
+  random notifications, or mutated at the fragment level (a fragment lost, duplicated, swapped
+  with its neighbour, bit-flipped, truncated, a random notification inserted, a stall past the
+  reassembly timeout); fed to a fresh `Reassembler` on an injected clock, every frame it
+  returns offered to `nodes.codec.Decoder`.
 
 Checked for every input: no exception escapes; every frame accepted is byte-equal to one
 of the frames that input was built from (no corrupted payload accepted); a clean stream
 loses no frame; the counters account for every input (decoder ok + drops == inputs,
-COBS packets == packets returned, bytes_in == bytes fed).
+COBS packets == packets returned, bytes_in == bytes fed, reassembler fragments == fragments
+fed and frames_ok == frames returned).
 
   default   100,000 inputs per decoder
   --quick   20,000 inputs per decoder (well under 60 s)
@@ -38,12 +45,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nodes import cobs  # noqa: E402
+from nodes import ble_frag, cobs  # noqa: E402
 from nodes.codec import Decoder, Encoding, FrameType, encode_frame  # noqa: E402
 
 FULL_INPUTS = 100_000
 QUICK_INPUTS = 20_000
 MUTATIONS = ("bit_flips", "truncate", "lose_span", "insert", "duplicate", "zero_bytes")
+FRAGMENT_MUTATIONS = ("lose", "duplicate", "swap", "bit_flips", "truncate", "insert", "stall")
+PAYLOAD_SIZES = (ble_frag.MIN_PAYLOAD_SIZE, 20, 64, 180, 244)   # 244 = ATT_MTU 247 - 3
+REASSEMBLY_TIMEOUT_S = 0.5
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -107,12 +117,12 @@ def _kind(rng: random.Random) -> str:
 class Tally:
     """Figures of one fuzzer."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, mutations: tuple[str, ...] = MUTATIONS) -> None:
         self.name = name
         self.inputs = self.bytes = self.accepted = self.exceptions = self.corrupted_accepted = 0
         self.clean_lost = 0
         self.by_kind = {"random": 0, "clean": 0, "mutated": 0}
-        self.mutations = dict.fromkeys(MUTATIONS, 0)
+        self.mutations = dict.fromkeys(mutations, 0)
         self.first_failure: str | None = None
         self.seconds = 0.0
         self.extra: dict[str, Any] = {}
@@ -220,7 +230,99 @@ def fuzz_raw_frame(*, inputs: int, seed: int) -> Tally:
     return tally
 
 
-FUZZERS: dict[str, Callable[..., Tally]] = {"cobs_stream": fuzz_cobs_stream, "raw_frame": fuzz_raw_frame}
+def mutate_fragments(rng: random.Random, frags: list[bytes]) -> tuple[list[tuple[float, bytes]], list[str]]:
+    """1-3 fragment-level mutations; returns (gap before it in s, fragment) pairs and the names."""
+    items = [(0.001, f) for f in frags]
+    applied: list[str] = []
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.choice(FRAGMENT_MUTATIONS)
+        applied.append(op)
+        n = len(items)
+        at = rng.randrange(n) if n else 0
+        if op == "lose" and n:
+            del items[at]
+        elif op == "duplicate" and n:
+            items.insert(at, items[at])
+        elif op == "swap" and n > 1:
+            at = min(at, n - 2)
+            items[at], items[at + 1] = items[at + 1], items[at]
+        elif op == "bit_flips" and n:
+            gap, data = items[at]
+            buf = bytearray(data)
+            for _ in range(rng.randrange(1, 4)):
+                if buf:
+                    buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+            items[at] = (gap, bytes(buf))
+        elif op == "truncate" and n:
+            gap, data = items[at]
+            items[at] = (gap, data[:rng.randrange(len(data) + 1)])
+        elif op == "insert":
+            items.insert(rng.randrange(n + 1), (0.001, random_bytes(rng)[:rng.choice(PAYLOAD_SIZES)]))
+        elif op == "stall" and n:
+            items[at] = (REASSEMBLY_TIMEOUT_S * rng.uniform(1.01, 4), items[at][1])
+    return items, applied
+
+
+def fuzz_ble_fragments(*, inputs: int, seed: int) -> Tally:
+    rng = random.Random(seed + 2)
+    pool = frame_pool(rng)
+    tally, codec = Tally("ble_fragments", mutations=FRAGMENT_MUTATIONS), Decoder()
+    totals = dict.fromkeys(("frames_ok", "fragments", "dropped_missing", "dropped_timeout",
+                            "dropped_malformed", "fragments_ignored"), 0)
+    reassembled_then_codec_dropped = 0
+    t0 = time.perf_counter()
+    for i in range(inputs):
+        sent = [rng.choice(pool) for _ in range(rng.randrange(1, 5))]
+        size, seq = rng.choice(PAYLOAD_SIZES), rng.randrange(256)
+        frags = [x for k, f in enumerate(sent) for x in ble_frag.fragment(f, seq=seq + k, payload_size=size)]
+        kind = _kind(rng)
+        tally.by_kind[kind] += 1
+        if kind == "random":
+            items = [(0.001, random_bytes(rng)[:rng.choice(PAYLOAD_SIZES)]) for _ in range(rng.randrange(1, 20))]
+        elif kind == "clean":
+            items = [(0.001, f) for f in frags]
+        else:
+            items, applied = mutate_fragments(rng, frags)
+            for op in applied:
+                tally.mutations[op] += 1
+        tally.inputs += 1
+        tally.bytes += sum(len(f) for _, f in items)
+        try:
+            ra = ble_frag.Reassembler(REASSEMBLY_TIMEOUT_S)
+            now, frames = 0.0, []
+            for gap, f in items:
+                now += gap
+                if (frame := ra.feed(f, now)) is not None:
+                    frames.append(frame)
+            ra.expire(now + 2 * REASSEMBLY_TIMEOUT_S)
+            before = codec.stats.ok
+            accepted = [f for f in frames if codec.decode(f) is not None]
+        except Exception:  # noqa: BLE001 - counting escapes is the point
+            tally.exceptions += 1
+            tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+            continue
+        tally.accepted += len(accepted)
+        reassembled_then_codec_dropped += len(frames) - (codec.stats.ok - before)
+        c = ra.counters
+        for key in totals:
+            totals[key] += getattr(c, key)
+        if c.fragments != len(items) or c.frames_ok != len(frames):
+            tally.fail(f"input {i}: reassembler counters do not add up: {c.as_dict()}")
+        corrupt = [f for f in accepted if f not in sent]
+        if corrupt:
+            tally.corrupted_accepted += len(corrupt)
+            tally.fail(f"input {i}: accepted a frame that was not sent: {corrupt[0][:32].hex()}...")
+        if kind == "clean" and (accepted != sent or c.frames_dropped):
+            tally.clean_lost += 1
+            tally.fail(f"input {i}: a clean fragment stream lost frames")
+    tally.seconds = time.perf_counter() - t0
+    tally.extra = {"reassembler": totals, "reassembled_then_codec_dropped": reassembled_then_codec_dropped,
+                   "codec": codec.stats.as_dict()}
+    return tally
+
+
+FUZZERS: dict[str, Callable[..., Tally]] = {"cobs_stream": fuzz_cobs_stream, "raw_frame": fuzz_raw_frame,
+                                            "ble_fragments": fuzz_ble_fragments}
 
 
 # ---------------------------------------------------------------------------- main
@@ -244,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, t in results.items():
         d = t.as_dict()
-        print(f"{name:12s} {d['inputs']:>8,} inputs  {d['bytes'] / 1e6:7.1f} MB  "
+        print(f"{name:13s} {d['inputs']:>8,} inputs  {d['bytes'] / 1e6:7.1f} MB  "
               f"{d['inputs_per_s']:>7,} inputs/s  accepted {d['accepted']:>7,}  "
               f"exceptions {d['exceptions']}  corrupted accepted {d['corrupted_accepted']}  "
               f"clean lost {d['clean_lost']}")
