@@ -181,9 +181,16 @@ class Agent:
         try:
             self._encoding = ENCODINGS[link.get("encoding", "f32")]
             self._compression = COMPRESSIONS[link.get("compression", "none")]
+            self._compression_level = link.get("compression_level")
         except KeyError as exc:
             raise NodeError(f"link {link['name']}: unknown encoding/compression {exc}; expected "
                             f"{', '.join(ENCODINGS)} and {', '.join(COMPRESSIONS)}") from None
+        try:   # a bad level or a missing zstandard/lz4 fails here, once, not on every frame
+            encode_frame(np.zeros(1, np.float32), run_id=0, sample_id=0, shard=0, seq=0, send_ts_ns=0,
+                         encoding=self._encoding, compression=self._compression,
+                         compression_level=self._compression_level)
+        except (ValueError, ModuleNotFoundError) as exc:
+            raise NodeError(f"link {link['name']}: {exc}") from None
         self._sender = ShapedSender(self._send_frame, LinkProfile.from_dict(link["profile"]))
 
     def _load_edge(self) -> None:
@@ -266,7 +273,7 @@ class Agent:
         self._seq += 1
         frame = encode_frame(out[0], run_id=self._run_hash, sample_id=sample, shard=int(self.cfg["shard_index"]),
                              seq=self._seq, send_ts_ns=time.time_ns(), encoding=self._encoding,
-                             compression=self._compression)
+                             compression=self._compression, compression_level=self._compression_level)
         t2 = time.perf_counter()
         meta = {"sample": sample, "compute_ms": _ms(t1 - t0), "encode_ms": _ms(t2 - t1), "bytes": len(frame),
                 "submitted": time.monotonic()}

@@ -54,7 +54,7 @@ import numpy as np
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "MAX_NDIM",
-    "DEFAULT_ZSTD_LEVEL", "MAX_DECOMPRESSED_BYTES",
+    "DEFAULT_ZSTD_LEVEL", "ZSTD_LEVELS", "LZ4_HC_LEVELS", "MAX_DECOMPRESSED_BYTES",
     "FrameType", "Encoding", "Compression", "Frame", "FrameError", "DecodeStats", "Decoder",
     "run_id_hash", "encode_frame", "decode_frame", "f16_backend",
 ]
@@ -75,8 +75,8 @@ _COMPRESSION_MASK = 0x0030
 _KNOWN_FLAGS = _ENCODING_MASK | _COMPRESSION_MASK
 DEFAULT_ZSTD_LEVEL = 1
 MAX_DECOMPRESSED_BYTES = 64 << 20   # default cap on what one compressed frame may inflate to
-_ZSTD_LEVELS = (-(1 << 17), 22)      # zstd's own bounds (negative levels: "fast" mode)
-_LZ4_HC_LEVELS = (1, 12)
+ZSTD_LEVELS = (-(1 << 17), 22)       # zstd's own bounds (negative levels: "fast" mode)
+LZ4_HC_LEVELS = (1, 12)              # LZ4-HC; no level: plain fast LZ4
 _INT8_PARAMS = struct.Struct("<fi")  # scale f32, zero_point i32
 
 _U16 = 0xFFFF
@@ -199,7 +199,7 @@ def _check_level(compression: Compression, level: int | None) -> int | None:
         return DEFAULT_ZSTD_LEVEL if compression is Compression.ZSTD else None
     if compression is Compression.NONE:
         raise ValueError("compression_level needs a compression (ZSTD or LZ4), got NONE")
-    lo, hi = _ZSTD_LEVELS if compression is Compression.ZSTD else _LZ4_HC_LEVELS
+    lo, hi = ZSTD_LEVELS if compression is Compression.ZSTD else LZ4_HC_LEVELS
     what = "zstd level" if compression is Compression.ZSTD else "LZ4-HC level"
     return _check_range_signed(level, name=f"compression_level ({what})", lo=lo, hi=hi)
 

@@ -26,6 +26,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from linkemu.profile import LinkProfile, ProfileError, resolve_profile
+from nodes.codec import LZ4_HC_LEVELS, ZSTD_LEVELS
 from testbed.errors import ConfigError
 
 __all__ = [
@@ -127,6 +128,7 @@ class LinkSpec:
     profile: LinkProfile
     encoding: str = "f32"        # activation encoding on the wire: f32 | f16 | int8 (per-tensor affine)
     compression: str = "none"    # none | zstd | lz4, applied to the encoded payload
+    compression_level: int | None = None   # zstd level (default 1) or LZ4-HC level (default: fast LZ4)
 
 
 @dataclass(frozen=True)
@@ -682,6 +684,19 @@ def _boards(r: _Reader, value: Any) -> dict[str, BoardSpec]:
     return boards
 
 
+def _compression_level(r: _Reader, m: Mapping[str, Any], key: str, compression: str) -> int | None:
+    """A link's ``compression_level``: a zstd level (negative: zstd's fast mode) or an LZ4-HC
+    level; only with a compression."""
+    if m.get("compression_level") is None:
+        return None
+    if compression == "none":
+        raise r.error(_join(key, "compression_level"),
+                      "expected no compression_level on a link without compression (set "
+                      "compression: zstd or lz4)")
+    lo, hi = ZSTD_LEVELS if compression == "zstd" else LZ4_HC_LEVELS
+    return r.get(m, key, "compression_level", _integer(lo=lo, hi=hi))
+
+
 def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[LinkSpec]:
     items = r.list(value, "links", what="a list of links, one from each wearable to the edge")
     edge = next(b for b in boards.values() if b.role == "edge")
@@ -692,7 +707,7 @@ def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[Link
     for i, item in enumerate(items):
         key = f"links[{i}]"
         m = r.mapping(item, key, allowed=("name", "from", "to", "transport", "profile", "encoding",
-                                          "compression"),
+                                          "compression", "compression_level"),
                       required={"from": "a wearable board name", "to": "the edge board name",
                                 "profile": "a profile preset name or an inline mapping"},
                       what="a mapping with from, to, transport, profile")
@@ -723,7 +738,8 @@ def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[Link
         encoding = r.get(m, key, "encoding", _choice(ENCODINGS), default="f32")
         compression = r.get(m, key, "compression", _choice(COMPRESSIONS), default="none")
         links.append(LinkSpec(name=name, src=src, dst=dst, transport=transport,
-                              profile=profile, encoding=encoding, compression=compression))
+                              profile=profile, encoding=encoding, compression=compression,
+                              compression_level=_compression_level(r, m, key, compression)))
     missing = [b.name for b in boards.values() if b.role == "wearable" and b.name not in by_src]
     if missing:
         raise r.error("links", "expected exactly one link from every wearable to the edge; "

@@ -47,7 +47,7 @@ def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, 
         cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
                    link={"name": link.name, "transport": endpoint(link, "tx"),
                          "profile": profiles[link.name].as_dict(), "encoding": link.encoding,
-                         "compression": link.compression,
+                         "compression": link.compression, "compression_level": link.compression_level,
                          "shaper": (shapers or {}).get(link.name, "user")})
     else:
         shard = shard_for(manifest, role="merge", runtime=board.runtime, quantize=quantize)

@@ -35,3 +35,29 @@ def test_bad_values_name_file_line_key(tmp_path: Path, extra: str, key: str, phr
     with pytest.raises(ConfigError) as err:
         load_inventory(path)
     assert err.value.line == line and err.value.key == key and phrase in str(err.value)
+
+
+@pytest.mark.parametrize("extra, level", [
+    ("    compression: zstd\n    compression_level: -20\n", -20),
+    ("    compression: zstd\n    compression_level: 19\n", 19),
+    ("    compression: lz4\n    compression_level: 9\n", 9),
+    ("    compression: zstd\n", None),
+])
+def test_compression_level_loads(tmp_path: Path, extra: str, level: int | None) -> None:
+    assert load_inventory(_with(tmp_path, extra)).link("ankle-edge").compression_level == level
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    ("    compression_level: 3\n", "expected no compression_level on a link without compression"),
+    ("    compression: zstd\n    compression_level: 23\n", "expected an integer from -131072 to 22"),
+    ("    compression: lz4\n    compression_level: 0\n", "expected an integer from 1 to 12"),
+    ("    compression: zstd\n    compression_level: fast\n", "expected an integer"),
+])
+def test_bad_compression_level_names_file_line_key(tmp_path: Path, extra: str, phrase: str) -> None:
+    path = _with(tmp_path, extra)
+    last = extra.rstrip("\n").splitlines()[-1]
+    line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln == last)
+    with pytest.raises(ConfigError) as err:
+        load_inventory(path)
+    assert err.value.line == line and err.value.key == "links[2].compression_level"
+    assert phrase in str(err.value)

@@ -112,6 +112,33 @@ def test_killed_wearable_run_still_completes(tmp_path: Path, model_cache: Path) 
     assert chest["status"] == "offline" and chest["samples"] < n  # last will published by the broker
 
 
+def test_each_link_carries_its_own_encoding_compression_and_level(tmp_path: Path, model_cache: Path) -> None:
+    n = 20
+    inv = tmp_path / "inventory.yaml"
+    text = DEMO_INVENTORY.read_text()
+    for transport, extra in (("{type: serial, port: pty, baud: 3000000}",
+                              "    encoding: f16\n    compression: zstd\n    compression_level: -5\n"),
+                             ("{type: ble, hci: virtual}",
+                              "    encoding: int8\n    compression: lz4\n    compression_level: 9\n"),
+                             ("{type: mqtt}", "")):
+        text = text.replace(f"    transport: {transport}\n", f"    transport: {transport}\n{extra}", 1)
+    inv.write_text(text)
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=n)
+    proc = run_cli("run", str(exp), "--inventory", str(inv), "--headless", "--json",
+                   cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = last_json(proc.stdout)
+    _check_accounting(s, Path(s["run_dir"]), n)
+    assert s["completed"] == n and s["accuracy"] >= 0.7
+    per_frame = {lk["name"]: lk["bytes"] / lk["frames"] for lk in s["links"]}
+    # an 8-value vector: 32 B as f32; 16 B as f16 (zstd adds its frame header); 8 + 8 B as int8
+    assert per_frame["chest-edge"] < per_frame["wrist-edge"] < per_frame["ankle-edge"]
+    links = {b: json.loads((Path(s["run_dir"]) / "boards" / b / "agent.json").read_text())["link"]
+             for b in ("wrist", "chest", "ankle")}
+    assert [(lk["encoding"], lk["compression"], lk["compression_level"]) for lk in links.values()] == \
+        [("f16", "zstd", -5), ("int8", "lz4", 9), ("f32", "none", None)]
+
+
 def test_killed_edge_samples_time_out(tmp_path: Path, model_cache: Path) -> None:
     n = 30
     exp = digits_experiment(tmp_path / "exp.yaml", samples=n, timeout_ms=600, faults="""faults:
