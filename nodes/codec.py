@@ -34,8 +34,8 @@ This module must import only numpy and the standard library at import time: ``zs
 and ``lz4`` are imported lazily, when a frame uses them, so a board that never compresses
 needs neither. float16 conversions use torch's vectorised casts when the process has already
 imported torch (a torch-runtime board, the edge, the laptop), never importing it itself; a
-LiteRT-only board uses the numpy paths, which give the same bits. It must do no I/O: framing for a byte stream (COBS) or fragmenting for BLE
-belongs to the transports.
+LiteRT-only board uses the numpy paths, which give the same bits. It must do no I/O: framing
+for a byte stream (COBS) or fragmenting for BLE belongs to the transports.
 """
 from __future__ import annotations
 
@@ -363,6 +363,8 @@ def _encode_f16(values: np.ndarray) -> np.ndarray:
                 raise ValueError("values exceed the float16 range (65504); use F32 or INT8_AFFINE")
             torch = _loaded_torch()
             if torch is not None:   # round to nearest even, as numpy (tested bit for bit)
+                if not values.flags.writeable:   # torch warns on read-only arrays (a decoded frame)
+                    values = values.copy()
                 return torch.from_numpy(values).to(torch.float16).numpy().view("<u2")
             return _to_f16_bits(values)
     finite = values[np.isfinite(values)]
@@ -525,7 +527,7 @@ def _decode_f16(payload: memoryview | bytes) -> np.ndarray:
     torch = _loaded_torch()
     if torch is None:
         return np.take(_f16_table(), np.frombuffer(payload, dtype="<u2"))
-    # a writable copy (~1 us per 50 KB): torch warns on read-only buffers, and frames are
+    # a writable copy (~1 us per 50 KB): torch warns on read-only buffers, and frames are read-only
     half = np.frombuffer(payload, dtype="<f2").astype(np.float16)   # native order, copied
     return torch.from_numpy(half).to(torch.float32).numpy()
 

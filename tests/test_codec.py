@@ -587,6 +587,16 @@ def test_f16_non_finite_and_extreme_values_take_numpys_cast(values, f16_backend)
     assert buf[HEADER_SIZE:-TRAILER_SIZE] == x.astype("<f2").tobytes()
 
 
+def test_f16_round_trip_of_a_read_only_array_warns_nothing(f16_backend):
+    import warnings
+    x = decode_frame(encode_frame(np.linspace(-3, 3, 64, dtype=np.float32), **IDS)).array
+    assert not x.flags.writeable   # a decoded f32 frame, re-encoded as f16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = decode_frame(encode_frame(x, encoding=Encoding.F16, **IDS))
+    np.testing.assert_array_equal(frame.array, x.astype(np.float16).astype(np.float32))
+
+
 def test_f16_out_of_range_is_refused_by_both_backends(f16_backend):
     with pytest.raises(ValueError, match="float16 range"):
         encode_frame(np.array([1.0, 70000.0], dtype=np.float32), encoding=Encoding.F16, **IDS)
