@@ -17,7 +17,8 @@ Three fuzzers, each driven by a seeded PRNG so a failure can be replayed with ``
   reassembly timeout); fed to a fresh `Reassembler` on an injected clock, every frame it
   returns offered to `nodes.codec.Decoder`.
 
-Checked for every input: no exception escapes; every frame accepted is byte-equal to one
+Checked for every input: no exception escapes, and none is swallowed by a decoder's own
+catch-all (its ``internal_errors`` counter stays 0); every frame accepted is byte-equal to one
 of the frames that input was built from (no corrupted payload accepted); a clean stream
 loses no frame; the counters account for every input (decoder ok + drops == inputs,
 COBS packets == packets returned, bytes_in == bytes fed, reassembler fragments == fragments
@@ -120,7 +121,7 @@ class Tally:
     def __init__(self, name: str, *, mutations: tuple[str, ...] = MUTATIONS) -> None:
         self.name = name
         self.inputs = self.bytes = self.accepted = self.exceptions = self.corrupted_accepted = 0
-        self.clean_lost = 0
+        self.clean_lost = self.internal_errors = 0
         self.by_kind = {"random": 0, "clean": 0, "mutated": 0}
         self.mutations = dict.fromkeys(mutations, 0)
         self.first_failure: str | None = None
@@ -134,7 +135,8 @@ class Tally:
     def as_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "bytes": self.bytes, "by_kind": self.by_kind,
                 "mutations": self.mutations, "accepted": self.accepted, **self.extra,
-                "exceptions": self.exceptions, "corrupted_accepted": self.corrupted_accepted,
+                "exceptions": self.exceptions, "internal_errors": self.internal_errors,
+                "corrupted_accepted": self.corrupted_accepted,
                 "clean_lost": self.clean_lost, "seconds": round(self.seconds, 3),
                 "inputs_per_s": round(self.inputs / self.seconds) if self.seconds else None,
                 "first_failure": self.first_failure}
@@ -154,6 +156,14 @@ def _build(rng: random.Random, tally: Tally, clean: bytes) -> tuple[str, bytes]:
 
 
 # ---------------------------------------------------------------------------- fuzzers
+
+
+def _check_internal(tally: Tally, i: int, count: int, detail: object) -> None:
+    """A decoder's catch-all swallowed an exception of its own (a bug): as bad as an escape.
+    ``count`` is the decoders' cumulative ``internal_errors`` counter."""
+    if count > tally.internal_errors:
+        tally.internal_errors = count
+        tally.fail(f"input {i}: a decoder raised internally and swallowed it: {detail}")
 
 
 def fuzz_cobs_stream(*, inputs: int, seed: int) -> Tally:
@@ -181,6 +191,7 @@ def fuzz_cobs_stream(*, inputs: int, seed: int) -> Tally:
             tally.exceptions += 1
             tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
             continue
+        _check_internal(tally, i, codec.stats.internal_errors, codec.last_error)
         tally.accepted += len(accepted)
         cobs_passed_bad_crc += len(packets) - (codec.stats.ok - before)
         for key in cobs_totals:
@@ -207,7 +218,7 @@ def fuzz_raw_frame(*, inputs: int, seed: int) -> Tally:
     tally, codec = Tally("raw_frame"), Decoder()
     t0 = time.perf_counter()
     for i in range(inputs):
-        _kind_name, buf = _build(rng, tally, rng.choice(pool))
+        kind, buf = _build(rng, tally, rng.choice(pool))
         tally.inputs += 1
         tally.bytes += len(buf)
         try:
@@ -216,7 +227,11 @@ def fuzz_raw_frame(*, inputs: int, seed: int) -> Tally:
             tally.exceptions += 1
             tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
             continue
+        _check_internal(tally, i, codec.stats.internal_errors, codec.last_error)
         if frame is None:
+            if kind == "clean":
+                tally.clean_lost += 1
+                tally.fail(f"input {i}: a valid frame was rejected: {codec.last_error}")
             continue
         tally.accepted += 1
         if buf not in originals:  # a mutation that put the bytes back as they were is no corruption
@@ -268,8 +283,8 @@ def fuzz_ble_fragments(*, inputs: int, seed: int) -> Tally:
     pool = frame_pool(rng)
     tally, codec = Tally("ble_fragments", mutations=FRAGMENT_MUTATIONS), Decoder()
     totals = dict.fromkeys(("frames_ok", "fragments", "dropped_missing", "dropped_timeout",
-                            "dropped_malformed", "fragments_ignored"), 0)
-    reassembled_then_codec_dropped = 0
+                            "dropped_malformed", "fragments_ignored", "internal_errors"), 0)
+    reassembled_then_codec_dropped = ra_internal = 0
     t0 = time.perf_counter()
     for i in range(inputs):
         sent = [rng.choice(pool) for _ in range(rng.randrange(1, 5))]
@@ -301,9 +316,12 @@ def fuzz_ble_fragments(*, inputs: int, seed: int) -> Tally:
             tally.exceptions += 1
             tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
             continue
+        c = ra.counters
+        ra_internal += c.internal_errors
+        _check_internal(tally, i, codec.stats.internal_errors + ra_internal,
+                        codec.last_error if not c.internal_errors else "Reassembler.feed")
         tally.accepted += len(accepted)
         reassembled_then_codec_dropped += len(frames) - (codec.stats.ok - before)
-        c = ra.counters
         for key in totals:
             totals[key] += getattr(c, key)
         if c.fragments != len(items) or c.frames_ok != len(frames):
@@ -341,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full", "seed": args.seed,
         "decoders": {name: t.as_dict() for name, t in results.items()},
         "exceptions": sum(t.exceptions for t in results.values()),
+        "internal_errors": sum(t.internal_errors for t in results.values()),
         "corrupted_accepted": sum(t.corrupted_accepted for t in results.values()),
         "ok": all(t.first_failure is None for t in results.values()),
     }
@@ -348,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         d = t.as_dict()
         print(f"{name:13s} {d['inputs']:>8,} inputs  {d['bytes'] / 1e6:7.1f} MB  "
               f"{d['inputs_per_s']:>7,} inputs/s  accepted {d['accepted']:>7,}  "
-              f"exceptions {d['exceptions']}  corrupted accepted {d['corrupted_accepted']}  "
+              f"exceptions {d['exceptions']}  internal errors {d['internal_errors']}  "
+              f"corrupted accepted {d['corrupted_accepted']}  "
               f"clean lost {d['clean_lost']}")
         if t.first_failure:
             print(f"  FAILED: {t.first_failure}")

@@ -89,6 +89,8 @@ class ReassemblyCounters:
     - ``dropped_malformed``: fragments too short to parse or announcing an impossible
       length, and partial frames overrun by a chunk longer than they announced.
     - ``fragments_ignored``: fragments of a frame already dropped.
+    - ``internal_errors``: fragments on which the reassembler itself raised: a bug in this
+      module, counted so that it shows (the partial frame is dropped, counted as malformed).
     """
 
     frames_ok: int = 0
@@ -97,6 +99,7 @@ class ReassemblyCounters:
     dropped_timeout: int = 0
     dropped_malformed: int = 0
     fragments_ignored: int = 0
+    internal_errors: int = 0
 
     @property
     def frames_dropped(self) -> int:
@@ -158,6 +161,7 @@ class Reassembler:
         except Exception:  # noqa: BLE001 - a receiver must never be taken down by its input
             self._partial = None
             self.counters.dropped_malformed += 1
+            self.counters.internal_errors += 1
             return None
 
     # -- internals -----------------------------------------------------------------------

@@ -137,7 +137,12 @@ class Frame:
 
 @dataclass
 class DecodeStats:
-    """Counters of a `Decoder`: one accepted counter and one per drop reason."""
+    """Counters of a `Decoder`: one accepted counter and one per drop reason.
+
+    ``internal_errors`` counts inputs on which the decoder itself raised something other than
+    its documented rejection (`FrameError`): a bug in this module, counted so that it shows.
+    Such an input is also counted as ``malformed`` (and so in ``total_dropped``).
+    """
 
     ok: int = 0
     bad_magic: int = 0
@@ -145,6 +150,7 @@ class DecodeStats:
     truncated: int = 0
     bad_crc: int = 0
     malformed: int = 0
+    internal_errors: int = 0
 
     @property
     def total_dropped(self) -> int:
@@ -333,7 +339,7 @@ def _to_f16_bits(values: np.ndarray) -> np.ndarray:
     sign = np.right_shift(u, np.uint32(16))
     sign &= np.uint32(0x8000)
     out |= sign
-    return out.astype(np.uint16)
+    return out.astype("<u2")
 
 
 def _loaded_torch() -> Any:
@@ -345,7 +351,19 @@ def _loaded_torch() -> Any:
     keeps the numpy paths, so the codec never pulls torch into a process that lacks it.
     """
     torch = sys.modules.get("torch")
-    return torch if getattr(torch, "from_numpy", None) is not None else None
+    if _torch_f16_failed or getattr(torch, "from_numpy", None) is None:
+        return None
+    if getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None   # another thread is still importing it: not usable yet
+    return torch
+
+
+_torch_f16_failed = False   # set once a torch cast raised (e.g. torch built for another numpy)
+
+
+def _torch_failed() -> None:
+    global _torch_f16_failed
+    _torch_f16_failed = True
 
 
 def f16_backend() -> str:
@@ -365,7 +383,11 @@ def _encode_f16(values: np.ndarray) -> np.ndarray:
             if torch is not None:   # round to nearest even, as numpy (tested bit for bit)
                 if not values.flags.writeable:   # torch warns on read-only arrays (a decoded frame)
                     values = values.copy()
-                return torch.from_numpy(values).to(torch.float16).numpy().view("<u2")
+                try:
+                    half = torch.from_numpy(values).to(torch.float16).numpy()
+                    return half.view(np.uint16).astype("<u2", copy=False)
+                except Exception:  # noqa: BLE001 - a torch without a numpy bridge: numpy path
+                    _torch_failed()
             return _to_f16_bits(values)
     finite = values[np.isfinite(values)]
     if finite.size and float(np.abs(finite).max()) > _F16_MAX:
@@ -525,11 +547,14 @@ def _decode_f16(payload: memoryview | bytes) -> np.ndarray:
     """float16 payload -> float32: torch's vectorised cast when torch is loaded (exact; a NaN
     stays a NaN, a signalling one comes back quiet), else one lookup in the exact table."""
     torch = _loaded_torch()
-    if torch is None:
-        return np.take(_f16_table(), np.frombuffer(payload, dtype="<u2"))
-    # a writable copy (~1 us per 50 KB): torch warns on read-only buffers, and frames are read-only
-    half = np.frombuffer(payload, dtype="<f2").astype(np.float16)   # native order, copied
-    return torch.from_numpy(half).to(torch.float32).numpy()
+    if torch is not None:
+        # a writable copy (~1 us per 50 KB): torch warns on read-only buffers, and frames are read-only
+        half = np.frombuffer(payload, dtype="<f2").astype(np.float16)   # native order, copied
+        try:
+            return torch.from_numpy(half).to(torch.float32).numpy()
+        except Exception:  # noqa: BLE001 - a torch without a numpy bridge: the table
+            _torch_failed()
+    return np.take(_f16_table(), np.frombuffer(payload, dtype="<u2"))
 
 
 def _decode_payload(payload: memoryview | bytes, encoding: Encoding,
@@ -552,6 +577,15 @@ def _decode_payload(payload: memoryview | bytes, encoding: Encoding,
     return flat.reshape(shape)
 
 
+def _frame_bytes(buf: object) -> bytes:
+    """A bytes-like ``buf`` as bytes; anything else (a str, an int) is a FrameError."""
+    try:
+        return memoryview(buf).tobytes()   # type: ignore[arg-type]
+    except TypeError:
+        raise FrameError(f"expected a bytes-like frame, got {type(buf).__name__}",
+                         reason="malformed") from None
+
+
 def decode_frame(buf: bytes | bytearray | memoryview, *,
                  max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES) -> Frame:
     """Decode one whole frame; raises FrameError (a ValueError) saying why it is invalid.
@@ -559,7 +593,7 @@ def decode_frame(buf: bytes | bytearray | memoryview, *,
     A compressed payload is inflated to exactly the size its shape and encoding imply, and
     never past ``max_decompressed_bytes``.
     """
-    data = buf if type(buf) is bytes else bytes(buf)
+    data = buf if type(buf) is bytes else _frame_bytes(buf)
     fields = _check_envelope(data)
     layout = _parse_layout(fields)
     wire_payload = memoryview(data)[HEADER_SIZE:HEADER_SIZE + fields[15]]
@@ -595,7 +629,8 @@ class Decoder:
             return None
         except Exception as exc:  # noqa: BLE001 - garbage must never take a receiver down
             self.stats.malformed += 1
-            self.last_error = f"malformed: {type(exc).__name__}: {exc}"
+            self.stats.internal_errors += 1
+            self.last_error = f"malformed (internal error): {type(exc).__name__}: {exc}"
             return None
         self.stats.ok += 1
         return frame

@@ -437,8 +437,9 @@ def test_decoder_accepts_bytearray_and_memoryview_and_counts_ok():
     assert dec.decode(bytearray(buf)) is not None
     assert dec.decode(memoryview(buf)) is not None
     assert dec.decode("not bytes") is None  # type: ignore[arg-type]
+    assert dec.decode(12) is None  # type: ignore[arg-type]  (not 12 zero bytes)
     assert dec.stats.as_dict() == dict(ok=2, bad_magic=0, bad_version=0, truncated=0,
-                                       bad_crc=0, malformed=1, total_dropped=1)
+                                       bad_crc=0, malformed=2, internal_errors=0, total_dropped=2)
 
 
 # ------------------------------------------------------------------------- fuzz
@@ -595,6 +596,43 @@ def test_f16_round_trip_of_a_read_only_array_warns_nothing(f16_backend):
         warnings.simplefilter("error")
         frame = decode_frame(encode_frame(x, encoding=Encoding.F16, **IDS))
     np.testing.assert_array_equal(frame.array, x.astype(np.float16).astype(np.float32))
+
+
+def test_f16_falls_back_to_numpy_when_torchs_numpy_bridge_is_broken(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import nodes.codec as codec
+    monkeypatch.setattr(codec, "_torch_f16_failed", False)   # restored after the test
+
+    def broken(*_a, **_k):
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch, "from_numpy", broken)
+    x = np.linspace(-3, 3, 50, dtype=np.float32)
+    buf = encode_frame(x, encoding=Encoding.F16, **IDS)
+    assert buf[HEADER_SIZE:-TRAILER_SIZE] == x.astype("<f2").tobytes()
+    assert codec.f16_backend() == "numpy"
+    monkeypatch.setattr(codec, "_torch_f16_failed", False)   # and the decode side on its own
+    frame = Decoder().decode(buf)
+    assert frame is not None and codec.f16_backend() == "numpy"
+    np.testing.assert_array_equal(frame.array, x.astype(np.float16).astype(np.float32))
+
+
+def test_f16_ignores_a_torch_that_is_still_being_imported(monkeypatch):
+    import importlib.machinery
+    import types
+
+    import nodes.codec as codec
+    fake = types.ModuleType("torch")
+    fake.from_numpy = lambda a: (_ for _ in ()).throw(AssertionError("used mid-import"))
+    fake.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    fake.__spec__._initializing = True
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert codec.f16_backend() == "numpy"
+    x = np.arange(10, dtype=np.float32)
+    frame = decode_frame(encode_frame(x, encoding=Encoding.F16, **IDS))
+    np.testing.assert_array_equal(frame.array, x)
+    fake.__spec__._initializing = False
+    assert codec.f16_backend() == "torch"
 
 
 def test_f16_out_of_range_is_refused_by_both_backends(f16_backend):
