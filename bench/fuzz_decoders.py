@@ -158,6 +158,31 @@ def _build(rng: random.Random, tally: Tally, clean: bytes) -> tuple[str, bytes]:
 # ---------------------------------------------------------------------------- fuzzers
 
 
+def _escaped(tally: Tally, i: int) -> None:
+    """An exception escaped a decoder on input ``i`` (call from the ``except`` block)."""
+    tally.exceptions += 1
+    tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+
+
+def _through_codec(codec: Decoder, frames: list[bytes]) -> tuple[list[bytes], int]:
+    """The frames the codec accepts (as the edge offers them), and how many it dropped."""
+    accepted = [f for f in frames if codec.decode(f) is not None]
+    return accepted, len(frames) - len(accepted)
+
+
+def _check_delivered(tally: Tally, i: int, accepted: list[bytes], sent: list[bytes], *,
+                     clean_whole: bool) -> None:
+    """Every accepted frame must be one that was sent; a clean input must deliver all of them."""
+    tally.accepted += len(accepted)
+    corrupt = [f for f in accepted if f not in sent]
+    if corrupt:
+        tally.corrupted_accepted += len(corrupt)
+        tally.fail(f"input {i}: accepted a frame that was not sent: {corrupt[0][:32].hex()}...")
+    if not clean_whole:
+        tally.clean_lost += 1
+        tally.fail(f"input {i}: a clean input lost frames")
+
+
 def _check_internal(tally: Tally, i: int, count: int, detail: object) -> None:
     """A decoder's catch-all swallowed an exception of its own (a bug): as bad as an escape.
     ``count`` is the decoders' cumulative ``internal_errors`` counter."""
@@ -185,26 +210,18 @@ def fuzz_cobs_stream(*, inputs: int, seed: int) -> Tally:
             packets: list[bytes] = []
             for a, b in zip([0, *cuts], [*cuts, len(stream)]):
                 packets += dec.feed(stream[a:b])
-            before = codec.stats.ok
-            accepted = [p for p in packets if codec.decode(p) is not None]
+            accepted, dropped = _through_codec(codec, packets)
         except Exception:  # noqa: BLE001 - counting escapes is the point
-            tally.exceptions += 1
-            tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+            _escaped(tally, i)
             continue
         _check_internal(tally, i, codec.stats.internal_errors, codec.last_error)
-        tally.accepted += len(accepted)
-        cobs_passed_bad_crc += len(packets) - (codec.stats.ok - before)
+        cobs_passed_bad_crc += dropped
         for key in cobs_totals:
             cobs_totals[key] += getattr(dec.stats, key)
         if dec.stats.packets != len(packets) or dec.stats.bytes_in != len(stream):
             tally.fail(f"input {i}: COBS counters do not add up: {dec.stats.as_dict()}")
-        corrupt = [p for p in accepted if p not in sent]
-        if corrupt:
-            tally.corrupted_accepted += len(corrupt)
-            tally.fail(f"input {i}: accepted a frame that was not sent: {corrupt[0][:32].hex()}...")
-        if kind == "clean" and dec.max_packet >= max(map(len, sent)) and accepted != sent:
-            tally.clean_lost += 1
-            tally.fail(f"input {i}: a clean stream lost frames")
+        fits = dec.max_packet >= max(map(len, sent))
+        _check_delivered(tally, i, accepted, sent, clean_whole=kind != "clean" or not fits or accepted == sent)
     tally.seconds = time.perf_counter() - t0
     tally.extra = {"cobs": cobs_totals, "cobs_passed_then_codec_dropped": cobs_passed_bad_crc,
                    "codec": codec.stats.as_dict()}
@@ -223,9 +240,8 @@ def fuzz_raw_frame(*, inputs: int, seed: int) -> Tally:
         tally.bytes += len(buf)
         try:
             frame = codec.decode(buf)
-        except Exception:  # noqa: BLE001
-            tally.exceptions += 1
-            tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+        except Exception:  # noqa: BLE001 - counting escapes is the point
+            _escaped(tally, i)
             continue
         _check_internal(tally, i, codec.stats.internal_errors, codec.last_error)
         if frame is None:
@@ -284,7 +300,7 @@ def fuzz_ble_fragments(*, inputs: int, seed: int) -> Tally:
     tally, codec = Tally("ble_fragments", mutations=FRAGMENT_MUTATIONS), Decoder()
     totals = dict.fromkeys(("frames_ok", "fragments", "dropped_missing", "dropped_timeout",
                             "dropped_malformed", "fragments_ignored", "internal_errors"), 0)
-    reassembled_then_codec_dropped = ra_internal = 0
+    reassembled_then_codec_dropped = 0
     t0 = time.perf_counter()
     for i in range(inputs):
         sent = [rng.choice(pool) for _ in range(rng.randrange(1, 5))]
@@ -310,29 +326,20 @@ def fuzz_ble_fragments(*, inputs: int, seed: int) -> Tally:
                 if (frame := ra.feed(f, now)) is not None:
                     frames.append(frame)
             ra.expire(now + 2 * REASSEMBLY_TIMEOUT_S)
-            before = codec.stats.ok
-            accepted = [f for f in frames if codec.decode(f) is not None]
+            accepted, dropped = _through_codec(codec, frames)
         except Exception:  # noqa: BLE001 - counting escapes is the point
-            tally.exceptions += 1
-            tally.fail(f"input {i}: {traceback.format_exc(limit=3)}")
+            _escaped(tally, i)
             continue
         c = ra.counters
-        ra_internal += c.internal_errors
-        _check_internal(tally, i, codec.stats.internal_errors + ra_internal,
-                        codec.last_error if not c.internal_errors else "Reassembler.feed")
-        tally.accepted += len(accepted)
-        reassembled_then_codec_dropped += len(frames) - (codec.stats.ok - before)
         for key in totals:
             totals[key] += getattr(c, key)
+        _check_internal(tally, i, codec.stats.internal_errors + totals["internal_errors"],
+                        "Reassembler.feed" if c.internal_errors else codec.last_error)
+        reassembled_then_codec_dropped += dropped
         if c.fragments != len(items) or c.frames_ok != len(frames):
             tally.fail(f"input {i}: reassembler counters do not add up: {c.as_dict()}")
-        corrupt = [f for f in accepted if f not in sent]
-        if corrupt:
-            tally.corrupted_accepted += len(corrupt)
-            tally.fail(f"input {i}: accepted a frame that was not sent: {corrupt[0][:32].hex()}...")
-        if kind == "clean" and (accepted != sent or c.frames_dropped):
-            tally.clean_lost += 1
-            tally.fail(f"input {i}: a clean fragment stream lost frames")
+        _check_delivered(tally, i, accepted, sent,
+                         clean_whole=kind != "clean" or (accepted == sent and not c.frames_dropped))
     tally.seconds = time.perf_counter() - t0
     tally.extra = {"reassembler": totals, "reassembled_then_codec_dropped": reassembled_then_codec_dropped,
                    "codec": codec.stats.as_dict()}

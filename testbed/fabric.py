@@ -104,6 +104,16 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+@contextmanager
+def _undo_on_error(stack: ExitStack) -> Iterator[None]:
+    """While building into ``stack``: if building raises, close it (undo what was made)."""
+    try:
+        yield
+    except BaseException:
+        stack.close()
+        raise
+
+
 @dataclass
 class LocalFabric:
     """``with LocalFabric(inventory=..., workdir=..., broker_host=..., broker_port=...) as f:
@@ -120,12 +130,9 @@ class LocalFabric:
     notes: list[str] = field(default_factory=list, init=False)
 
     def __enter__(self) -> LocalFabric:
-        try:
+        with _undo_on_error(self._stack):
             for link in self.inventory.links:
                 self._make(link)
-        except BaseException:
-            self._stack.close()
-            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -219,7 +226,8 @@ def check_netns(inventory: Inventory) -> None:
 @dataclass
 class BoardNamespaces:
     """``with BoardNamespaces(inventory=...) as ns: ns.address(board)``: the namespaces of the
-    bench's ``connect: netns`` boards, made on enter and deleted on exit (reverse order)."""
+    bench's ``connect: netns`` boards, made on enter and deleted on exit (reverse order).
+    Run `check_netns` first for the friendly refusal (the orchestrator's preflight does)."""
 
     inventory: Inventory
     runner: Runner = field(default_factory=Runner.local)
@@ -231,18 +239,14 @@ class BoardNamespaces:
         boards = [b for b in self.inventory.boards.values() if b.connect == "netns"]
         if not boards:
             return self
-        check_netns(self.inventory)
         try:
-            present = set(existing_namespaces(self.runner))
-            subnets = pick_subnets(len(boards), used=host_networks(self.runner))
-            for board, subnet in zip(boards, subnets):
-                self._make(board, subnet, present)
+            with _undo_on_error(self._stack):
+                present = set(existing_namespaces(self.runner))
+                subnets = pick_subnets(len(boards), used=host_networks(self.runner))
+                for board, subnet in zip(boards, subnets):
+                    self._make(board, subnet, present)
         except LinkError as exc:
-            self._stack.close()
             raise RunError(f"network namespaces: {exc}") from None
-        except BaseException:
-            self._stack.close()
-            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

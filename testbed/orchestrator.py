@@ -151,7 +151,7 @@ def check_runnable(inventory: Inventory) -> None:
         if board.connect not in RUNNABLE_CONNECTS:
             raise RunError(f"{inventory.path}: boards.{board.name}.connect: {board.connect!r} is not supported "
                            f"by `testbed run` yet; expected {' or '.join(RUNNABLE_CONNECTS)} "
-                           f"(SSH deploy is tracked in an open issue)")
+                           f"(SSH deploy to physical boards is not built yet)")
     if inventory.broker.mode == "external":
         raise RunError(f"{inventory.path}: broker.mode: 'external' is not supported by `testbed run` yet "
                        f"(only simulated local benches); expected embedded")
@@ -242,7 +242,7 @@ class Orchestrator:
         self._msgs.put((topic_name, payload, time.monotonic()))
 
     def _write_run_json(self, run_id: str, broker: Any, seed: int, *, spaces: BoardNamespaces,
-                        kernel: dict[str, KernelShaped], shapers: dict[str, str], data_port: int | None) -> None:
+                        kernel: dict[str, KernelShaped], data_port: int | None) -> None:
         from importlib import metadata
 
         def version(pkg: str) -> str | None:
@@ -265,18 +265,17 @@ class Orchestrator:
                           "listeners": [list(li) for li in getattr(broker, "listeners", ())],
                           "data_port": data_port},
                "netns": spaces.as_dict() if spaces.spaces else None,
-               "shaping": {lk.name: self._shaping_record(lk.name, kernel, shapers, data_port)
+               "shaping": {lk.name: self._shaping_record(lk.name, kernel, data_port)
                            for lk in self.inventory.links},
                "versions": {"python": platform.python_version(), "platform": platform.platform(),
                             **{p: version(p) for p in ("hbc-testbed", "torch", "numpy", "paho-mqtt", "rich")}}}
         (self.run_dir / "run.json").write_text(json.dumps(doc, indent=2))
 
     @staticmethod
-    def _shaping_record(name: str, kernel: dict[str, KernelShaped], shapers: dict[str, str],
-                        data_port: int | None) -> dict[str, Any]:
+    def _shaping_record(name: str, kernel: dict[str, KernelShaped], data_port: int | None) -> dict[str, Any]:
         k = kernel.get(name)
         if k is None:
-            return {"shaper": shapers[name], "where": "the sending agent's egress (linkemu shaper)"}
+            return {"shaper": "user", "where": "the sending agent's egress (linkemu shaper)"}
         p = plan(k.profile, NETNS_DEV, backend=k.backend, dport=data_port, mtu=BOARD_MTU)
         return {"shaper": k.shaper, "where": f"{NETNS_DEV} egress of the sender's namespace, TCP to port {data_port}",
                 "board": k.board, "apply": p.apply, "clear": p.clear, "notes": p.notes,
@@ -303,8 +302,7 @@ class Orchestrator:
             for note in spaces.notes:
                 self._event("fabric", note=note)
             broker = stack.enter_context(self._broker(spaces, data_port, kernel))
-            self._write_run_json(run_id, broker, exp.seed, spaces=spaces, kernel=kernel, shapers=shapers,
-                                 data_port=data_port)
+            self._write_run_json(run_id, broker, exp.seed, spaces=spaces, kernel=kernel, data_port=data_port)
             self._event("run_start", run=run_id, run_dir=str(self.run_dir), samples=exp.run.samples,
                         rate_hz=exp.run.rate_hz, dataset=self.prepared.dataset.name,
                         broker={"kind": broker.kind, "port": broker.port, "fallback_reason": broker.fallback_reason},
