@@ -177,6 +177,11 @@ def test_energy_objective_can_choose_differently_from_latency() -> None:
     assert "mJ" in energy.reason()
     # a power-hungry radio moves the energy choice to the small activation
     assert plan_split(_costs(), objective="energy", power={"hbc": 1.0}, **kw).chosen == 2
+    # resolved values (as a bundle's key records them) take precedence over the table
+    hungry = plan_split(_costs(), objective="energy", power={"hbc": 0.0}, radio_power_w=1.0, **kw)
+    assert hungry.chosen == 2 and hungry.radio_power_w == 1.0
+    cheap = plan_split(_costs(), objective="energy", wearable_power_w=0.0, radio_power_w=1.0, **kw)
+    assert cheap.rows[2].compute_mj == 0 and cheap.wearable_power_w == 0.0
 
 
 def test_scale_factors_and_their_overrides() -> None:

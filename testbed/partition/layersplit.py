@@ -453,7 +453,8 @@ def _radio_power(table: Mapping[str, float], link: LinkProfile) -> float:
 def plan_split(costs: Sequence[LayerCost], *, link: LinkProfile | str, wearable_kind: str, edge_kind: str,
                encoding: str = "f32", objective: str = "latency", scale: Mapping[str, float] | None = None,
                power: Mapping[str, float] | None = None, wearable_scale: float | None = None,
-               edge_scale: float | None = None) -> SplitPlan:
+               edge_scale: float | None = None, wearable_power_w: float | None = None,
+               radio_power_w: float | None = None) -> SplitPlan:
     """Cost every cut of ``costs`` (row 0 the input, as ``measure_layers`` returns) and pick the
     one with the least end-to-end latency or wearable energy.
 
@@ -461,7 +462,8 @@ def plan_split(costs: Sequence[LayerCost], *, link: LinkProfile | str, wearable_
     activation after layer k as one frame in ``encoding`` (``link.airtime_s`` of the frame plus
     the link's fixed delay); the edge runs the rest (host time x ``scale[edge_kind]``).
     ``wearable_scale`` / ``edge_scale`` (a board's ``compute_scale`` in the inventory) take
-    precedence over the per-kind table. Wearable
+    precedence over the per-kind table, as ``wearable_power_w`` / ``radio_power_w`` (values
+    already resolved, e.g. recorded in a bundle's key) do over ``power``. Wearable
     energy = its compute time x ``power[wearable_kind]`` + the frame's airtime x the radio power
     of the link's kind. ``scale`` and ``power`` update ``DEFAULT_SCALE`` / ``DEFAULT_POWER``.
     Ties go to the other objective, then to the earlier cut."""
@@ -477,8 +479,9 @@ def plan_split(costs: Sequence[LayerCost], *, link: LinkProfile | str, wearable_
     powers = {**DEFAULT_POWER, **(power or {})}
     sw = wearable_scale or _lookup(scales, wearable_kind, what="scale factor", option="scale")
     se = edge_scale or _lookup(scales, edge_kind, what="scale factor", option="scale")
-    pw = _lookup(powers, wearable_kind, what="compute power", option="power")
-    pr = _radio_power(powers, profile)
+    pw = _lookup(powers, wearable_kind, what="compute power", option="power") \
+        if wearable_power_w is None else float(wearable_power_w)
+    pr = _radio_power(powers, profile) if radio_power_w is None else float(radio_power_w)
     host = [0.0] + [float(c.host_ms or 0.0) for c in costs[1:]]
     total_host = sum(host)
     rows = []
@@ -583,9 +586,9 @@ def export_layer_bundle(model: nn.Module, plan_or_cut: SplitPlan | int | str, *,
         raise LayerSplitError(f"samples: expected N x C x H x W real inputs, got shape {list(x.shape)}")
     shape = tuple(x.shape[1:])
     layers = model_layers(model.eval())
+    names = ["input"] + [name for name, _ in layers]
     plan = plan_or_cut if isinstance(plan_or_cut, SplitPlan) else None
     if plan is not None:
-        names = ["input"] + [n for n, _ in layers]
         if [r.layer for r in plan.rows] != names or plan.rows[0].shape != shape:
             raise LayerSplitError("the plan was made for another model or input shape: its layers are "
                                   f"{[r.layer for r in plan.rows][:4]}… at {_shape(plan.rows[0].shape)}, the model's "
@@ -609,7 +612,6 @@ def export_layer_bundle(model: nn.Module, plan_or_cut: SplitPlan | int | str, *,
     ]
     for shard in shards:
         shard["sha256"] = sha256_file(out_dir / shard["file"])
-    names = ["input"] + [name for name, _ in layers]
     cut_info: dict[str, Any] = {"index": cut, "layer": names[cut], "layers": len(layers),
                                 "shape": list(tail.in_shape), "values": n,
                                 "frame_bytes": {e: frame_bytes(n, e) for e in ENCODINGS}}
@@ -679,7 +681,8 @@ def resolve_layer_inputs(exp: Experiment, inventory: Inventory | None) -> dict[s
     return {"objective": layer.get("objective", DEFAULTS["objective"]), "encoding": _checked_encoding(encoding),
             "link": profile.as_dict(), "wearable_kind": wk, "edge_kind": ek,
             "scale": {"wearable": _board_scale(wearable, wk), "edge": _board_scale(edge, ek)},
-            "power": {wk: DEFAULT_POWER[wk], "radio": _radio_power(DEFAULT_POWER, profile)},
+            "power": {"wearable": _lookup(DEFAULT_POWER, wk, what="compute power", option="power"),
+                      "radio": _radio_power(DEFAULT_POWER, profile)},
             "repeats": int(layer.get("repeats", DEFAULTS["repeats"]))}
 
 
@@ -709,7 +712,8 @@ def build_layer_bundle(exp: Experiment, cfg: PartitionConfig, data: Dataset, *, 
     costs = measure_layers(model, data.input_shape, repeats=inputs["repeats"], sample=data.x_test[:1])
     plan = plan_split(costs, link=LinkProfile.from_dict(inputs["link"]), wearable_kind=inputs["wearable_kind"],
                       edge_kind=inputs["edge_kind"], encoding=inputs["encoding"], objective=inputs["objective"],
-                      wearable_scale=inputs["scale"]["wearable"], edge_scale=inputs["scale"]["edge"])
+                      wearable_scale=inputs["scale"]["wearable"], edge_scale=inputs["scale"]["edge"],
+                      wearable_power_w=inputs["power"]["wearable"], radio_power_w=inputs["power"]["radio"])
     t2 = time.monotonic()
     n_test = cfg.test_subset or len(data.x_test)
     accuracy = teacher_accuracy(model, data.x_test[:n_test], data.y_test[:n_test])
