@@ -158,19 +158,27 @@ def tbf_argv(dev: str, profile: LinkProfile, *, min_burst: int = TBF_MIN_BURST) 
              "burst", str(_burst(rate, min_burst)), "limit", str(limit)]]
 
 
-def htb_argv(dev: str, profile: LinkProfile, *, min_burst: int = TBF_MIN_BURST) -> list[list[str]]:
-    """htb with one class at the profile's asymptotic goodput and a bfifo byte queue."""
+def _htb_shaping(profile: LinkProfile, min_burst: int) -> tuple[list[str], list[str]] | None:
+    """The shaped htb class's kind and parameters, and its bfifo leaf's; None when unlimited."""
     _check_tbf_like(profile, "htb")
     rate = profile.asymptotic_goodput_bps
     if math.isinf(rate):
-        return []
+        return None
     burst = str(_burst(rate, min_burst))
     limit = str(profile.queue_limit_bytes or DEFAULT_LIMIT_BYTES)
+    return (["htb", "rate", _bits(rate), "ceil", _bits(rate), "burst", burst, "cburst", burst],
+            ["bfifo", "limit", limit])
+
+
+def htb_argv(dev: str, profile: LinkProfile, *, min_burst: int = TBF_MIN_BURST) -> list[list[str]]:
+    """htb with one class at the profile's asymptotic goodput and a bfifo byte queue."""
+    shaping = _htb_shaping(profile, min_burst)
+    if shaping is None:
+        return []
+    shaped, fifo = shaping
     return [["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
-            ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-             "rate", _bits(rate), "ceil", _bits(rate), "burst", burst, "cburst", burst],
-            ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", "bfifo",
-             "limit", limit]]
+            ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", *shaped],
+            ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", *fifo]]
 
 
 def _under_shaped_class(argv: list[str]) -> list[str]:
@@ -194,11 +202,11 @@ def classified_argv(dev: str, profile: LinkProfile, *, backend: str, dport: int,
         leaf = [_under_shaped_class(a) for a in tbf_argv(dev, profile, min_burst=mtu)]
         shaped = ["htb", "rate", UNLIMITED, "quantum", QUANTUM]
     elif backend == "htb":
-        leaf = htb_argv(dev, profile, min_burst=mtu)
-        if leaf:
-            shaped = leaf[1][leaf[1].index("htb"):]
-            leaf = [["tc", "qdisc", "replace", "dev", dev, "parent", SHAPED_CLASS, "handle", "10:",
-                     *leaf[2][leaf[2].index("bfifo"):]]]
+        shaping = _htb_shaping(profile, mtu)
+        leaf = []
+        if shaping is not None:
+            shaped, fifo = shaping
+            leaf = [["tc", "qdisc", "replace", "dev", dev, "parent", SHAPED_CLASS, "handle", "10:", *fifo]]
     else:
         raise LinkError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not leaf:
