@@ -1,8 +1,11 @@
 """Errors and value checks shared by the link-emulation modules.
 
-Holds `ProfileError` (a bad profile spec, naming the key), `TraceError` (a bad line of an
-outage trace file, naming line and column) and `LinkError` (the kernel backend cannot do
-what was asked), plus the small validators that raise them. Pure: no I/O, and it must not
+Holds `HarnessError`, the common base of every error the three packages raise on purpose
+(the CLI catches it, prints its message on one line and exits with its `exit_code`), the
+package root `LinkemuError`, and under it `ProfileError` (a bad profile spec, naming the
+key), `TraceError` (a bad line of an outage trace file, naming line and column) and
+`LinkError` (the kernel backend cannot do what was asked), plus the small validators that
+raise them. Pure: no I/O, and it must not
 import anything from `nodes` or `testbed`.
 """
 from __future__ import annotations
@@ -11,11 +14,25 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["ProfileError", "TraceError", "LinkError"]
+__all__ = ["HarnessError", "LinkemuError", "ProfileError", "TraceError", "LinkError"]
 
 
-class ProfileError(ValueError):
+class HarnessError(Exception):
+    """Base of every error hbc-testbed raises on purpose, in linkemu, nodes and testbed alike.
+    Its message says what was expected; `exit_code` is what the CLI exits with (2: input or
+    configuration the user can fix, 1: a run that failed)."""
+
+    exit_code = 1
+
+
+class LinkemuError(HarnessError):
+    """Root of the link emulator's errors."""
+
+
+class ProfileError(LinkemuError, ValueError):
     """A profile spec is invalid. `.key` names the offending key, `.detail` what was expected."""
+
+    exit_code = 2
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         self.key = key
@@ -34,8 +51,10 @@ class TraceError(ProfileError):
         super().__init__(f"{source} line {line}, column {column}: {message}", key=key)
 
 
-class LinkError(RuntimeError):
+class LinkError(LinkemuError, RuntimeError):
     """The kernel backend cannot honour a profile, or a tc/nft/ip command failed."""
+
+    exit_code = 2
 
 
 # ---------------------------------------------------------------------------- validators

@@ -35,15 +35,14 @@ import numpy as np
 from linkemu.profile import LinkProfile
 from linkemu.shaper import ShapedSender
 from nodes.clocksync import ClockEstimate, ClockSyncClient
-from nodes.codec import Compression, Decoder, Encoding, encode_frame, run_id_hash
+from nodes.codec import Decoder, encode_frame, run_id_hash
+from nodes.vocab import COMPRESSIONS, ENCODINGS
 from nodes.errors import NodeError
 from nodes.merge import Merger
 from nodes.mqtt import MqttClient, Will, topic
 from nodes.runtime import Runtime, open_runtime
 from nodes.transport import Transport, open_transport
 
-ENCODINGS = {"f32": Encoding.F32, "f16": Encoding.F16, "int8": Encoding.INT8_AFFINE}
-COMPRESSIONS = {"none": Compression.NONE, "zstd": Compression.ZSTD, "lz4": Compression.LZ4}
 _STOP = object()
 
 

@@ -1,11 +1,15 @@
 """Exception hierarchy of the board side (nodes, and what the agent reports).
 
-``testbed`` may catch these; ``nodes`` never imports ``testbed``.
+``testbed`` may catch these; ``nodes`` never imports ``testbed``. The root, ``NodeError``,
+stands under linkemu's ``HarnessError`` beside testbed's ``TestbedError``, so the CLI catches
+all three packages' errors in one place.
 """
 from __future__ import annotations
 
+from linkemu.errors import HarnessError
 
-class NodeError(Exception):
+
+class NodeError(HarnessError):
     """Base of every error a board-side component raises on purpose."""
 
 

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from nodes.errors import NodeError
+from linkemu.errors import HarnessError
 from testbed.errors import ConfigError, TestbedError
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
@@ -336,12 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except TestbedError as exc:
+    except HarnessError as exc:  # the one place a library error becomes a line and an exit code
         print(f"testbed: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except NodeError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("testbed: interrupted", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from linkemu.profile import LinkProfile, ProfileError, resolve_profile
+from nodes import vocab as _vocab
 from nodes.codec import LZ4_HC_LEVELS, ZSTD_LEVELS
 from testbed.errors import ConfigError
 
@@ -49,8 +50,8 @@ RUNTIMES = ("torch", "tflite")
 ENERGY_METERS = ("none", "ina219", "ina260", "model")
 BROKER_MODES = ("embedded", "external")
 TRANSPORTS = ("mqtt", "serial", "ble")
-ENCODINGS = ("f32", "f16", "int8")
-COMPRESSIONS = ("none", "zstd", "lz4")
+ENCODINGS = tuple(_vocab.ENCODINGS)        # one vocabulary: nodes.vocab
+COMPRESSIONS = tuple(_vocab.COMPRESSIONS)
 DATASETS = ("fashion-mnist", "digits")
 MODEL_FAMILIES = ("cnn-students",)
 PARTITION_METHODS = ("nonn", "resilient", "layer")

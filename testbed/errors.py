@@ -1,16 +1,18 @@
 """Exception hierarchy of the laptop side.
 
 Every error carries a message that says what was expected; the CLI prints it on one line
-and exits non-zero. Library code raises these, it never calls exit().
+and exits non-zero. Library code raises these, it never calls exit(). The root,
+``TestbedError``, stands under linkemu's ``HarnessError`` beside nodes' ``NodeError``.
 """
 from __future__ import annotations
 
+from linkemu.errors import HarnessError
 
-class TestbedError(Exception):
-    """Base of every error the harness raises on purpose."""
+
+class TestbedError(HarnessError):
+    """Base of every error the laptop side raises on purpose."""
 
     __test__ = False  # not a pytest test class
-    exit_code = 1
 
 
 class ConfigError(TestbedError):

@@ -57,7 +57,9 @@ import torch
 from torch import nn
 
 from linkemu.profile import PRESETS, LinkProfile
+from nodes import vocab
 from nodes.codec import Encoding, encode_frame
+from nodes.vocab import ENCODINGS
 from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityError, check_parity, sha256_file,
                             trace_shard)
 from testbed.errors import TestbedError
@@ -75,7 +77,6 @@ __all__ = ["LayerSplitError", "ExportParityError", "ENCODINGS", "OBJECTIVES", "D
            "model_layers", "frame_bytes", "layer_shapes", "measure_layers", "plan_split",
            "split_modules", "export_layer_bundle", "resolve_layer_inputs", "build_layer_bundle"]
 
-ENCODINGS: dict[str, Encoding] = {"f32": Encoding.F32, "f16": Encoding.F16, "int8": Encoding.INT8_AFFINE}
 OBJECTIVES = ("latency", "energy")
 # What an experiment's layer section means when it does not say and no inventory tells:
 DEFAULTS: dict[str, Any] = {"objective": "latency", "encoding": None, "link": None, "repeats": 20,
@@ -183,9 +184,10 @@ def _frame_layout(encoding: str) -> tuple[int, int]:
 
 
 def _encoding(name: str) -> Encoding:
-    if name not in ENCODINGS:
-        raise LayerSplitError(f"unknown encoding {name!r}; expected one of {', '.join(ENCODINGS)}")
-    return ENCODINGS[name]
+    try:
+        return vocab.encoding(name)
+    except ValueError as exc:
+        raise LayerSplitError(str(exc)) from None
 
 
 def frame_bytes(values: int, encoding: str = "f32") -> int:
