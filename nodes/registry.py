@@ -1,8 +1,10 @@
 """A tiny name -> backend registry used by every board-side facade (runtimes, transports).
 
-Looking up an unknown name raises an error that lists the known names. A backend with heavy
-dependencies (pyserial, bumble, LiteRT) is registered lazily as ``"module:attribute"`` so it is
-imported only when a board actually uses it.
+Looking up an unknown name raises an error that lists the known names; registering a name that
+is already taken (eagerly or lazily) raises one naming the capability and the name, so a second
+backend can never silently replace the first. A backend with heavy dependencies (pyserial,
+bumble, LiteRT) is registered lazily as ``"module:attribute"`` so it is imported only when a
+board actually uses it. It must not import any backend at registration time.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps backend names to factories; ``what`` names the capability in error messages."""
+    """Maps backend names to factories; ``what`` names the capability in error messages, and
+    ``error`` is what an unknown, unavailable or already registered name raises."""
 
     def __init__(self, what: str, *, error: type[Exception] = KeyError) -> None:
         self.what = what
@@ -23,14 +26,24 @@ class Registry(Generic[T]):
         self._lazy: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``factory`` as ``name``; refuses a name already registered."""
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            self._claim(name)
             self._factories[name] = factory
             return factory
         return deco
 
     def register_lazy(self, name: str, target: str) -> None:
-        """Register ``"package.module:Attribute"``, imported on first ``get(name)``."""
+        """Register ``"package.module:Attribute"``, imported on first ``get(name)``; refuses a
+        name already registered."""
+        self._claim(name)
         self._lazy[name] = target
+
+    def _claim(self, name: str) -> None:
+        if name in self._factories or name in self._lazy:
+            where = self._lazy.get(name) or getattr(self._factories[name], "__qualname__", "a factory")
+            raise self._error(f"{self.what} {name!r} is already registered (to {where}); "
+                              f"expected a new name, not one of {', '.join(self.names())}")
 
     def names(self) -> list[str]:
         return sorted({*self._factories, *self._lazy})
