@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from nodes.codec import Compression, Decoder, Encoding, encode_frame  # noqa: E402
+from nodes.codec import Compression, Decoder, Encoding, encode_frame, use_f16_backend  # noqa: E402
 from nodes.merge import Merger  # noqa: E402
 from nodes.runtime import open_runtime  # noqa: E402
 from testbed.bundle import shard_for  # noqa: E402
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=out, flush=True)
 
+    use_f16_backend("torch")   # this process has torch (the shards run in it), as the edge does
     exp = load_experiment(args.experiment)
     if args.quick:
         exp = quick_experiment(exp)

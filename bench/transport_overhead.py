@@ -55,15 +55,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from nodes.codec import (HEADER_SIZE, TRAILER_SIZE, Compression, Encoding, decode_frame,  # noqa: E402
-                         encode_frame)
+from nodes.codec import (F16_BACKENDS, HEADER_SIZE, TRAILER_SIZE, Compression, Encoding,  # noqa: E402
+                         decode_frame, encode_frame, f16_backend, use_f16_backend)
 from nodes.transport import MqttTransport, Transport  # noqa: E402
 from testbed.broker import EmbeddedBroker  # noqa: E402
 
@@ -567,23 +566,27 @@ def codec_costs(*, reps: int, log: Callable[[str], None]) -> list[dict[str, Any]
 
 def _f16_backends() -> tuple[str, ...]:
     """float16 conversions to measure: numpy's paths always; torch's casts where torch is installed
-    (the codec uses them in any process that has torch loaded, see nodes.codec.f16_backend)."""
+    (a process that has torch chooses them with nodes.codec.use_f16_backend)."""
     try:
         import torch  # noqa: F401
     except ImportError:
         return ("numpy",)
-    return ("numpy", "torch")
+    return F16_BACKENDS
 
 
 @contextlib.contextmanager
 def _f16_backend(backend: str | None) -> Iterator[None]:
-    """Pin the codec's float16 conversion for a measurement (None: leave it as it is)."""
-    import nodes.codec as codec
-    if backend == "numpy":
-        with mock.patch.object(codec, "_loaded_torch", lambda: None):
-            yield
-    else:
+    """Choose the codec's float16 conversion for a measurement, then restore the one in use
+    before (None: leave it as it is)."""
+    if backend is None:
         yield
+        return
+    before = f16_backend()
+    use_f16_backend(backend)
+    try:
+        yield
+    finally:
+        use_f16_backend(before)
 
 
 def _library_us(comp: Compression, payload: bytes, reps: int) -> float:

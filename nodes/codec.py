@@ -32,17 +32,18 @@ The `Decoder` never raises on garbage: it counts the reason and returns None.
 
 This module must import only numpy and the standard library at import time: ``zstandard``
 and ``lz4`` are imported lazily, when a frame uses them, so a board that never compresses
-needs neither. float16 conversions use torch's vectorised casts when the process has already
-imported torch (a torch-runtime board, the edge, the laptop), never importing it itself; a
-LiteRT-only board uses the numpy paths, which give the same bits. It must do no I/O: framing
-for a byte stream (COBS) or fragmenting for BLE belongs to the transports.
+needs neither. float16 conversions use numpy paths unless the process chooses torch's
+vectorised casts, once, with ``use_f16_backend("torch")`` (the agent does when its runtime is
+torch; a laptop-side tool with torch loaded anyway may); both give the same bits, and
+``f16_backend()`` says which one runs. The codec imports torch only when that choice is made and
+never switches backend by itself, except back to numpy (where it stays) when a torch cast fails. It
+must do no I/O: framing for a byte stream (COBS) or fragmenting for BLE belongs to the transports.
 """
 from __future__ import annotations
 
 import importlib
 import math
 import struct
-import sys
 import threading
 import zlib
 from dataclasses import asdict, dataclass
@@ -56,7 +57,7 @@ __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "MAX_NDIM",
     "DEFAULT_ZSTD_LEVEL", "ZSTD_LEVELS", "LZ4_HC_LEVELS", "MAX_DECOMPRESSED_BYTES",
     "FrameType", "Encoding", "Compression", "Frame", "FrameError", "DecodeStats", "Decoder",
-    "run_id_hash", "encode_frame", "decode_frame", "f16_backend",
+    "run_id_hash", "encode_frame", "decode_frame", "F16_BACKENDS", "use_f16_backend", "f16_backend",
 ]
 
 MAGIC = b"HB"
@@ -342,33 +343,47 @@ def _to_f16_bits(values: np.ndarray) -> np.ndarray:
     return out.astype("<u2")
 
 
-def _loaded_torch() -> Any:
-    """torch, if this process has already imported it (else None); never imports it.
+F16_BACKENDS = ("numpy", "torch")
+_f16_torch: Any = None   # torch, once this process chose its casts; None: the numpy paths
 
-    torch's float16 casts are vectorised (F16C on x86, NEON fp16 on ARM): ~3.5 us per
-    25,000 values either way here, where numpy's are scalar loops. A board running the torch
-    runtime, the edge and the laptop have torch loaded anyway; a LiteRT-only board does not and
-    keeps the numpy paths, so the codec never pulls torch into a process that lacks it.
+
+def use_f16_backend(name: str) -> None:
+    """Choose this process's float16 conversion: ``"numpy"`` (the default) or ``"torch"``.
+
+    torch's float16 casts are vectorised (F16C on x86, NEON fp16 on ARM): ~3.5 us per 25,000
+    values either way here, where numpy's are scalar loops; both give the same bits. A process
+    that has torch anyway (a torch-runtime board, the edge, the laptop) chooses it once at
+    start-up; a LiteRT-only board keeps the default and never imports torch.
+
+    ``"torch"`` imports torch here: ModuleNotFoundError (naming the package) when this process
+    cannot import it, ValueError for an unknown name. Should a torch cast later fail (a torch
+    built against another numpy), the codec goes back to numpy and stays there.
     """
-    torch = sys.modules.get("torch")
-    if _torch_f16_failed or getattr(torch, "from_numpy", None) is None:
-        return None
-    if getattr(getattr(torch, "__spec__", None), "_initializing", False):
-        return None   # another thread is still importing it: not usable yet
-    return torch
-
-
-_torch_f16_failed = False   # set once a torch cast raised (e.g. torch built for another numpy)
-
-
-def _torch_failed() -> None:
-    global _torch_f16_failed
-    _torch_f16_failed = True
+    global _f16_torch
+    if name not in F16_BACKENDS:
+        raise ValueError(f"unknown float16 backend {name!r}; expected one of {', '.join(F16_BACKENDS)}")
+    if name == "numpy":
+        _f16_torch = None
+        return
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError as exc:
+        raise ModuleNotFoundError(f"float16 backend 'torch' needs the 'torch' package in this process "
+                                  f"({exc}); pip install torch, or keep the 'numpy' backend",
+                                  name="torch") from exc
+    _f16_torch = torch
 
 
 def f16_backend() -> str:
     """Which float16 conversion this process uses now: ``"torch"`` or ``"numpy"``."""
-    return "torch" if _loaded_torch() is not None else "numpy"
+    return "numpy" if _f16_torch is None else "torch"
+
+
+def _torch_failed() -> None:
+    """A torch cast raised: back to the numpy paths for the rest of this process's life (until
+    it chooses again)."""
+    global _f16_torch
+    _f16_torch = None
 
 
 def _encode_f16(values: np.ndarray) -> np.ndarray:
@@ -379,7 +394,7 @@ def _encode_f16(values: np.ndarray) -> np.ndarray:
         if math.isfinite(lo) and math.isfinite(hi):
             if max(-lo, hi) > _F16_MAX:
                 raise ValueError("values exceed the float16 range (65504); use F32 or INT8_AFFINE")
-            torch = _loaded_torch()
+            torch = _f16_torch
             if torch is not None:   # round to nearest even, as numpy (tested bit for bit)
                 if not values.flags.writeable:   # torch warns on read-only arrays (a decoded frame)
                     values = values.copy()
@@ -544,9 +559,9 @@ def _f16_table() -> np.ndarray:
 
 
 def _decode_f16(payload: memoryview | bytes) -> np.ndarray:
-    """float16 payload -> float32: torch's vectorised cast when torch is loaded (exact; a NaN
-    stays a NaN, a signalling one comes back quiet), else one lookup in the exact table."""
-    torch = _loaded_torch()
+    """float16 payload -> float32: torch's vectorised cast when the process chose it (exact; a
+    NaN stays a NaN, a signalling one comes back quiet), else one lookup in the exact table."""
+    torch = _f16_torch
     if torch is not None:
         # a writable copy (~1 us per 50 KB): torch warns on read-only buffers, and frames are read-only
         half = np.frombuffer(payload, dtype="<f2").astype(np.float16)   # native order, copied

@@ -543,16 +543,16 @@ def _f16_hard_cases() -> np.ndarray:
 
 
 @pytest.fixture(params=["numpy", "torch"])
-def f16_backend(request, monkeypatch):
-    """Run a test with each float16 conversion: numpy's paths, and torch's casts (used when the
-    process has torch loaded)."""
+def f16_backend(request):
+    """Run a test with each float16 conversion, chosen as a process chooses it; back to the
+    default (numpy) afterwards."""
     import nodes.codec as codec
-    if request.param == "numpy":
-        monkeypatch.setattr(codec, "_loaded_torch", lambda: None)
-    else:
+    if request.param == "torch":
         pytest.importorskip("torch")
+    codec.use_f16_backend(request.param)
     assert codec.f16_backend() == request.param
-    return request.param
+    yield request.param
+    codec.use_f16_backend("numpy")
 
 
 def test_f16_fast_path_is_bit_identical_to_numpys_cast():
@@ -601,38 +601,55 @@ def test_f16_round_trip_of_a_read_only_array_warns_nothing(f16_backend):
 def test_f16_falls_back_to_numpy_when_torchs_numpy_bridge_is_broken(monkeypatch):
     torch = pytest.importorskip("torch")
     import nodes.codec as codec
-    monkeypatch.setattr(codec, "_torch_f16_failed", False)   # restored after the test
 
     def broken(*_a, **_k):
         raise RuntimeError("Numpy is not available")
 
     monkeypatch.setattr(torch, "from_numpy", broken)
     x = np.linspace(-3, 3, 50, dtype=np.float32)
-    buf = encode_frame(x, encoding=Encoding.F16, **IDS)
-    assert buf[HEADER_SIZE:-TRAILER_SIZE] == x.astype("<f2").tobytes()
-    assert codec.f16_backend() == "numpy"
-    monkeypatch.setattr(codec, "_torch_f16_failed", False)   # and the decode side on its own
-    frame = Decoder().decode(buf)
-    assert frame is not None and codec.f16_backend() == "numpy"
-    np.testing.assert_array_equal(frame.array, x.astype(np.float16).astype(np.float32))
+    try:
+        codec.use_f16_backend("torch")
+        buf = encode_frame(x, encoding=Encoding.F16, **IDS)
+        assert buf[HEADER_SIZE:-TRAILER_SIZE] == x.astype("<f2").tobytes()
+        assert codec.f16_backend() == "numpy"   # and it stays there
+        assert encode_frame(x, encoding=Encoding.F16, **IDS) == buf
+        codec.use_f16_backend("torch")   # the decode side on its own
+        frame = Decoder().decode(buf)
+        assert frame is not None and codec.f16_backend() == "numpy"
+        np.testing.assert_array_equal(frame.array, x.astype(np.float16).astype(np.float32))
+    finally:
+        codec.use_f16_backend("numpy")
 
 
-def test_f16_ignores_a_torch_that_is_still_being_imported(monkeypatch):
-    import importlib.machinery
+def test_f16_backend_is_numpy_until_chosen_even_with_torch_loaded(monkeypatch):
+    """A torch in sys.modules (imported by anyone) does not switch the codec: only a choice does."""
     import types
 
     import nodes.codec as codec
     fake = types.ModuleType("torch")
-    fake.from_numpy = lambda a: (_ for _ in ()).throw(AssertionError("used mid-import"))
-    fake.__spec__ = importlib.machinery.ModuleSpec("torch", None)
-    fake.__spec__._initializing = True
+    fake.from_numpy = lambda a: (_ for _ in ()).throw(AssertionError("torch used without being chosen"))
     monkeypatch.setitem(sys.modules, "torch", fake)
     assert codec.f16_backend() == "numpy"
     x = np.arange(10, dtype=np.float32)
     frame = decode_frame(encode_frame(x, encoding=Encoding.F16, **IDS))
     np.testing.assert_array_equal(frame.array, x)
-    fake.__spec__._initializing = False
-    assert codec.f16_backend() == "torch"
+    assert codec.f16_backend() == "numpy"
+
+
+def test_choosing_torch_without_torch_is_refused_and_keeps_numpy(monkeypatch):
+    import nodes.codec as codec
+    monkeypatch.setitem(sys.modules, "torch", None)   # import torch raises ImportError
+    with pytest.raises(ModuleNotFoundError, match="float16 backend 'torch' needs the 'torch' package") as err:
+        codec.use_f16_backend("torch")
+    assert err.value.name == "torch"
+    assert codec.f16_backend() == "numpy"
+
+
+def test_an_unknown_f16_backend_is_refused_naming_the_known_ones():
+    import nodes.codec as codec
+    with pytest.raises(ValueError, match="unknown float16 backend 'cuda'; expected one of numpy, torch"):
+        codec.use_f16_backend("cuda")
+    assert codec.f16_backend() == "numpy"
 
 
 def test_f16_out_of_range_is_refused_by_both_backends(f16_backend):
@@ -640,16 +657,27 @@ def test_f16_out_of_range_is_refused_by_both_backends(f16_backend):
         encode_frame(np.array([1.0, 70000.0], dtype=np.float32), encoding=Encoding.F16, **IDS)
 
 
-def test_codec_never_imports_torch_itself():
+def _codec_in_a_fresh_process(choose: str) -> list[str]:
     code = ("import sys, numpy as np\n"
-            "from nodes.codec import encode_frame, decode_frame, Encoding, f16_backend\n"
+            "from nodes.codec import encode_frame, decode_frame, Encoding, f16_backend, use_f16_backend\n"
+            f"{choose}\n"
             "f = encode_frame(np.ones(8, np.float32), encoding=Encoding.F16, run_id=1, sample_id=0,"
             " shard=0, seq=0, send_ts_ns=0)\n"
             "decode_frame(f)\n"
             "print(f16_backend(), 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.split() == ["numpy", "False"]
+    return out.stdout.split()
+
+
+def test_codec_never_imports_torch_itself():
+    assert _codec_in_a_fresh_process("pass") == ["numpy", "False"]
+    assert _codec_in_a_fresh_process("use_f16_backend('numpy')") == ["numpy", "False"]
+
+
+def test_choosing_the_torch_backend_imports_torch():
+    pytest.importorskip("torch")
+    assert _codec_in_a_fresh_process("use_f16_backend('torch')") == ["torch", "True"]
 
 
 def test_f32_decode_is_a_read_only_view_of_the_frame():
