@@ -1,9 +1,10 @@
 """The BLE data-plane transport: a wearable GATT peripheral notifies fragments to an edge central.
 
 Holds ``BleTransport`` (the ``ble`` backend of the `Transport` facade), its counters, the fixed
-GATT layout, ``VirtualBleLink`` (bumble's in-process virtual radio for tests and single-process
-demos) and ``BumbleBleakClient`` (a bleak client backend that speaks through a bumble ``Device``,
-so the bleak central code path runs over bumble in CI exactly as it runs over BlueZ on a Jetson).
+GATT layout and ``VirtualBleLink`` (bumble's in-process virtual radio for tests and
+single-process demos). The central speaks through bleak: over BlueZ, or over bumble through
+``nodes.ble_bleak_bumble.BumbleBleakClient``. The settings and their checks live in
+``nodes.transport_settings`` (shared with the inventory check).
 
 Roles follow the link direction: the sending end (``receive=False``, the wearable) is the GATT
 peripheral, the receiving end (``receive=True``, the edge) is the central. GATT layout (128-bit
@@ -22,8 +23,8 @@ the ``VirtualBleLink``'s loop, which both ends of a virtual link must share); ``
 the caller until the frame's notifications are handed to the controller, and received frames
 are delivered on that loop thread.
 
-This module must not import ``testbed``; bumble, bleak and bless are imported lazily, inside
-the functions that need them, so a board without BLE never needs them. It never raises from
+This module must not import ``testbed``; bumble, bleak, bless and ``nodes.ble_bleak_bumble`` are
+imported lazily, inside the functions that need them, so a board without BLE never needs them. It never raises from
 ``send``: frames sent while the link is down are counted and refused.
 """
 from __future__ import annotations
@@ -36,7 +37,6 @@ import secrets
 import struct
 import threading
 import time
-import uuid as uuidlib
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -44,9 +44,8 @@ from typing import Any, TypeVar
 from nodes.ble_frag import MIN_PAYLOAD_SIZE, Reassembler, ReassemblyCounters, fragment
 from nodes.errors import TransportError
 from nodes.transport import Transport, TransportCounters
+from nodes.transport_settings import BLE_STACKS, check_settings
 
-# ``BumbleBleakClient`` is importable too, built on first access (see ``__getattr__``), and is
-# left out of ``__all__`` so a star import does not pull in bleak and bumble.
 __all__ = [
     "SERVICE_UUID", "DATA_UUID", "CONTROL_UUID", "STACKS", "BleCounters", "BleTransport",
     "VirtualBleLink",
@@ -60,11 +59,9 @@ DATA_UUID = "7a4e0002-3c1b-4f5e-9d2a-6b8c1e0f5a73"
 CONTROL_UUID = "7a4e0003-3c1b-4f5e-9d2a-6b8c1e0f5a73"
 HELLO = struct.Struct("<BH")
 HELLO_VERSION = 1
-STACKS = ("bumble", "bluez")
-ATT_DEFAULT_MTU = 23
+STACKS = BLE_STACKS
+DEFAULT_MTU = 247                 # the ATT MTU a bumble end asks for / accepts when none is set
 ADVERTISING_INTERVAL_MS = 100.0   # fast connectable advertising: a lost link comes back sooner
-_SETTINGS = ("receive", "stack", "address", "name", "adapter", "hci", "link", "mtu",
-             "connect_timeout_s", "reassembly_timeout_s", "reconnect_delay_s", "send_timeout_s")
 
 
 # ------------------------------------------------------------------------------ counters
@@ -182,159 +179,6 @@ class VirtualBleLink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ------------------------------------------------------------------------------ bleak over bumble
-
-
-def _bleak_uuid(bumble_uuid: Any) -> str:
-    """A bumble ``core.UUID`` as bleak's normalized lower-case 128-bit string."""
-    return str(uuidlib.UUID(bytes=bytes(reversed(bumble_uuid.uuid_128_bytes))))
-
-
-def _bleak_properties(props: int) -> list[str]:
-    names = ["broadcast", "read", "write-without-response", "write", "notify", "indicate",
-             "authenticated-signed-writes", "extended-properties"]
-    return [n for bit, n in enumerate(names) if props & (1 << bit)]
-
-
-def _bumble_bleak_client_class() -> type:
-    """Build ``BumbleBleakClient`` (a ``bleak.backends.client.BaseBleakClient``) on first use."""
-    from bleak.backends.characteristic import BleakGATTCharacteristic
-    from bleak.backends.client import BaseBleakClient
-    from bleak.backends.descriptor import BleakGATTDescriptor
-    from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
-    from bleak.exc import BleakError
-    from bumble.device import Peer
-
-    class _BumbleBleakClient(BaseBleakClient):
-        """A bleak client backend whose radio is a powered-on bumble ``Device``.
-
-        Pass ``backend=BumbleBleakClient, bumble_device=<Device>`` (and optionally
-        ``mtu=<ATT MTU to request>``) to ``bleak.BleakClient``. Supports connect, MTU exchange,
-        service discovery, read/write, notify and disconnect; pairing is not supported.
-        """
-
-        def __init__(self, address_or_ble_device: Any, *, bumble_device: Any, mtu: int = 247,
-                     **kwargs: Any) -> None:
-            kwargs.pop("services", None)
-            kwargs.pop("bluez", None)
-            kwargs.pop("winrt", None)
-            super().__init__(address_or_ble_device, **kwargs)
-            self._device = bumble_device
-            self._mtu = mtu
-            self._connection: Any = None
-            self._peer: Any = None
-            self._closing = False
-            self._subscriptions: dict[int, Callable[[bytes], None]] = {}
-
-        @property
-        def name(self) -> str:
-            return str(self.address)
-
-        @property
-        def mtu_size(self) -> int:
-            return self._connection.att_mtu if self._connection is not None else ATT_DEFAULT_MTU
-
-        @property
-        def is_connected(self) -> bool:
-            return self._connection is not None
-
-        async def connect(self, pair: bool, **kwargs: Any) -> None:
-            if pair:
-                raise BleakError("pairing is not supported by the bumble backend")
-            conn = await self._device.connect(self.address, timeout=self._timeout)
-            self._connection, self._closing = conn, False
-            conn.on(conn.EVENT_DISCONNECTION, self._on_disconnection)
-            self._peer = Peer(conn)
-            try:
-                if self._mtu > ATT_DEFAULT_MTU:
-                    await self._peer.request_mtu(self._mtu)
-                self.services = await self._discover()
-            except BaseException:
-                await self.disconnect()
-                raise
-
-        async def _discover(self) -> Any:
-            collection = BleakGATTServiceCollection()
-            for svc in await self._peer.discover_services():
-                service = BleakGATTService(svc, svc.handle, _bleak_uuid(svc.uuid))
-                collection.add_service(service)
-                for ch in await svc.discover_characteristics():
-                    char = BleakGATTCharacteristic(
-                        ch, ch.handle, _bleak_uuid(ch.uuid), _bleak_properties(int(ch.properties)),
-                        lambda: self.mtu_size - 3, service)
-                    collection.add_characteristic(char)   # also adds it to its service
-                    for d in await ch.discover_descriptors():
-                        desc = BleakGATTDescriptor(d, d.handle, _bleak_uuid(d.type), char)
-                        collection.add_descriptor(desc)   # also adds it to its characteristic
-            return collection
-
-        def _on_disconnection(self, _reason: int) -> None:
-            self._connection = self._peer = None
-            if not self._closing and self._disconnected_callback is not None:
-                self._disconnected_callback()
-
-        async def disconnect(self) -> None:
-            conn = self._connection
-            if conn is None:
-                return
-            self._closing = True
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            self._connection = self._peer = None
-
-        async def pair(self, *args: Any, **kwargs: Any) -> None:
-            raise BleakError("pairing is not supported by the bumble backend")
-
-        async def unpair(self) -> None:
-            raise BleakError("pairing is not supported by the bumble backend")
-
-        def _require(self) -> Any:
-            if self._peer is None:
-                raise BleakError("not connected")
-            return self._peer
-
-        async def read_gatt_char(self, characteristic: Any, **kwargs: Any) -> bytearray:
-            self._require()
-            return bytearray(await characteristic.obj.read_value())
-
-        async def read_gatt_descriptor(self, descriptor: Any, **kwargs: Any) -> bytearray:
-            self._require()
-            return bytearray(await descriptor.obj.read_value())
-
-        async def write_gatt_char(self, characteristic: Any, data: Any, response: bool) -> None:
-            await self._require().write_value(characteristic.obj, bytes(data), with_response=response)
-
-        async def write_gatt_descriptor(self, descriptor: Any, data: Any) -> None:
-            await self._require().write_value(descriptor.obj, bytes(data), with_response=True)
-
-        async def start_notify(self, characteristic: Any, callback: Callable[[bytearray], None],
-                               **kwargs: Any) -> None:
-            def on_value(value: bytes) -> None:
-                callback(bytearray(value))
-            self._subscriptions[characteristic.handle] = on_value
-            await self._require().subscribe(characteristic.obj, on_value, prefer_notify=True)
-
-        async def stop_notify(self, characteristic: Any) -> None:
-            on_value = self._subscriptions.pop(characteristic.handle, None)
-            await self._require().unsubscribe(characteristic.obj, on_value)
-
-    _BumbleBleakClient.__name__ = _BumbleBleakClient.__qualname__ = "BumbleBleakClient"
-    return _BumbleBleakClient
-
-
-_bleak_client_cls: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """``BumbleBleakClient`` is built lazily so importing this module needs neither bleak nor bumble."""
-    global _bleak_client_cls
-    if name == "BumbleBleakClient":
-        if _bleak_client_cls is None:
-            _bleak_client_cls = _bumble_bleak_client_class()
-        return _bleak_client_cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------ radios
@@ -575,7 +419,9 @@ class _Central:
         target = self.owner.address or self.owner.name
         timeout = self.owner.connect_timeout_s
         if self._radio is not None:
-            return BleakClient(target, on_lost, timeout=timeout, backend=__getattr__("BumbleBleakClient"),
+            from nodes.ble_bleak_bumble import BumbleBleakClient
+
+            return BleakClient(target, on_lost, timeout=timeout, backend=BumbleBleakClient,
                                bumble_device=self._radio.device, mtu=self.owner.mtu)
         return BleakClient(target, on_lost, timeout=timeout, bluez={"adapter": self.owner.adapter})
 
@@ -628,7 +474,8 @@ class BleTransport(Transport):
     ``link`` (a `VirtualBleLink`, bumble only, instead of ``hci``), ``mtu`` (ATT MTU the
     central requests / the peripheral accepts; bumble only, BlueZ negotiates its own),
     ``connect_timeout_s``, ``reassembly_timeout_s``, ``reconnect_delay_s``, ``send_timeout_s``.
-    Unknown settings raise `TransportError` naming them.
+    An unknown or invalid setting raises `nodes.transport_settings.SettingError` (a
+    `TransportError`) naming it.
     """
 
     type_name = "ble"
@@ -640,16 +487,18 @@ class BleTransport(Transport):
                  reconnect_delay_s: float = 0.5, send_timeout_s: float = 30.0,
                  **unknown: object) -> None:
         super().__init__()
-        if unknown:
-            raise TransportError(f"ble transport: unknown setting(s) {', '.join(sorted(unknown))}; "
-                                 f"expected some of {', '.join(_SETTINGS)}")
-        self.receive, self.stack, self.address, self.name = bool(receive), stack, address, name
-        self.adapter, self.hci, self.link = adapter, hci, link
-        self.connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
-        self.reassembly_timeout_s = _positive("reassembly_timeout_s", reassembly_timeout_s)
-        self.reconnect_delay_s = _positive("reconnect_delay_s", reconnect_delay_s, allow_zero=True)
-        self.send_timeout_s = _positive("send_timeout_s", send_timeout_s)
-        self.mtu = self._check_stack(mtu)
+        s = check_settings("ble", {
+            "receive": receive, "stack": stack, "address": address, "name": name, "adapter": adapter,
+            "hci": hci, "link": link, "mtu": mtu, "connect_timeout_s": connect_timeout_s,
+            "reassembly_timeout_s": reassembly_timeout_s, "reconnect_delay_s": reconnect_delay_s,
+            "send_timeout_s": send_timeout_s, **unknown})
+        self.receive, self.stack, self.address, self.name = s["receive"], s["stack"], s["address"], s["name"]
+        self.adapter, self.hci, self.link = s["adapter"], s["hci"], s["link"]
+        self.mtu: int = DEFAULT_MTU if s["mtu"] is None else s["mtu"]
+        self.connect_timeout_s: float = s["connect_timeout_s"]
+        self.reassembly_timeout_s: float = s["reassembly_timeout_s"]
+        self.reconnect_delay_s: float = s["reconnect_delay_s"]
+        self.send_timeout_s: float = s["send_timeout_s"]
         self.counters: BleCounters = BleCounters()
         self.fragment_filter: Callable[[int, int, bytes], bool] | None = None
         """Fault-injection hook on the sending end: called as ``(seq, index, fragment)`` before
@@ -665,30 +514,6 @@ class BleTransport(Transport):
         self._owns_loop = False
         self._tasks: list[asyncio.Task[None]] = []
         self._role: _Peripheral | _Central | None = None
-
-    def _check_stack(self, mtu: int | None) -> int:
-        if self.stack not in STACKS:
-            raise TransportError(f"ble transport: unknown stack {self.stack!r}; expected one of "
-                                 f"{', '.join(STACKS)}")
-        if self.stack == "bumble":
-            if (self.link is None) == (self.hci is None):
-                raise TransportError("ble transport with stack 'bumble' needs exactly one of "
-                                     "'hci' (a bumble transport spec) or 'link' (a VirtualBleLink)")
-            if not self.receive and not self.address:
-                raise TransportError("ble transport with stack 'bumble': the peripheral needs "
-                                     "'address' (its random static address, e.g. 'F0:00:00:00:00:01')")
-        else:
-            for key, value in (("hci", self.hci), ("link", self.link), ("mtu", mtu)):
-                if value is not None:
-                    raise TransportError(f"ble transport setting {key!r} applies to stack 'bumble' "
-                                         f"only (BlueZ negotiates the MTU itself)")
-        if self.receive and not (self.address or self.name):
-            raise TransportError("ble transport: the central needs the peripheral's 'address' or 'name'")
-        mtu = 247 if mtu is None else mtu
-        if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_PAYLOAD_SIZE + 3 <= mtu <= 517:
-            raise TransportError(f"ble transport setting 'mtu' must be an int in "
-                                 f"[{MIN_PAYLOAD_SIZE + 3}, 517], got {mtu!r}")
-        return mtu
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> BleTransport:
@@ -857,11 +682,3 @@ class BleTransport(Transport):
             self.counters.frames_aborted += 1
             self.counters.last_error = f"{type(exc).__name__}: {exc}"
             return False
-
-
-def _positive(key: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-            value == 0 and not allow_zero):
-        raise TransportError(f"ble transport setting {key!r} must be a "
-                             f"{'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    return float(value)

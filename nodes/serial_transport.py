@@ -16,8 +16,9 @@ one ``os.write`` of ``0x00 || COBS || 0x00`` built in one buffer, waiting in ``s
 when the tty is full. pyserial's own ``read``/``write`` add a select, a timeout object and a
 copy per call; they remain the path on platforms without a descriptor.
 
-This module must not decode frames, shape traffic (the link emulator does, before `send`),
-or import ``testbed``. A failed or timed-out write is a counted send failure, never an
+Its settings and their checks live in ``nodes.transport_settings`` (shared with the inventory
+check). This module must not decode frames, shape traffic (the link emulator does, before
+`send`), or import ``testbed``. A failed or timed-out write is a counted send failure, never an
 exception into the caller.
 
 Raspberry Pi UART setup (full detail and arithmetic in ``docs/serial.md``):
@@ -49,35 +50,14 @@ import serial
 from nodes.cobs import CobsStreamDecoder, encode_delimited
 from nodes.errors import TransportError
 from nodes.transport import Transport
+from nodes.transport_settings import SERIAL, check_settings
 
 __all__ = ["SerialTransport", "SETTINGS"]
 
-SETTINGS = ("port", "baud", "rtscts", "xonxoff", "max_frame", "write_timeout")
+SETTINGS = SERIAL.user_keys   # what a link's transport: mapping may set (checks: nodes.transport_settings)
 _READ_TIMEOUT_S = 0.05
 _JOIN_TIMEOUT_S = 5.0
 _READ_CHUNK = 1 << 16   # a tty hands over at most what it holds (4 KiB on Linux n_tty)
-
-
-def _check_settings(*, port: object, baud: object, max_frame: object, write_timeout: object,
-                    xonxoff: object, unknown: dict[str, object]) -> None:
-    """Raise TransportError naming the first setting that is not what it must be."""
-    if unknown:
-        names = ", ".join(map(repr, sorted(unknown)))
-        raise TransportError(f"serial transport: unknown setting(s) {names}; "
-                             f"expected only {', '.join(SETTINGS)}")
-    if not isinstance(port, str) or not port:
-        raise TransportError("serial transport: port must be a device path such as /dev/ttyAMA0, "
-                             f"got {port!r}")
-    for name, value in (("baud", baud), ("max_frame", max_frame)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise TransportError(f"serial transport: {name} must be a positive int, got {value!r}")
-    if isinstance(write_timeout, bool) or not isinstance(write_timeout, (int, float)) \
-            or not write_timeout > 0:
-        raise TransportError("serial transport: write_timeout must be seconds > 0, "
-                             f"got {write_timeout!r}")
-    if xonxoff:
-        raise TransportError("serial transport: xonxoff is not supported: software flow control "
-                             "swallows 0x11/0x13 bytes, which COBS frames contain; use rtscts")
 
 
 class SerialTransport(Transport):
@@ -89,11 +69,11 @@ class SerialTransport(Transport):
                  xonxoff: bool = False, max_frame: int = 1 << 20, write_timeout: float = 2.0,
                  **unknown: object) -> None:
         super().__init__()
-        _check_settings(port=port, baud=baud, max_frame=max_frame, write_timeout=write_timeout,
-                        xonxoff=xonxoff, unknown=unknown)
-        self.port, self.baud, self.receive = port, baud, receive
-        self.rtscts, self.max_frame = bool(rtscts), max_frame
-        self.write_timeout = float(write_timeout)
+        s = check_settings("serial", {"port": port, "baud": baud, "receive": receive, "rtscts": rtscts,
+                                      "xonxoff": xonxoff, "max_frame": max_frame,
+                                      "write_timeout": write_timeout, **unknown})
+        self.port, self.baud, self.receive = s["port"], s["baud"], s["receive"]
+        self.rtscts, self.max_frame, self.write_timeout = s["rtscts"], s["max_frame"], s["write_timeout"]
         self._decoder = CobsStreamDecoder(max_packet=max_frame)
         self._serial: serial.Serial | None = None
         self._write_lock = threading.Lock()

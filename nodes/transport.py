@@ -2,8 +2,9 @@
 
 Holds the ``Transport`` ABC (send a frame, deliver received frames to a callback, counters,
 context manager) and the MQTT backend (one topic per link, QoS 0 by default: a lost frame is
-a lost frame). Serial and BLE backends plug into the same registry. Transports move opaque
-frame bytes; encoding and link shaping happen elsewhere.
+a lost frame). Serial and BLE backends plug into the same registry. Each backend's settings and
+their checks live in ``nodes.transport_settings``. Transports move opaque frame bytes; encoding
+and link shaping happen elsewhere.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from nodes.errors import TransportError
 from nodes.mqtt import MqttClient
 from nodes.registry import Registry
+from nodes.transport_settings import check_settings
 
 FrameHandler = Callable[[bytes], None]
 
@@ -90,13 +92,13 @@ class MqttTransport(Transport):
     type_name = "mqtt"
 
     def __init__(self, *, host: str, port: int, topic: str, receive: bool, qos: int = 0,
-                 max_queued: int = 1000, client_id: str | None = None) -> None:
+                 max_queued: int = 1000, client_id: str | None = None, **unknown: object) -> None:
         super().__init__()
-        if qos not in (0, 1):
-            raise TransportError(f"mqtt transport qos must be 0 or 1, got {qos!r}")
-        self.topic, self.qos, self.receive = topic, qos, receive
-        cid = client_id or f"data-{os.getpid()}-{next(_ids)}"
-        self._client = MqttClient(host=host, port=port, client_id=cid, max_queued=max_queued,
+        s = check_settings("mqtt", {"host": host, "port": port, "topic": topic, "receive": receive, "qos": qos,
+                                    "max_queued": max_queued, "client_id": client_id, **unknown})
+        self.topic, self.qos, self.receive = s["topic"], s["qos"], s["receive"]
+        cid = s["client_id"] or f"data-{os.getpid()}-{next(_ids)}"
+        self._client = MqttClient(host=s["host"], port=s["port"], client_id=cid, max_queued=s["max_queued"],
                                   on_message=lambda _t, payload: self._deliver(payload))
 
     def open(self) -> MqttTransport:
