@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from nodes.runtime import configure_torch_threads  # noqa: E402
 from testbed.data import load_dataset  # noqa: E402
 from testbed.orchestrator import default_cache_dir  # noqa: E402
 from testbed.partition.layersplit import export_layer_bundle, measure_layers, plan_split  # noqa: E402
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="model cache dir (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     ap.add_argument("--out", type=Path, help="also write the result JSON here")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    configure_torch_threads(1)
     cache = _cache_dir(args.cache)
     dataset = "digits" if args.quick else "fashion-mnist"
     samples = args.samples or (10 if args.quick else 30)

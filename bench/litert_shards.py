@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nodes.runtime import open_runtime  # noqa: E402
+from nodes.runtime import configure_torch_threads, open_runtime  # noqa: E402
 from testbed.data import load_dataset  # noqa: E402
 from testbed.litert import export_tflite, litert_available  # noqa: E402
 from testbed.partition.students import Student  # noqa: E402
@@ -50,7 +50,8 @@ def _train(x: np.ndarray, y: np.ndarray, *, seconds: float, width: int, part_dim
 
 
 def _latency_us(path: Path, runtime: str, x: np.ndarray, *, reps: int) -> float:
-    with open_runtime(runtime, path, threads=1) as rt:
+    # 1 thread on both sides: LiteRT's is the interpreter's own, torch's the process's (set in main)
+    with open_runtime(runtime, path, **({"threads": 1} if runtime == "tflite" else {})) as rt:
         for i in range(20):
             rt.run(x[i % len(x)][None])
         times = []
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if (reason := litert_available(quantize="int8")) is not None:
         print(f"skipped: {reason}")
         return 0
-    torch.set_num_threads(1)
+    configure_torch_threads(1)
     data = load_dataset("digits" if args.quick else "fashion-mnist")
     student, head = _train(data.x_train, data.y_train, seconds=args.train_seconds, width=12, part_dim=16)
     x_test, y_test = data.x_test[:2000], data.y_test[:2000]

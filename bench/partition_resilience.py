@@ -27,8 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
+from nodes.runtime import configure_torch_threads  # noqa: E402
 from testbed.orchestrator import default_cache_dir  # noqa: E402
 from testbed.partition.pipeline import GraphSpec, PartitionConfig, StudentSpec, TeacherSpec, run_compare  # noqa: E402
 from testbed.partition.report import partition_table, plot, summarise, table  # noqa: E402
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default 2; use 1 when other jobs share the cores: OpenMP "
                          "threads that wait on each other make an oversubscribed step several times slower)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_torch_threads(args.threads)
 
     base = dict(QUICK) if args.quick else {}
     student = base.pop("student", StudentSpec())

@@ -4,12 +4,17 @@ Holds the ``Runtime`` ABC and its backends, chosen by name: ``torch`` (TorchScri
 Jetson edge) and ``tflite`` (LiteRT flatbuffers, the Pis). Each backend imports its framework
 lazily, so a board that runs LiteRT shards never needs torch and vice versa. Every backend
 takes float32 in and gives float32 out, whatever the shard's own tensor types.
+
+A runtime's constructor changes nothing outside the runtime: LiteRT's thread count is the
+interpreter's own (``threads``), while torch's thread pool belongs to the whole process, so a
+process that wants a size for it says so once, at start-up, with ``configure_torch_threads``.
 """
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
@@ -42,19 +47,39 @@ class Runtime(ABC):
 RUNTIMES: Registry[Runtime] = Registry("runtime", error=RuntimeLoadError)
 
 
+def _import_torch() -> ModuleType:
+    try:
+        import torch
+    except ImportError as exc:
+        raise RuntimeLoadError("runtime 'torch' needs PyTorch on this board: pip install torch") from exc
+    return torch
+
+
+def configure_torch_threads(n: int) -> None:
+    """Size torch's intra-op thread pool to ``n`` threads for this whole process.
+
+    A process calls it once, at start-up, from its entry point (an agent whose runtime is torch,
+    a bench that times torch); no runtime calls it. RuntimeLoadError without torch, ValueError
+    unless ``n`` is an int >= 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"torch threads must be an int >= 1, got {n!r}")
+    _import_torch().set_num_threads(n)
+
+
 @RUNTIMES.register("torch")
 class TorchRuntime(Runtime):
-    """TorchScript shard on CPU (the Jetson edge, or any simulated board)."""
+    """TorchScript shard on CPU (the Jetson edge, or any simulated board).
+
+    It runs on the process's torch thread pool, whose size is the process's choice
+    (``configure_torch_threads``), not the shard's: there is no per-runtime thread count.
+    """
 
     name = "torch"
 
-    def __init__(self, path: Path, *, threads: int = 1) -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise RuntimeLoadError("runtime 'torch' needs PyTorch on this board: pip install torch") from exc
+    def __init__(self, path: Path) -> None:
+        torch = _import_torch()
         self._torch = torch
-        torch.set_num_threads(threads)
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream; JetPack still needs it
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -172,5 +197,6 @@ class TFLiteRuntime(Runtime):
 
 
 def open_runtime(name: str, path: Path, **options: object) -> Runtime:
-    """Load ``path`` with the runtime called ``name``."""
+    """Load ``path`` with the runtime called ``name``; ``options`` are that backend's own
+    (``threads`` for tflite)."""
     return RUNTIMES.get(name)(Path(path), **options)

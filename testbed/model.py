@@ -63,12 +63,10 @@ class UnifiedStudents(nn.Module):
         return self.merge(torch.cat([s(x) for s in self.students], dim=1))
 
 
-def train_students(cfg: StudentsConfig, data: Dataset, *, progress: ProgressFn | None = None,
-                   threads: int | None = None) -> UnifiedStudents:
-    """Train students and merge jointly with cross-entropy (Adam, one-cycle LR)."""
+def train_students(cfg: StudentsConfig, data: Dataset, *, progress: ProgressFn | None = None) -> UnifiedStudents:
+    """Train students and merge jointly with cross-entropy (Adam, one-cycle LR), on the process's
+    torch threads (its entry point sizes them)."""
     torch.manual_seed(cfg.seed)
-    if threads:
-        torch.set_num_threads(threads)
     x = torch.from_numpy(data.x_train[: cfg.subset] if cfg.subset else data.x_train)
     y = torch.from_numpy(data.y_train[: cfg.subset] if cfg.subset else data.y_train)
     model = UnifiedStudents(cfg, mean=float(x.mean()), std=float(x.std()) or 1.0)

@@ -1,4 +1,5 @@
-"""Bundles: export, TorchScript shards that reproduce the trained model, hash verification."""
+"""Bundles: export, TorchScript shards that reproduce the trained model, hash verification; the
+torch runtime leaves the process's thread pool to the process."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nodes.runtime import open_runtime
+from nodes.runtime import configure_torch_threads, open_runtime
 from testbed.bundle import BundleError, export_bundle, load_manifest, shard_for
 from testbed.data import load_digits
 from testbed.model import StudentsConfig, evaluate, load_or_train
@@ -71,3 +72,38 @@ def test_unknown_runtime_lists_known_names(bundle: tuple) -> None:
     from nodes.errors import RuntimeLoadError
     with pytest.raises(RuntimeLoadError, match="expected one of tflite, torch"):
         open_runtime("onnx", out / "merge.ts")
+
+
+def test_a_torch_runtime_leaves_the_process_thread_count_alone(bundle: tuple) -> None:
+    out, _, _ = bundle
+    before = torch.get_num_threads()
+    mine = 3 if before != 3 else 2   # never 1, the count the runtime used to impose
+    try:
+        torch.set_num_threads(mine)
+        with open_runtime("torch", out / "merge.ts") as rt:
+            rt.run(np.zeros((1, 8), dtype=np.float32))
+        assert torch.get_num_threads() == mine
+        with pytest.raises(TypeError, match="threads"):   # no per-runtime count to pretend to honour
+            open_runtime("torch", out / "merge.ts", threads=2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_configure_torch_threads_sizes_the_process_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from nodes.errors import RuntimeLoadError
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            configure_torch_threads(n)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="torch threads must be an int >= 1"):
+            configure_torch_threads(bad)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "torch", None)   # a board without torch
+    with pytest.raises(RuntimeLoadError, match="needs PyTorch"):
+        configure_torch_threads(1)
+    assert torch.get_num_threads() == before
