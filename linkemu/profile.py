@@ -13,6 +13,7 @@ file). It must not import anything from `nodes` or `testbed`.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from linkemu.errors import (ProfileError, TraceError, boolean, check_keys, choic
                             number, require)
 from linkemu.framing import Framing
 from linkemu.loss import LossModel
-from linkemu.outage import OnOffProcess, Outage, OutageTrace, load_trace
+from linkemu.outage import OnOffProcess, Outage, OutageTrace, Timeline, load_trace
 
 __all__ = ["ProfileError", "TraceError", "Outage", "OnOffProcess", "OutageTrace", "LossModel",
            "LinkProfile", "PRESETS", "OUTAGE_MODES", "SPEC_KEYS", "resolve_profile",
@@ -141,6 +142,16 @@ class LinkProfile:
     def has_outages(self) -> bool:
         return bool(self.outages) or self.outage_process is not None \
             or self.outage_trace is not None
+
+    def timeline(self, *, seed: int) -> Timeline:
+        """The link's outage timeline (schedule, on/off process and trace; relative seconds).
+
+        The one way a timeline is made from a profile: the user-space shaper, the kernel
+        backend and the laptop's fault schedule all call it, so the same profile and seed
+        give the same windows everywhere. The process draws from its own stream,
+        ``"<seed>/outage"``."""
+        return Timeline(schedule=self.outages, process=self.outage_process, trace=self.outage_trace,
+                        rng=random.Random(f"{seed}/outage"))
 
     # -- derived profiles and serialisation
 

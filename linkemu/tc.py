@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linkemu.errors import LinkError
-from linkemu.outage import Timeline
 from linkemu.profile import LinkProfile
 
 __all__ = ["BACKENDS", "Plan", "Runner", "KernelLink", "plan", "netem_argv", "tbf_argv",
@@ -277,6 +276,9 @@ def plan(profile: LinkProfile, dev: str, *, backend: str, dport: int | None = No
     DEV's MTU, which sizes the bucket of that form)."""
     if backend not in BACKENDS:
         raise LinkError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if not math.isinf(profile.rate_bps) and round(profile.rate_bps) < 1:   # tc takes whole bit/s; "0bit" is refused only when applied
+        raise _refuse("rate_bps", backend, f"the kernel shapes whole bits per second; "
+                                           f"expected >= 1, got {profile.rate_bps:g}")
     if dport is not None:
         qdisc = classified_argv(dev, profile, backend=backend, dport=dport, mtu=mtu)
     else:
@@ -426,16 +428,19 @@ def choose_backend(caps: dict[str, Any], *, prefer: str | None = None) -> str:
 
 class KernelLink:
     """Apply a plan on enter; drive its outages (nft drop rule on at each down edge, off at
-    each up edge, following the profile's schedule, process and trace from enter); undo
-    everything in reverse order on exit."""
+    each up edge, following the profile's schedule, process and trace on the run clock that
+    starts at `t0`, default: enter); undo everything in reverse order on exit. With the same
+    profile seed and `t0` as the run's other readers, its edges are the run's windows."""
 
     def __init__(self, profile: LinkProfile, dev: str, *, backend: str, runner: Runner,
-                 clock: Any = None, dport: int | None = None, mtu: int = 1500) -> None:
+                 clock: Any = None, dport: int | None = None, mtu: int = 1500,
+                 t0: float | None = None) -> None:
         import time
         self.profile = profile
         self.plan = plan(profile, dev, backend=backend, dport=dport, mtu=mtu)
         self.runner = runner
         self._clock = clock or time.monotonic
+        self._t0 = t0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._applied: list[list[str]] = []
@@ -443,6 +448,8 @@ class KernelLink:
 
     def __enter__(self) -> KernelLink:
         try:
+            if self._t0 is None:
+                self._t0 = self._clock()
             for argv in self.plan.apply:
                 self.runner.run(argv)
                 self._applied.append(argv)
@@ -466,10 +473,10 @@ class KernelLink:
 
     def _drive(self) -> None:
         seed = self.profile.seed if self.profile.seed is not None else random.randrange(2**63)
-        line = Timeline(schedule=self.profile.outages, process=self.profile.outage_process,
-                        trace=self.profile.outage_trace, rng=random.Random(f"{seed}/outage"))
-        t0, rel = self._clock(), 0.0
-        down = line.is_down(0.0)
+        line = self.profile.timeline(seed=seed)
+        t0 = self._t0 if self._t0 is not None else self._clock()
+        rel = max(0.0, self._clock() - t0)   # the plan may take a while to apply: start where the run is
+        down = line.is_down(rel)
         if down:
             self._edge("down")
         while not self._stop.is_set():

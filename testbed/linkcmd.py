@@ -1,11 +1,11 @@
 """`testbed link apply|clear|show [--inventory FILE] [--link NAME] [--dry-run]`.
 
-Holds `link_command`, which shapes the wearable (sender) end of every MQTT link of the
-inventory with the kernel backend of `linkemu.tc`: inside the board's network namespace for
-`connect: netns` boards, over SSH for `connect: ssh` boards (dry run only in this step).
-On a dry run it prints the exact commands and touches nothing. Links on other transports
-(serial, BLE) and boards on `connect: local` are shaped in user space by the agent and are
-listed as such. It never calls exit(); errors are TestbedError (the CLI prints them).
+Holds `link_command`, which shapes the sending end of every link that `testbed.shaping`'s one
+rule (`shaper_for`, the same rule `testbed run` uses) gives the kernel: MQTT links from
+`connect: netns` boards inside their namespace, from `connect: ssh` boards over SSH (dry run
+only in this step). On a dry run it prints the exact commands and touches nothing. The other
+links are listed with the rule's reason. It never calls exit(); errors are TestbedError or a
+LinkError naming its link (the CLI prints either on one line, exit 2).
 
 Conventions (documented in docs/linkemu.md): a netns board's namespace is
 `tb-<bench>-<board>` and its data-plane interface inside it is `tb0`; an SSH board's is
@@ -19,17 +19,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from linkemu.errors import LinkError
 from linkemu.tc import BACKENDS, KernelLink, Plan, Runner, choose_backend, plan, probe
 from testbed.config import BoardSpec, LinkSpec, load_inventory
 from testbed.errors import TestbedError
 from testbed.fabric import NETNS_DEV, netns_name
+from testbed.shaping import SSH_DEV, ShaperChoice, kernel_runner, naming_link, shaper_choices
 
 __all__ = ["ACTIONS", "LinkCommandError", "link_command", "netns_name", "NETNS_DEV", "SSH_DEV"]
 
 ACTIONS = ("apply", "clear", "show")
-SSH_DEV = "eth0"
-KERNEL_CONNECTS = ("netns", "ssh")
 
 
 class LinkCommandError(TestbedError):
@@ -40,38 +38,37 @@ class LinkCommandError(TestbedError):
 
 @dataclass(frozen=True)
 class _Target:
-    link: LinkSpec
-    board: BoardSpec
-    dev: str
+    choice: ShaperChoice
     runner: Runner
 
+    @property
+    def link(self) -> LinkSpec:
+        return self.choice.link
 
-def _runner(bench: str, board: BoardSpec, *, dry_run: bool) -> tuple[Runner, str]:
-    if board.connect == "netns":
-        return Runner.netns(netns_name(bench, board.name), dry_run=dry_run), NETNS_DEV
-    return Runner.ssh(board.host or board.name, user=board.user, port=board.port or 22,
-                      options=("-o", "BatchMode=yes"), dry_run=dry_run), SSH_DEV
+    @property
+    def board(self) -> BoardSpec:
+        return self.choice.board
+
+    @property
+    def dev(self) -> str:
+        assert self.choice.dev is not None
+        return self.choice.dev
 
 
 def _targets(inventory_path: Path, link: str | None, *,
              dry_run: bool) -> tuple[list[_Target], list[str]]:
     inv = load_inventory(inventory_path)
-    links = [lk for lk in inv.links if link is None or lk.name == link]
-    if link is not None and not links:
+    if link is not None and link not in {lk.name for lk in inv.links}:
         raise LinkCommandError(f"no link named {link!r}; expected one of "
                                f"{', '.join(lk.name for lk in inv.links)}")
     targets, skipped = [], []
-    for lk in links:
-        board = inv.boards[lk.src]
-        if lk.transport.type != "mqtt":
-            skipped.append(f"{lk.name}: transport {lk.transport.type} is shaped in user space by "
-                           "the agent (shaper backend); nothing to apply")
-        elif board.connect not in KERNEL_CONNECTS:
-            skipped.append(f"{lk.name}: board {board.name} has connect: {board.connect}; its "
-                           "traffic is shaped in user space (kernel shaping needs netns or ssh)")
+    for name, choice in shaper_choices(inv).items():
+        if link is not None and name != link:
+            continue
+        if choice.kernel:
+            targets.append(_Target(choice, kernel_runner(choice, bench=inv.bench, dry_run=dry_run)))
         else:
-            runner, dev = _runner(inv.bench, board, dry_run=dry_run)
-            targets.append(_Target(lk, board, dev, runner))
+            skipped.append(f"{name}: {choice.reason}; nothing to apply")
     return targets, skipped
 
 
@@ -117,10 +114,7 @@ def _one(action: str, target: _Target, backend: str | None, *, dry_run: bool) ->
                                "over SSH, which `testbed link` only prints in this version; "
                                "run with --dry-run and apply the commands yourself")
     chosen = _backend(target, backend, dry_run=dry_run)
-    try:
-        p = plan(target.link.profile, target.dev, backend=chosen)
-    except LinkError as exc:
-        raise LinkCommandError(f"link {target.link.name}: {exc}") from None
+    p = plan(target.link.profile, target.dev, backend=chosen)
     commands = {"apply": p.apply, "clear": p.clear, "show": p.show}[action]
     if dry_run:
         _print_plan(target, p, commands)
@@ -144,10 +138,8 @@ def link_command(action: str, *, inventory_path: Path, dry_run: bool, link: str 
     for line in skipped:
         print(f"# {line}")
     for target in targets:
-        try:
+        with naming_link(target.link.name):   # a LinkError: one line naming the link, exit 2
             _one(action, target, backend, dry_run=dry_run)
-        except LinkError as exc:
-            raise LinkCommandError(f"link {target.link.name}: {exc}") from None
     if not targets:
         print("# no link is shaped by the kernel backend (MQTT links from netns or ssh boards)")
     return 0

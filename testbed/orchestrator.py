@@ -31,8 +31,8 @@ import numpy as np
 
 from linkemu.errors import LinkError
 from linkemu.netns import BOARD_MTU
-from linkemu.profile import PRESETS, LinkProfile, Outage
-from linkemu.tc import SHAPED_CLASS, KernelLink, choose_backend, plan, probe
+from linkemu.profile import PRESETS, LinkProfile
+from linkemu.tc import SHAPED_CLASS, KernelLink, plan
 from nodes.clocksync import reply as clock_reply
 from nodes.mqtt import MqttClient, topic
 from testbed.broker import EmbeddedBroker, ExternalBroker, free_port
@@ -42,7 +42,9 @@ from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
+from testbed.faults import FaultSchedule, RunClock
 from testbed.runstate import EventLog, RunState
+from testbed.shaping import KernelShaped, naming_link, plan_kernel_links
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -131,16 +133,6 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def effective_profiles(inventory: Inventory, experiment: Experiment) -> dict[str, LinkProfile]:
-    """Each link's profile with the experiment's outage faults added to its schedule."""
-    out = {}
-    for link in inventory.links:
-        extra = [Outage(start_s=f.at_s, duration_s=float(f.duration_s or 0.0))
-                 for f in experiment.faults if f.kind == "outage" and f.link == link.name]
-        out[link.name] = link.profile.with_outages(tuple(link.profile.outages) + tuple(extra))
-    return out
-
-
 RUNNABLE_CONNECTS = ("local", "netns")
 
 
@@ -156,53 +148,6 @@ def check_runnable(inventory: Inventory) -> None:
         raise RunError(f"{inventory.path}: broker.mode: 'external' is not supported by `testbed run` yet "
                        f"(only simulated local benches); expected embedded")
     check_netns(inventory)
-
-
-@dataclass(frozen=True)
-class KernelShaped:
-    """A link the kernel shapes: its sender's namespace, the backend, the effective profile."""
-
-    link: str
-    board: str
-    backend: str
-    profile: LinkProfile
-
-    @property
-    def shaper(self) -> str:
-        return f"kernel:{self.backend}"
-
-
-def plan_kernel_links(inventory: Inventory, profiles: dict[str, LinkProfile], *,
-                      caps: dict[str, Any] | None = None) -> dict[str, KernelShaped]:
-    """The MQTT links sent from ``connect: netns`` boards, each with the backend the kernel
-    offers (probed once) and its plan checked: a knob the backend cannot honour, or a kernel
-    without the classifier or nftables the plan needs, is a RunError naming the link's profile."""
-    links = [(i, lk) for i, lk in enumerate(inventory.links)
-             if lk.transport.type == "mqtt" and inventory.boards[lk.src].connect == "netns"]
-    if not links:
-        return {}
-    if caps is None:
-        try:
-            caps = probe()
-        except LinkError as exc:
-            raise RunError(f"kernel shaping of netns boards: {exc}") from None
-    out = {}
-    for i, lk in links:
-        where = f"{inventory.path}:{inventory._lines.get(f'links[{i}].profile', '?')}: links[{i}].profile"
-        try:
-            backend = choose_backend(caps)
-            p = plan(profiles[lk.name], NETNS_DEV, backend=backend, dport=1, mtu=BOARD_MTU)
-            if p.apply and not caps.get("u32"):
-                raise LinkError("shaping only the data plane needs tc's u32 classifier, which this kernel lacks "
-                                f"({caps.get('errors', {}).get('u32', 'probe said no')})")
-            if any(argv[0] == "nft" for argv in p.apply) and not caps.get("nft"):
-                raise LinkError("outages and iid loss need nftables, which is not usable here "
-                                f"({caps.get('errors', {}).get('nft', 'probe said no')})")
-        except LinkError as exc:
-            raise RunError(f"{where}: link {lk.name} (from netns board {lk.src}, shaped by the kernel): "
-                           f"{exc}") from None
-        out[lk.name] = KernelShaped(link=lk.name, board=lk.src, backend=backend, profile=profiles[lk.name])
-    return out
 
 
 @dataclass
@@ -242,7 +187,7 @@ class Orchestrator:
         self._msgs.put((topic_name, payload, time.monotonic()))
 
     def _write_run_json(self, run_id: str, broker: Any, seed: int, *, spaces: BoardNamespaces,
-                        kernel: dict[str, KernelShaped], data_port: int | None) -> None:
+                        kernel: dict[str, KernelShaped], data_port: int | None, schedule: FaultSchedule) -> None:
         from importlib import metadata
 
         def version(pkg: str) -> str | None:
@@ -267,6 +212,7 @@ class Orchestrator:
                "netns": spaces.as_dict() if spaces.spaces else None,
                "shaping": {lk.name: self._shaping_record(lk.name, kernel, data_port)
                            for lk in self.inventory.links},
+               "faults": schedule.as_dict(),
                "versions": {"python": platform.python_version(), "platform": platform.platform(),
                             **{p: version(p) for p in ("hbc-testbed", "torch", "numpy", "paho-mqtt", "rich")}}}
         (self.run_dir / "run.json").write_text(json.dumps(doc, indent=2))
@@ -289,7 +235,8 @@ class Orchestrator:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run_id = self.run_dir.name
         x, labels, _ = select_samples(self.prepared.dataset, exp.run.samples, seed=exp.seed)
-        profiles = effective_profiles(inv, exp)
+        schedule = FaultSchedule.build(inv, exp)
+        profiles = schedule.profiles
         kernel = plan_kernel_links(inv, profiles)
         shapers = {lk.name: kernel[lk.name].shaper if lk.name in kernel else "user" for lk in inv.links}
         data_port = free_port() if kernel else None
@@ -302,7 +249,8 @@ class Orchestrator:
             for note in spaces.notes:
                 self._event("fabric", note=note)
             broker = stack.enter_context(self._broker(spaces, data_port, kernel))
-            self._write_run_json(run_id, broker, exp.seed, spaces=spaces, kernel=kernel, data_port=data_port)
+            self._write_run_json(run_id, broker, exp.seed, spaces=spaces, kernel=kernel, data_port=data_port,
+                                 schedule=schedule)
             self._event("run_start", run=run_id, run_dir=str(self.run_dir), samples=exp.run.samples,
                         rate_hz=exp.run.rate_hz, dataset=self.prepared.dataset.name,
                         broker={"kind": broker.kind, "port": broker.port, "fallback_reason": broker.fallback_reason},
@@ -332,13 +280,15 @@ class Orchestrator:
                 user_profiles = {**profiles, **{name: PRESETS["ideal"] for name in kernel}}
                 self._start_agents(stack, broker, user_profiles, x, fabric, spaces=spaces, shapers=shapers)
                 self._wait_ready()
-                for name, k in kernel.items():  # from the first sample on, like the agents' shapers
-                    shaped[name] = stack.enter_context(KernelLink(
-                        k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board), dport=data_port,
-                        mtu=BOARD_MTU))
+                clock = RunClock.start()   # time zero of the schedule, for the kernel, the agents and us
+                for name, k in kernel.items():
+                    with naming_link(name):
+                        shaped[name] = stack.enter_context(KernelLink(
+                            k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board),
+                            dport=data_port, mtu=BOARD_MTU, t0=clock.t0))
                     self._event("fabric", note=f"{name}: shaped by the kernel ({k.shaper}) on {NETNS_DEV} of "
                                               f"{spaces.spaces[k.board].ns}, TCP to port {data_port} only")
-                self._sample_loop(ctl, labels)
+                self._sample_loop(ctl, labels, clock=clock, schedule=schedule)
                 self._stop_agents(ctl)
             finally:
                 if shaped:
@@ -460,35 +410,26 @@ class Orchestrator:
                 raise RunError(f"boards not ready after {self.ready_timeout_s:.0f} s: {', '.join(waiting)}")
             self._drain(0.1)
 
-    def _sample_loop(self, ctl: MqttClient, labels: np.ndarray) -> None:
+    def _sample_loop(self, ctl: MqttClient, labels: np.ndarray, *, clock: RunClock,
+                     schedule: FaultSchedule) -> None:
         exp, inv = self.experiment, self.inventory
         run_id = self.run_dir.name
         boards = list(inv.boards.values())
         order = [inv.edge.name] + [b.name for b in boards if b.role == "wearable"]
+        start = json.dumps({"cmd": "start", "run": run_id, "t0_ns": clock.t0_ns})
         for name in order:
-            ctl.publish(topic(inv.bench, "ctl", name), json.dumps({"cmd": "start", "run": run_id}), qos=1)
-        t_start = time.monotonic()
-        self._event("sampling_start")
+            ctl.publish(topic(inv.bench, "ctl", name), start, qos=1)
+        t_start = clock.t0
+        self._event("sampling_start", t0_ns=clock.t0_ns)
         period = 1.0 / exp.run.rate_hz
         timeout = exp.run.timeout_ms / 1000.0
         n = exp.run.samples
-        outage_windows = [(f.at_s, f.at_s + float(f.duration_s or 0.0), f.link) for f in exp.faults
-                          if f.kind == "outage"]
-        outage_windows += [(o.start_s, o.start_s + o.duration_s, lk.name) for lk in inv.links
-                           for o in lk.profile.outages]
-        # fault timeline: (time offset, event fields, action)
-        timeline: list[tuple[float, dict[str, Any]]] = []
-        for s, e, link in outage_windows:
-            timeline += [(s, {"kind": "outage", "link": link, "phase": "start"}),
-                         (e, {"kind": "outage", "link": link, "phase": "end"})]
-        timeline += [(f.at_s, {"kind": "kill", "board": f.board, "phase": "start"})
-                     for f in exp.faults if f.kind == "kill"]
-        timeline.sort(key=lambda item: item[0])
+        timeline = schedule.events()
         pending: dict[int, _Pending] = {}
         names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}  # student shard -> board
 
-        def during_outage(offset: float) -> bool:
-            return any(s <= offset < e for s, e, _ in outage_windows)
+        def during_outage(trigger_at: float) -> bool:
+            return schedule.during_outage(clock.offset(trigger_at))
 
         def on_result(msg: dict[str, Any], at: float) -> None:
             sid = int(msg.get("sample", -1))
@@ -504,36 +445,36 @@ class Orchestrator:
                         missing=[names.get(int(s), str(s)) for s in msg.get("missing", [])],
                         latency_ms=round((at - p.trigger_at) * 1000.0, 3), merge_ms=msg.get("merge_ms"),
                         transit_ms=transit_ms, transit_uncertainty_ms=transit_unc,
-                        during_outage=during_outage(p.trigger_at - t_start))
+                        during_outage=during_outage(p.trigger_at))
 
         next_sample = 0
         while next_sample < n or pending:
             now = time.monotonic()
-            while timeline and t_start + timeline[0][0] <= now:
-                _, fault = timeline.pop(0)
-                if fault["kind"] == "kill" and fault["board"] in self._agents:
-                    self._agents[fault["board"]].kill()
-                self._event("fault", **fault)
+            while timeline and clock.at(timeline[0].at_s) <= now:
+                fault = timeline.pop(0)
+                if fault.kind == "kill" and fault.board in self._agents:
+                    self._agents[fault.board].kill()
+                self._event("fault", **fault.fields())
             if next_sample < n and now >= t_start + next_sample * period:
                 sid = next_sample
                 pending[sid] = _Pending(trigger_at=time.monotonic(), label=int(labels[sid]))
                 payload = json.dumps({"cmd": "trigger", "sample": sid})
                 for name in order:
                     ctl.publish(topic(inv.bench, "ctl", name), payload, qos=1)
-                self._event("trigger", sample=sid)
+                self._event("trigger", sample=sid, at_s=round(clock.offset(pending[sid].trigger_at), 6))
                 next_sample += 1
             for sid in [s for s, p in pending.items() if now - p.trigger_at > timeout]:
                 p = pending.pop(sid)
                 self._event("result", sample=sid, status="timed_out", label=p.label, pred=None, correct=False,
                             arrived=[], missing=[], latency_ms=None,
-                            during_outage=during_outage(p.trigger_at - t_start))
+                            during_outage=during_outage(p.trigger_at))
             wake = [t_start + next_sample * period] if next_sample < n else []
             wake += [p.trigger_at + timeout for p in pending.values()][:1]
-            wake += [t_start + timeline[0][0]] if timeline else []
+            wake += [clock.at(timeline[0].at_s)] if timeline else []
             self._drain(max(0.0, min(wake, default=now + 0.05) - time.monotonic()), on_result)
         # faults scheduled after the last sample still get their event, for an honest log
-        for _, fault in timeline:
-            self._event("fault", **fault, note="after the last sample")
+        for fault in timeline:
+            self._event("fault", **fault.fields(), note="after the last sample")
 
     def _transit(self, transit: dict[str, Any], names: dict[int, str]) -> tuple[dict[str, float], dict[str, float]]:
         """One-way wearable -> edge times of a sample's frames, each clock mapped onto ours.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from linkemu.errors import LinkError
 from testbed.linkcmd import LinkCommandError, link_command
 
 INVENTORY = """\
@@ -52,6 +53,6 @@ def test_refusals(inventory):
         link_command("show", inventory_path=inventory, dry_run=True, link="nope")
     with pytest.raises(LinkCommandError, match="unknown action"):
         link_command("reset", inventory_path=inventory, dry_run=True, link=None)
-    with pytest.raises(LinkCommandError, match="delay_ms: the tbf backend cannot honour"):
+    with pytest.raises(LinkError, match="link wrist-edge: .*delay_ms: the tbf backend cannot honour"):
         link_command("apply", inventory_path=inventory, dry_run=True, link="wrist-edge",
                      backend="tbf")

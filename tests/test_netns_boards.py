@@ -23,7 +23,8 @@ from testbed.broker import mosquitto_config
 from testbed.config import load_inventory
 from testbed.errors import RunError
 from testbed.fabric import host_dev_name, netns_name
-from testbed.orchestrator import check_runnable, plan_kernel_links
+from testbed.orchestrator import check_runnable
+from testbed.shaping import plan_kernel_links
 
 
 def _netns_ok() -> tuple[bool, str]:
