@@ -292,7 +292,7 @@ def test_serial_without_port(tmp_path: Path) -> None:
         "  - from: chest\n    to: edge\n    transport:\n      type: serial\n      baud: 115200\n")
     expect_error(load_inventory, write(tmp_path, text), line=line_of(text, "transport:"),
                  key="links[1].transport.port",
-                 phrase="required key missing; expected a serial device path")
+                 phrase="required key missing; expected a device path such as /dev/ttyAMA0")
 
 
 def test_serial_bad_baud(tmp_path: Path) -> None:
@@ -301,7 +301,7 @@ def test_serial_bad_baud(tmp_path: Path) -> None:
         "  - from: chest\n    to: edge\n    transport:\n      type: serial\n"
         "      port: /dev/ttyUSB0\n      baud: -3\n")
     expect_error(load_inventory, write(tmp_path, text), line=line_of(text, "baud"),
-                 key="links[1].transport.baud", phrase="expected an integer >= 1; got -3")
+                 key="links[1].transport.baud", phrase="expected a positive int; got -3")
 
 
 def test_bad_profile_preset(tmp_path: Path) -> None:
