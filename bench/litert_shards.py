@@ -31,7 +31,7 @@ from torch import nn  # noqa: E402
 from nodes.runtime import configure_torch_threads, open_runtime  # noqa: E402
 from testbed.data import load_dataset  # noqa: E402
 from testbed.litert import export_tflite, litert_available  # noqa: E402
-from testbed.partition.students import Student  # noqa: E402
+from testbed.zoo import Student  # noqa: E402
 
 
 def _train(x: np.ndarray, y: np.ndarray, *, seconds: float, width: int, part_dim: int) -> tuple[Student, nn.Linear]:

@@ -2,10 +2,11 @@
 
 Holds ``StudentsConfig``, ``UnifiedStudents`` (S students + the merge layer, trained jointly),
 joint training with cross-entropy (testbed/training.py's loop), evaluation, and the weight
-cache keyed by a hash of the configuration. The student CNN and the merge layer are the
-partition students' own (testbed/partition/students.py: ``Student``, ``MergeFC``): each
+cache keyed by a hash of the configuration. The student CNN and the merge layer are
+testbed/zoo.py's ``Student`` and ``MergeFC`` (the partition students use the same two): each
 student sees the whole input and emits a short vector; the merge shard concatenates the S
-vectors (zeros for a missing part) and applies one fully connected layer. torch is imported
+vectors (zeros for a missing part) and applies one fully connected layer. It must not import
+testbed/partition (which builds on the modules below it, bundle.py among them). torch is imported
 here at module level: only laptop-side code (training, partitioning) imports this module,
 never a board.
 """
@@ -23,8 +24,8 @@ from torch.nn import functional as F
 
 from testbed import weightcache
 from testbed.data import Dataset
-from testbed.partition.students import MergeFC, Student
 from testbed.training import ProgressFn, accuracy, fit
+from testbed.zoo import MergeFC, Student
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class StudentsConfig:
     seed: int
 
     def key(self) -> str:
-        # v2: the student is testbed.partition.students.Student (state dict "body.*", was "features.*")
+        # v2: the student is testbed.zoo.Student (state dict "body.*", was "features.*")
         blob = json.dumps({**asdict(self), "torch": torch.__version__.split("+")[0], "v": 2}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -5,6 +5,12 @@ Holds the classic 224x224 ImageNet architectures used by the split-inference pac
 reference definitions) and ``cut_points``: the named places where a model can be split across
 devices (every module of a sequential trunk, every residual block). Weights are random unless a
 caller loads some; nothing is downloaded.
+
+It also holds the two small networks every students bundle is made of: ``Student``, a
+wearable's CNN (its ``feature_map`` is the last conv layer's output, for attention transfer),
+and ``MergeFC``, the edge's merge layer. The spine's jointly trained model (testbed/model.py)
+and the partition methods' distilled students (testbed/partition/students.py) both build on
+them, so this module sits below both: it imports torch and nothing of ours.
 """
 from __future__ import annotations
 
@@ -127,6 +133,46 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class Student(nn.Module):
+    """Three conv blocks (two 2x2 max-pools), global average, FC, ReLU: N x C x H x W -> N x part_dim."""
+
+    def __init__(self, *, in_channels: int, width: int, part_dim: int, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Linear(4 * width, part_dim), nn.ReLU())
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv layer's output after BN + ReLU (attention-transfer source)."""
+        return self.body((x - self.mean) / self.std)
+
+    def vector_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.feature_map(x)
+        return self.head(fmap.mean(dim=(2, 3))), fmap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.feature_map(x).mean(dim=(2, 3)))
+
+
+class MergeFC(nn.Module):
+    """The edge shard: N x (slots * part_dim) merged vector -> N x classes logits."""
+
+    def __init__(self, *, inputs: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(inputs, num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)
+
 
 
 ZOO: dict[str, Callable[[], nn.Module]] = {

@@ -223,7 +223,7 @@ def _reload(manifest: dict, cache: Path) -> PartitionedStudents:
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
 def test_teacher_and_student_take_28_and_32_pixel_inputs(shape: tuple[int, int, int]) -> None:
-    from testbed.partition.students import Student
+    from testbed.zoo import Student
     from testbed.partition.teacher import Teacher, TeacherConfig
     teacher = Teacher(TeacherConfig(dataset="x", input_shape=shape, num_classes=100), mean=0.0, std=1.0).eval()
     student = Student(in_channels=shape[0], width=6, part_dim=5, mean=0.0, std=1.0).eval()

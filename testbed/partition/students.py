@@ -1,15 +1,13 @@
 """Students that each learn one part of a teacher's final-layer filters, and their training.
 
 Holds:
-- ``Student``: a small CNN that sees the whole input and emits a vector of ``part_dim`` values
-  (>= 0), the only thing its wearable sends; ``Student.feature_map`` is its last conv layer's
-  output, used for attention transfer. It is also the spine's student (testbed/model.py), and
-  ``MergeFC`` the spine's merge shard;
 - ``merge_vectors``: the edge's merge arithmetic in torch, the same as nodes.merge.Merger:
   ``concat`` puts student i in slot i and zero-fills a missing student's slot; ``average`` puts
   student i in slot ``student_part[i]``, averages the students of a slot that arrived and
   zero-fills a slot none of whose students arrived; slots are concatenated in order;
-- ``PartitionedStudents``: S students + the merge FC (one linear layer over the merged vector);
+- ``PartitionedStudents``: S students (each ``Student`` sees the whole input and emits a vector
+  of ``part_dim`` values, the only thing its wearable sends) + the merge FC (``MergeFC``, one
+  linear layer over the merged vector);
 - ``train_students``: joint knowledge distillation from precomputed teacher targets, through
   testbed/training.py's minibatch loop (Adam, one-cycle schedule):
 
@@ -24,7 +22,8 @@ Holds:
   each student's vector with probability p per training sample (merged exactly as a failure
   would be), which teaches the merge FC to work from survivors. Default 0 (off).
 
-It must not build graphs, partition filters, export shards or touch the teacher's weights:
+The two networks, ``Student`` and ``MergeFC``, are testbed/zoo.py's, shared with the spine's
+model (testbed/model.py). It must not build graphs, partition filters, export shards or touch the teacher's weights:
 the teacher's logits and part attention maps come in as arrays (pipeline.py computes them).
 """
 from __future__ import annotations
@@ -40,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from testbed.training import ProgressFn, fit
+from testbed.zoo import MergeFC, Student
 
 MERGE_RULES = ("concat", "average")
 
@@ -94,45 +94,6 @@ class StudentsConfig:
         blob = json.dumps({**asdict(self), "extra": extra or {}, "torch": torch.__version__.split("+")[0],
                            "v": 1}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class Student(nn.Module):
-    """Three conv blocks (two 2x2 max-pools), global average, FC, ReLU: N x C x H x W -> N x part_dim."""
-
-    def __init__(self, *, in_channels: int, width: int, part_dim: int, mean: float, std: float) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.Linear(4 * width, part_dim), nn.ReLU())
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last conv layer's output after BN + ReLU (attention-transfer source)."""
-        return self.body((x - self.mean) / self.std)
-
-    def vector_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.feature_map(x)
-        return self.head(fmap.mean(dim=(2, 3))), fmap
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.feature_map(x).mean(dim=(2, 3)))
-
-
-class MergeFC(nn.Module):
-    """The edge shard: N x (slots * part_dim) merged vector -> N x classes logits."""
-
-    def __init__(self, *, inputs: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(inputs, num_classes)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc(z)
 
 
 def merge_vectors(v: torch.Tensor, present: torch.Tensor | None, *, rule: str,
