@@ -1,6 +1,7 @@
 """Tests of testbed.config: the shipped YAML files load, bad files fail with file/line/key."""
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -443,3 +444,53 @@ def test_inventory_tables_render() -> None:
     for text in ("wrist", "jetson-orin-nano", "pi@wrist.local", "tflite", "ina219",
                  "wrist→edge", "serial /dev/ttyAMA0 @2000000", "hbc-328k", "1312.5", "15"):
         assert text in out, text
+
+
+def test_an_override_obeys_the_files_rules_and_names_its_source() -> None:
+    exp = load_experiment(DEMO_EXPERIMENT)
+    with pytest.raises(ConfigError) as info:
+        with_overrides(exp, rate_hz=-1, samples=5, sources={"run.rate_hz": "--rate", "run.samples": "--samples"})
+    assert (info.value.file, info.value.line, info.value.key) == ("--rate", None, "run.rate_hz")
+    assert str(info.value) == "--rate: run.rate_hz: expected a number > 0; got -1"
+    with pytest.raises(ConfigError) as info:   # a source not named: <override>
+        with_overrides(exp, faults=[FaultSpec(kind="outage", at_s=1, link="ankle-edge", duration_s=0)])
+    assert (info.value.file, info.value.key) == ("<override>", "faults[0].duration_s")
+    assert "expected a number > 0; got 0" in info.value.detail
+    with pytest.raises(ConfigError) as info:
+        with_overrides(exp, faults=[{"kind": "kill", "board": "wrist", "at_s": 1, "link": "x"}],
+                       sources={"faults": "--faults"})
+    assert (info.value.file, info.value.key) == ("--faults", "faults[0].link")
+    assert "unknown key; expected one of kind, board, at_s" in info.value.detail
+    with pytest.raises(ConfigError) as info:
+        with_overrides(exp, train={"epoch": 3}, sources={"train.epochs": "--epochs"})
+    assert (info.value.file, info.value.key) == ("<override>", "train.epoch")
+    assert "did you mean 'epochs'?" in info.value.detail
+
+
+def test_overrides_keep_what_they_do_not_touch() -> None:
+    exp = load_experiment(DEMO_EXPERIMENT)
+    new = with_overrides(exp, train={"subset": 100}, dataset="digits")
+    assert new.train == dataclasses.replace(exp.train, subset=100)
+    assert with_overrides(new, train={"subset": None}).train == exp.train
+    assert new.run == exp.run and new.faults == exp.faults and new.dataset == DatasetSpec("digits", None)
+    assert with_overrides(new, dataset="fashion-mnist").dataset == exp.dataset
+    assert with_overrides(exp, output="~/r").run.output == Path("~/r").expanduser()
+    kill = FaultSpec(kind="kill", at_s=3, board="chest")
+    assert with_overrides(exp, faults=[kill]).faults == (kill,)
+
+
+def test_a_train_override_on_a_partition_experiment_is_refused() -> None:
+    exp = load_experiment(ROOT / "examples" / "partition" / "resilient.yaml")
+    with pytest.raises(ConfigError) as info:
+        with_overrides(exp, train={"epochs": 1}, sources={"train.epochs": "--epochs"})
+    assert (info.value.file, info.value.key) == ("--epochs", "train.epochs")
+    assert "expected no train override" in info.value.detail
+
+
+def test_a_bad_override_on_the_command_line_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.cli import main
+
+    code = main(["run", str(DEMO_EXPERIMENT), "--inventory", str(DEMO_INVENTORY), "--samples", "0", "--headless"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "run.samples: expected an integer >= 1; got 0" in err

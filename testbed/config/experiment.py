@@ -480,8 +480,9 @@ def with_overrides(experiment: Experiment, *, samples: int | None = None,
         new["dataset"] = _dataset(r, {"name": dataset} if isinstance(dataset, str) else _as_section(dataset))
     if train is not None:
         if experiment.train is None:
-            raise r.error("train", "expected no train override: this experiment has a partition section "
-                                   "(set partition.student / partition.teacher instead)")
+            key = f"train.{next(iter(train))}" if train else "train"   # the first value given names the source
+            raise r.error(key, "expected no train override: this experiment has a partition section "
+                               "(set partition.student / partition.teacher instead)")
         new["train"] = _train(r, {**_as_section(experiment.train), **train})
     return dataclasses.replace(experiment, **new)
 

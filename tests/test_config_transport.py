@@ -1,0 +1,173 @@
+"""A link's transport settings: checked at ``testbed inventory check`` by the rule the board applies.
+
+The inventory reader and the transport constructors share ``nodes.transport_settings``, so a
+key typo or a bad value fails on the laptop with file, line and key, and the same settings fail
+the same way (same key) when a board constructs the transport.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import DEMO_INVENTORY
+from nodes.transport_settings import SettingError
+from testbed.cli import main
+from testbed.config import load_inventory
+from testbed.errors import ConfigError
+
+# the demo inventory's links: wrist-edge serial (links[0]), chest-edge ble (links[1]), ankle-edge mqtt (links[2])
+DEMO_LINKS = {"serial": ("    transport: {type: serial, port: pty, baud: 3000000}\n", 0),
+              "ble": ("    transport: {type: ble, hci: virtual}\n", 1),
+              "mqtt": ("    transport: {type: mqtt}\n", 2)}
+
+
+def with_transport(tmp_path: Path, kind: str, lines: str) -> tuple[Path, int]:
+    """The demo inventory with the ``kind`` link's transport replaced by block ``lines``."""
+    old, index = DEMO_LINKS[kind]
+    text = DEMO_INVENTORY.read_text()
+    assert old in text
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text.replace(old, "    transport:\n" + lines, 1))
+    return path, index
+
+
+def line_of(path: Path, needle: str) -> int:
+    return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if needle in ln)
+
+
+def check_cli(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run ``testbed inventory check FILE`` through the real CLI entry point."""
+    code = main(["inventory", "check", str(path)])
+    return code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ through the CLI
+
+
+def test_a_ble_key_typo_fails_inventory_check_with_file_line_and_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, i = with_transport(tmp_path, "ble", "      type: ble\n      hci: virtual\n      conect_timeout_s: 5\n")
+    code, err = check_cli(path, capsys)
+    assert code == 2
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"testbed: error: {path}:{line_of(path, 'conect_timeout_s')}: "
+                          f"links[{i}].transport.conect_timeout_s: unknown ble setting; expected one of ")
+    assert "(did you mean 'connect_timeout_s'?)" in err
+
+
+def test_an_unknown_mqtt_key_fails_inventory_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, i = with_transport(tmp_path, "mqtt", "      type: mqtt\n      qso: 1\n")
+    code, err = check_cli(path, capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"{path}:{line_of(path, 'qso')}: links[{i}].transport.qso: unknown mqtt setting" in err
+    assert "(did you mean 'qos'?)" in err
+
+
+def test_an_mqtt_value_of_the_wrong_type_fails_inventory_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, i = with_transport(tmp_path, "mqtt", "      type: mqtt\n      max_queued: lots\n")
+    code, err = check_cli(path, capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert (f"{path}:{line_of(path, 'max_queued')}: links[{i}].transport.max_queued: "
+            "expected an int >= 0 (0: no limit); got 'lots'") in err
+
+
+def test_valid_transport_settings_pass_inventory_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = with_transport(tmp_path, "ble", "      type: ble\n      hci: virtual\n      mtu: 185\n"
+                                              "      connect_timeout_s: 5\n      reconnect_delay_s: 0\n")
+    assert main(["inventory", "check", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ what the reader keeps
+
+
+def test_the_settings_a_file_sets_are_kept_checked_and_nothing_else(tmp_path: Path) -> None:
+    path, _ = with_transport(tmp_path, "ble", "      type: ble\n      hci: virtual\n      connect_timeout_s: 5\n"
+                                              "      address: null\n")
+    settings = dict(load_inventory(path).link("chest-edge").transport.settings)
+    assert settings == {"hci": "virtual", "connect_timeout_s": 5.0}   # null means "not set"
+
+
+# ------------------------------------------------------------------------------ every kind of mistake
+
+@pytest.mark.parametrize(("kind", "lines", "key", "phrase"), [
+    ("ble", "      type: ble\n      hci: virtual\n      mtu: 600\n", "mtu", "expected an int in [12, 517]; got 600"),
+    ("ble", "      type: ble\n      hci: virtual\n      reconnect_delay_s: -1\n", "reconnect_delay_s",
+     "expected a number of seconds >= 0; got -1"),
+    ("ble", "      type: ble\n      hci: virtual\n      address: AA:BB:CC\n", "address",
+     "expected a BLE address of six hex pairs"),
+    ("ble", "      type: ble\n      stack: zephyr\n", "stack", "expected one of bumble, bluez; got 'zephyr'"),
+    ("ble", "      type: ble\n      stack: bluez\n      mtu: 185\n", "mtu",
+     "applies to stack 'bumble' only (BlueZ negotiates the MTU itself)"),
+    ("ble", "      type: ble\n      hci: virtual\n      link: x\n", "link", "set by the harness"),
+    ("mqtt", "      type: mqtt\n      qos: 2\n", "qos", "expected 0 or 1; got 2"),
+    ("mqtt", "      type: mqtt\n      topic: tb/+/data\n", "topic", "without wildcards"),
+    ("mqtt", "      type: mqtt\n      host: 10.0.0.1\n", "host", "set by the harness (the run's broker"),
+    ("mqtt", "      type: mqtt\n      receive: true\n", "receive", "set by the harness (the agent sets it"),
+    ("serial", "      type: serial\n      port: pty\n      baud: 9600\n      xonxoff: true\n", "xonxoff",
+     "expected false (not supported: software flow control"),
+    ("serial", "      type: serial\n      port: pty\n      baud: 9600\n      rtscts: yes please\n", "rtscts",
+     "expected true or false; got 'yes please'"),
+])
+def test_a_bad_setting_names_file_line_key(tmp_path: Path, kind: str, lines: str, key: str, phrase: str) -> None:
+    path, i = with_transport(tmp_path, kind, lines)
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    err = info.value
+    assert (err.file, err.line, err.key) == (str(path), line_of(path, f" {key}:"), f"links[{i}].transport.{key}")
+    assert phrase in err.detail, str(err)
+
+
+def test_a_missing_required_setting_points_at_the_transport(tmp_path: Path) -> None:
+    path, i = with_transport(tmp_path, "serial", "      type: serial\n      port: /dev/ttyAMA0\n")
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    transport_lines = [n for n, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip().startswith("transport")]
+    assert (info.value.key, info.value.line) == (f"links[{i}].transport.baud", transport_lines[i])
+    assert "required key missing; expected a positive int" in info.value.detail
+
+
+# ------------------------------------------------------------------------------ one rule, both sides
+
+
+def _board_error(kind: str, settings: dict[str, Any]) -> SettingError:
+    """What the board's constructor says about ``settings`` (constructing opens nothing)."""
+    if kind == "ble":
+        from nodes.ble_transport import BleTransport
+        make: Any = lambda: BleTransport(receive=False, **{"hci": "usb:0", "address": "F0:00:00:00:00:01",
+                                                           **settings})
+    elif kind == "serial":
+        from nodes.serial_transport import SerialTransport
+        make = lambda: SerialTransport(receive=False, **{"port": "/dev/ttyAMA0", "baud": 9600, **settings})
+    else:
+        from nodes.transport import MqttTransport
+        make = lambda: MqttTransport(receive=False, **{"host": "127.0.0.1", "port": 1883, "topic": "t", **settings})
+    with pytest.raises(SettingError) as info:
+        make()
+    return info.value
+
+
+@pytest.mark.parametrize(("kind", "key", "value", "yaml_value"), [
+    ("ble", "connect_timeout_s", 0, "0"),
+    ("ble", "mtu", 8, "8"),
+    ("ble", "name", "", "''"),
+    ("mqtt", "qos", 2, "2"),
+    ("mqtt", "max_queued", -1, "-1"),
+    ("serial", "baud", 0, "0"),
+    ("serial", "write_timeout", "soon", "soon"),
+])
+def test_the_board_and_the_inventory_refuse_the_same_value_for_the_same_key(
+        tmp_path: Path, kind: str, key: str, value: object, yaml_value: str) -> None:
+    board = _board_error(kind, {key: value})
+    base = {"ble": "      type: ble\n      hci: virtual\n", "mqtt": "      type: mqtt\n",
+            "serial": "      type: serial\n      port: pty\n      baud: 9600\n"}[kind]
+    if kind == "serial" and key == "baud":
+        base = "      type: serial\n      port: pty\n"
+    path, i = with_transport(tmp_path, kind, base + f"      {key}: {yaml_value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    assert board.key == key and info.value.key == f"links[{i}].transport.{key}"
+    assert board.detail == info.value.detail
