@@ -19,3 +19,10 @@ class RuntimeLoadError(NodeError):
 
 class TransportError(NodeError):
     """A data-plane transport could not be opened or used."""
+
+
+class AgentConfigError(NodeError):
+    """A board config (agent.json) or a run command is malformed, or of another format version;
+    the message names the file (or command), the field's path and what was expected."""
+
+    exit_code = 2
