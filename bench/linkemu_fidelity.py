@@ -112,7 +112,7 @@ def loopback_row(preset: str, n: int, *, budget_s: float) -> dict:
     # a saturating sender: every frame is offered at t0, 50 ms from now (the sender's clock
     # reads t0 until then), so the link is busy from t0 on whatever the submit loop costs
     t0 = time.monotonic() + 0.05
-    sender = ShapedSender(lambda f: sock.sendall(struct.pack("<I", len(f)) + f), profile,
+    sender = ShapedSender(lambda f, _tag: sock.sendall(struct.pack("<I", len(f)) + f), profile,
                           clock=lambda: max(time.monotonic(), t0))
     sender.start(t0=t0)
     for _ in range(frames):

@@ -52,7 +52,7 @@ SENDER = textwrap.dedent("""
     host, port, n, gap, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
     profile = LinkProfile.from_dict(json.loads(sys.argv[7]))
     with MqttClient(host=host, port=port, client_id="bench-sender") as c:
-        sender = ShapedSender(lambda f: c.publish("%s", f, qos=0), profile)
+        sender = ShapedSender(lambda f, _tag: c.publish("%s", f, qos=0), profile)
         time.sleep(0.3)
         t0 = time.monotonic()
         sender.start(t0=t0)

@@ -1,8 +1,10 @@
 """User-space link shaping on a sender's egress: one engine for every transport.
 
 Holds `Shaper`, pure arithmetic (the caller passes `now`), and `ShapedSender`, a worker
-thread that applies a Shaper in front of any `send(bytes)` callable (MQTT publish, a serial
-write, a BLE notification), releasing each frame at its absolute delivery time.
+thread that applies a Shaper in front of any `send(frame, tag)` callable (MQTT publish, a
+serial write, a BLE notification), releasing each frame at its absolute delivery time with
+the tag it was submitted with, so a caller attributes each delivery to its own frame even
+when the profile reorders.
 
 Semantics (docs/linkemu.md has the long form):
 - A frame is cut into PSDUs (`LinkProfile.framing`); each PSDU starts when the link is free
@@ -36,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from linkemu.framing import EventClock
 from linkemu.loss import LossChain
@@ -50,6 +52,8 @@ DROP_OUTAGE = "outage"
 DROP_QUEUE = "queue"
 DROP_LOSS = "loss"
 FIT_EPS_S = 1e-9  # a PSDU ending within 1 ns of an outage start still fits
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -237,24 +241,28 @@ class Shaper:
                 "seed": self.seed}
 
 
-class ShapedSender:
-    """Threaded egress: `submit` shapes a frame; a worker calls `send` at its delivery time.
+class ShapedSender(Generic[T]):
+    """Threaded egress: `submit(frame, tag=...)` shapes a frame; a worker calls
+    `send(frame, tag)` at its delivery time, with the tag given to `submit` (None if none).
 
     Use as a context manager (enter starts it if needed, exit closes it) or call
     `start()` / `close()`. Exceptions from `send` are counted, never fatal to the worker.
-    Frames leave in delivery-time order (submission order unless the profile reorders).
+    Frames leave in delivery-time order (submission order unless the profile reorders), so
+    a caller that needs to know which frame a delivery is tells it by the tag, never by order.
+    Frames dropped by the shaper (see `submit`'s verdict) or discarded at close never reach
+    `send`, nor do their tags.
     """
 
     CLOSE_GRACE_S = 5.0
     SPIN_S = 0.0005  # the last half millisecond before a deadline is waited in short steps
 
-    def __init__(self, send: Callable[[bytes], None], profile: LinkProfile, *,
+    def __init__(self, send: Callable[[bytes, T | None], object], profile: LinkProfile, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
         self.profile = profile
         self._clock = clock
         self._cond = threading.Condition()
-        self._pending: list[tuple[float, int, bytes]] = []  # heap of (deliver_at, seq, frame)
+        self._pending: list[tuple[float, int, bytes, T | None]] = []  # heap of (deliver_at, seq, frame, tag)
         self._seq = itertools.count()
         self._shaper: Shaper | None = None
         self._thread: threading.Thread | None = None
@@ -292,7 +300,7 @@ class ShapedSender:
             self._closing = True
             self._abort = self._abort or not drain
             if timeout is None:
-                due = [d for d, _, _ in self._pending if math.isfinite(d)]
+                due = [entry[0] for entry in self._pending if math.isfinite(entry[0])]
                 timeout = max(0.0, max(due, default=0.0) - self._clock()) + self.CLOSE_GRACE_S
             self._cond.notify_all()
         thread = self._thread
@@ -307,7 +315,7 @@ class ShapedSender:
             self._pending.clear()
             self._thread = None
 
-    def __enter__(self) -> ShapedSender:
+    def __enter__(self) -> ShapedSender[T]:
         if self._thread is None and not self._closing:
             self.start()
         return self
@@ -317,14 +325,15 @@ class ShapedSender:
 
     # -- data path
 
-    def submit(self, frame: bytes) -> Verdict:
-        """Shape one frame without blocking; accepted frames are sent at deliver_at."""
+    def submit(self, frame: bytes, *, tag: T | None = None) -> Verdict:
+        """Shape one frame without blocking; an accepted frame is handed to `send(frame, tag)`
+        at deliver_at. A dropped one (the verdict says why) never is."""
         with self._cond:
             if self._shaper is None or self._closing:
                 raise RuntimeError("ShapedSender is not running; call start() and not close()")
             verdict = self._shaper.offer(len(frame), self._clock())
             if verdict.deliver_at is not None:
-                heapq.heappush(self._pending, (verdict.deliver_at, next(self._seq), bytes(frame)))
+                heapq.heappush(self._pending, (verdict.deliver_at, next(self._seq), bytes(frame), tag))
                 self._cond.notify_all()
             return verdict
 
@@ -348,8 +357,8 @@ class ShapedSender:
 
     # -- worker
 
-    def _next_due(self) -> bytes | None:
-        """Block until the head frame is due (absolute deadline) and pop it; None = stop."""
+    def _next_due(self) -> tuple[bytes, T | None] | None:
+        """Block until the head frame is due (absolute deadline) and pop it with its tag; None = stop."""
         with self._cond:
             while True:
                 if self._abort or (self._closing and not self._pending):
@@ -363,14 +372,15 @@ class ShapedSender:
                 wait = due - self._clock()
                 if wait <= 0:
                     self.late_s_max = max(self.late_s_max, -wait)
-                    return heapq.heappop(self._pending)[2]
+                    _, _, frame, tag = heapq.heappop(self._pending)
+                    return frame, tag
                 self._cond.wait(timeout=wait - self.SPIN_S if wait > 2 * self.SPIN_S
                                 else wait / 4)
 
     def _run(self) -> None:
-        while (frame := self._next_due()) is not None:
+        while (due := self._next_due()) is not None:
             try:
-                self._send(frame)
+                self._send(*due)
                 self.frames_sent += 1
             except Exception as exc:  # noqa: BLE001 - a failing send must not kill the link
                 self.send_errors += 1

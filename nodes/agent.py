@@ -1,18 +1,23 @@
 """The board agent: ``python -m nodes.agent --config agent.json``.
 
-Holds the process that runs on every board. It connects to the control plane (MQTT topics
-``tb/<bench>/ctl|tele|status/<board>``, retained status with a last-will "offline"), loads its
-shard, opens its data-plane transports and then obeys commands:
+Holds the process that runs on every board: ``Agent``, the part both roles share (the control
+plane on MQTT topics ``tb/<bench>/ctl|tele|status/<board>`` with a retained status and a
+last-will "offline", clock sync, the command inbox and the serve loop), its two roles, and
+``agent_for`` (the role's class for a config) and ``main``. After loading its shard and opening
+its data-plane transports, an agent obeys commands (``start``, ``trigger``, ``stop``):
 
-- wearable: on ``trigger`` it runs its student shard on its local copy of sample *i*, encodes
-  the output as a wire frame and sends it through the link emulator (user-space shaper) on its
-  egress; it reports compute / encode / shaping / send times and bytes per sample.
-- edge: it decodes the frames of its inbound links, merges parts per sample until all arrive or
-  the deadline passes (zero-filling what is missing), runs the merge shard and publishes the
-  prediction with which parts arrived.
+- ``WearableAgent``: on ``trigger`` it runs its student shard on its local copy of sample *i*,
+  encodes the output as a wire frame and sends it through the link emulator (user-space
+  shaper) on its egress; it reports compute / encode / shaping / send times and bytes per
+  sample, each delivery attributed to its own sample by the shaper's tag.
+- ``EdgeAgent``: it decodes the frames of its inbound links, merges parts per sample until all
+  arrive or the deadline passes (zero-filling what is missing), runs the merge shard and
+  publishes the prediction with which parts arrived.
 
-It never imports ``testbed``. All blocking work runs on one worker thread per agent so paho's
-network thread only enqueues.
+On ``start`` the link emulator's time zero is the orchestrator's (``t0_ns``), mapped onto the
+board's monotonic clock with the clock-sync estimate. A malformed command is reported as an
+``error`` telemetry and never stops the agent. It never imports ``testbed``. All blocking work
+runs on one worker thread per agent so paho's network thread only enqueues.
 """
 from __future__ import annotations
 
@@ -23,78 +28,119 @@ import platform
 import queue
 import signal
 import sys
-import threading
 import time
-from collections import OrderedDict, deque
+from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from linkemu.profile import LinkProfile
 from linkemu.shaper import ShapedSender
+from nodes import agentconfig
+from nodes.agentconfig import AgentConfig, BoardConfig, EdgeConfig, RunStart, WearableConfig
 from nodes.clocksync import ClockEstimate, ClockSyncClient
 from nodes.codec import Decoder, encode_frame, run_id_hash
-from nodes.vocab import COMPRESSIONS, ENCODINGS
-from nodes.errors import NodeError
-from nodes.merge import Merger
+from nodes.errors import AgentConfigError, NodeError
+from nodes.merge import Merged, Merger
 from nodes.mqtt import MqttClient, Will, topic
 from nodes.runtime import Runtime, open_runtime
 from nodes.transport import Transport, open_transport
+from nodes.vocab import compression, encoding
 
 _STOP = object()
+LINK_UP_TIMEOUT_S = 30.0
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Read agent.json; relative file names in it are relative to its folder."""
-    cfg = json.loads(Path(path).read_text())
-    cfg["_dir"] = str(Path(path).resolve().parent)
-    return cfg
+@dataclass(frozen=True)
+class _Command:
+    """A control message for the worker thread (already decoded, not yet checked)."""
+
+    msg: dict[str, Any]
 
 
-class Agent:
-    """One board's agent. Use as a context manager; ``serve()`` blocks until ``stop``."""
+@dataclass(frozen=True)
+class _Arrival:
+    """A data-plane frame as it arrived at the edge, with both clocks stamped on arrival."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    data: bytes
+    mono: float
+    wall_ns: int
+
+
+@dataclass(frozen=True)
+class _SampleTag:
+    """What a wearable knows of one sample's frame when it submits it; the shaper hands it back
+    with that frame's delivery."""
+
+    sample: int
+    compute_ms: float
+    encode_ms: float
+    nbytes: int
+    submitted: float  # monotonic
+
+    def fields(self) -> dict[str, Any]:
+        return {"sample": self.sample, "compute_ms": self.compute_ms, "encode_ms": self.encode_ms,
+                "bytes": self.nbytes}
+
+
+class Agent(ABC):
+    """What both roles share. Use as a context manager (connect, sync clocks, load, say ready);
+    ``serve()`` blocks until ``stop``."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.board: str = cfg["board"]
-        self.role: str = cfg["role"]
-        self.bench: str = cfg["bench"]
-        self._dir = Path(cfg["_dir"])
+        self.board = cfg.board
+        self.role = cfg.role
+        self.bench = cfg.bench
         self._inbox: queue.Queue[Any] = queue.Queue()
-        self._stopped = threading.Event()
-        self._run_hash = 0
-        self._seq = 0
-        self._t0: float | None = None
-        self._runtime: Runtime | None = None
-        self._merge_rt: Runtime | None = None
+        self._resources = ExitStack()  # transports, runtimes, shaper: closed in reverse order
         self._transports: list[Transport] = []
-        self._sender: ShapedSender | None = None
-        self._pending_meta: deque[dict[str, Any]] = deque()
-        self._decoder = Decoder()
-        self._merger: Merger | None = None
-        self._samples: np.ndarray | None = None
-        self._frame_ts: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()
+        self._run_hash = 0
+        self._t0: float | None = None  # the run's time zero on this board's monotonic clock
         self._clock: ClockEstimate | None = None
         self._clock_sync = ClockSyncClient(lambda p: self._ctl.publish(self._topic("time"), p, qos=0))
-        broker = cfg["broker"]
         self._ctl = MqttClient(
-            host=broker["host"], port=int(broker["port"]), client_id=f"agent-{self.bench}-{self.board}",
+            host=cfg.broker.host, port=cfg.broker.port, client_id=f"agent-{self.bench}-{self.board}",
             will=Will(self._topic("status"), self._status_payload("offline")),
             on_message=self._on_control)
+
+    # -- role hooks ------------------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None:
+        """Load the shard and open the transports (registering them with ``_resources``)."""
+
+    @abstractmethod
+    def _trigger(self, sample: int) -> None:
+        """The orchestrator triggered ``sample``."""
+
+    @abstractmethod
+    def _report(self) -> None:
+        """Publish this role's periodic (and final) telemetry."""
+
+    def _begin(self, t0: float) -> None:
+        """The run's clock starts at monotonic ``t0`` (once)."""
+
+    def _on_inbox(self, item: Any) -> None:
+        """An inbox item that is not a command."""
+
+    def _wake_at(self) -> float | None:
+        """The next monotonic time the serve loop must wake for, besides telemetry."""
+        return None
+
+    def _tick(self, now: float) -> None:
+        """Called on every turn of the serve loop."""
 
     # -- plumbing --------------------------------------------------------------------------
     def _topic(self, plane: str) -> str:
         return topic(self.bench, plane, self.board)
-
-    def _path(self, name: str) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() else self._dir / p
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         return json.dumps({"board": self.board, "role": self.role, "state": state, "pid": os.getpid(),
@@ -119,7 +165,20 @@ class Agent:
         if msg["cmd"] == "time":
             self._clock_sync.on_reply(msg, t4=t4)
             return
-        self._inbox.put(("cmd", msg))
+        self._inbox.put(_Command(msg))
+
+    def _open_transport(self, spec: agentconfig.TransportEnd, *, receive: bool) -> Transport:
+        try:
+            tr = open_transport(spec.type, receive=receive, **spec.settings)
+        except TypeError as exc:  # a setting the backend does not take, or one it needs
+            raise AgentConfigError(f"{self.cfg.source}: {spec.type} transport: {exc}") from None
+        if receive:
+            tr.on_frame(lambda data: self._inbox.put(_Arrival(data, time.monotonic(), time.time_ns())))
+        self._transports.append(self._resources.enter_context(tr))
+        return tr
+
+    def _open_runtime(self, name: str) -> Runtime:
+        return self._resources.enter_context(open_runtime(self.cfg.runtime, self.cfg.path(name)))
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Agent:
@@ -127,141 +186,134 @@ class Agent:
         self.status("starting")
         self._ctl.subscribe(self._topic("ctl"), qos=1)
         try:
-            self._clock = self._clock_sync.run(probes=int(self.cfg.get("clock_probes", 8)))
+            self._clock = self._clock_sync.run(probes=self.cfg.clock_probes)
             self._load()
+            self._wait_links_up()
         except Exception as exc:
-            self.status("error", error=str(exc), wait=2.0)
-            self._ctl.close()
+            try:
+                self.status("error", error=str(exc), wait=2.0)
+                self._resources.close()
+            finally:
+                self._ctl.close()
             raise
-        self.status("ready", runtime=self.cfg["runtime"], clock=self._clock.as_dict() if self._clock else None)
+        self.status("ready", runtime=self.cfg.runtime, clock=self._clock.as_dict() if self._clock else None)
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if self._sender is not None:
-                self._sender.close()
-                self._report_link()
-            for tr in reversed(self._transports):
-                tr.close()
-            if self._merger is not None:
-                self._report_edge()
-            for rt in (self._merge_rt, self._runtime):
-                if rt is not None:
-                    rt.close()
+            self._resources.close()  # the shaper drains before its transport closes
+            self._report()
             # wait for the PUBACK: disconnecting before it makes the broker publish the last will
             self.status("stopped", wait=2.0)
         finally:
             self._ctl.close()
 
-    def _load(self) -> None:
-        if self.role == "wearable":
-            self._load_wearable()
-        elif self.role == "edge":
-            self._load_edge()
-        else:
-            raise NodeError(f"role must be wearable or edge, got {self.role!r}")
-        self._wait_links_up()
-
-    def _wait_links_up(self, timeout_s: float = 30.0) -> None:
+    def _wait_links_up(self, timeout_s: float = LINK_UP_TIMEOUT_S) -> None:
         """Connection-oriented links (BLE) must be up before this board says ready."""
         for tr in self._transports:
             wait = getattr(tr, "wait_connected", None)
             if callable(wait) and not wait(timeout_s):
                 raise NodeError(f"{tr.type_name} link did not come up within {timeout_s:.0f} s")
 
-    def _load_wearable(self) -> None:
-        self._runtime = open_runtime(self.cfg["runtime"], self._path(self.cfg["shard"]))
-        self._samples = np.load(self._path(self.cfg["samples"]), mmap_mode="r")
-        self._runtime.run(np.asarray(self._samples[:1]))  # warm-up, so the first sample is not an outlier
-        link = self.cfg["link"]
-        tr = open_transport(link["transport"]["type"], receive=False,
-                            **{k: v for k, v in link["transport"].items() if k != "type"})
-        self._transports.append(tr.open())
-        try:
-            self._encoding = ENCODINGS[link.get("encoding", "f32")]
-            self._compression = COMPRESSIONS[link.get("compression", "none")]
-            self._compression_level = link.get("compression_level")
-        except KeyError as exc:
-            raise NodeError(f"link {link['name']}: unknown encoding/compression {exc}; expected "
-                            f"{', '.join(ENCODINGS)} and {', '.join(COMPRESSIONS)}") from None
-        try:   # a bad level or a missing zstandard/lz4 fails here, once, not on every frame
-            encode_frame(np.zeros(1, np.float32), run_id=0, sample_id=0, shard=0, seq=0, send_ts_ns=0,
-                         encoding=self._encoding, compression=self._compression,
-                         compression_level=self._compression_level)
-        except (ValueError, ModuleNotFoundError) as exc:
-            raise NodeError(f"link {link['name']}: {exc}") from None
-        self._sender = ShapedSender(self._send_frame, LinkProfile.from_dict(link["profile"]))
-
-    def _load_edge(self) -> None:
-        merge = self.cfg["merge"]
-        self._merger = Merger(parts=merge["parts"], part_dim=merge["part_dim"],
-                              deadline_s=merge["deadline_ms"] / 1000.0, rule=merge.get("rule", "concat"),
-                              student_part=merge.get("student_part"))
-        self._merge_rt = open_runtime(self.cfg["runtime"], self._path(merge["shard"]))
-        self._merge_rt.run(np.zeros((1, self._merger.slots * merge["part_dim"]), dtype=np.float32))
-        for link in self.cfg["inbound"]:
-            tr = open_transport(link["transport"]["type"], receive=True,
-                                **{k: v for k, v in link["transport"].items() if k != "type"})
-            tr.on_frame(lambda data: self._inbox.put(("frame", data, time.monotonic(), time.time_ns())))
-            self._transports.append(tr.open())
-
     # -- main loop -------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._inbox.put(_STOP)
 
     def serve(self) -> None:
-        period = 1.0 / float(self.cfg.get("telemetry_hz", 2.0))
+        period = 1.0 / self.cfg.telemetry_hz
         next_tele = time.monotonic() + period
         while True:
             now = time.monotonic()
-            timeout = next_tele - now
-            if self._merger is not None and (dl := self._merger.next_deadline()) is not None:
-                timeout = min(timeout, dl - now)
+            wake = self._wake_at()
+            timeout = next_tele - now if wake is None else min(next_tele, wake) - now
             try:
                 item = self._inbox.get(timeout=max(0.0, timeout))
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
-            if item is not None and item[0] == "cmd":
-                if not self._command(item[1]):
+            if isinstance(item, _Command):
+                if not self._command(item.msg):
                     return
-            elif item is not None and item[0] == "frame":
-                self._frame(item[1], item[2], item[3])
-            if self._merger is not None:
-                for merged in self._merger.expire(time.monotonic()):
-                    self._emit(merged)
+            elif item is not None:
+                self._on_inbox(item)
+            self._tick(time.monotonic())
             if time.monotonic() >= next_tele:
                 next_tele += period
-                self._periodic()
+                self._report()
 
     def _command(self, msg: dict[str, Any]) -> bool:
+        """Obey one command; False means stop serving. A malformed one is reported, not fatal."""
         cmd = msg["cmd"]
         if cmd == "start":
-            self._run_hash = run_id_hash(str(msg.get("run", "")))
-            self._ensure_started()
-            self.status("running", run=msg.get("run"))
+            try:
+                start = RunStart.from_message(msg)
+            except AgentConfigError as exc:
+                self.tele("error", error=str(exc))
+                return True
+            self._run_hash = run_id_hash(start.run)
+            self._ensure_started(start)
+            self.status("running", run=start.run)
         elif cmd == "trigger":
-            self._trigger(int(msg["sample"]))
+            sample = msg.get("sample")
+            if isinstance(sample, bool) or not isinstance(sample, int):
+                self.tele("error", error=f"trigger command: sample: expected an integer; got {sample!r}")
+                return True
+            self._trigger(sample)
         elif cmd == "stop":
             return False
         else:
             self.tele("error", error=f"unknown command {cmd!r}; expected start, trigger, stop")
         return True
 
-    def _ensure_started(self) -> None:
-        """Start the link emulator's clock (outage schedule) once, at the first start or trigger."""
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-            if self._sender is not None:
-                self._sender.start(t0=self._t0)
-
-    # -- wearable --------------------------------------------------------------------------
-    def _trigger(self, sample: int) -> None:
-        if self._merger is not None:
-            self._merger.expect(sample, time.monotonic())
+    def _ensure_started(self, start: RunStart | None = None) -> None:
+        """Start the run's clock once: at the start command (its ``t0_ns`` mapped onto this
+        board's clock), or at a trigger that comes first (now)."""
+        if self._t0 is not None:
             return
-        assert self._runtime is not None and self._samples is not None and self._sender is not None
+        offset_ns = self._clock.offset_ns if self._clock is not None else 0.0
+        wall_ns, mono = time.time_ns(), time.monotonic()
+        self._t0 = mono if start is None else start.monotonic_t0(offset_ns=offset_ns, wall_ns=wall_ns, mono_s=mono)
+        self._begin(self._t0)
+
+
+class WearableAgent(Agent):
+    """Runs its student shard on a triggered sample and sends the encoded output, shaped, to the edge."""
+
+    def __init__(self, cfg: WearableConfig) -> None:
+        super().__init__(cfg)
+        self.wcfg = cfg
+        self._seq = 0
+        self._encoding = encoding(cfg.link.encoding)
+        self._compression = compression(cfg.link.compression)
+        self._compression_level = cfg.link.compression_level
+        self._runtime: Runtime | None = None
+        self._samples: np.ndarray | None = None
+        self._sender: ShapedSender[_SampleTag] = ShapedSender(self._deliver, cfg.link.profile)
+
+    def _load(self) -> None:
+        cfg = self.wcfg
+        self._check_codec()
+        self._runtime = self._open_runtime(cfg.shard)
+        self._samples = np.load(cfg.path(cfg.samples), mmap_mode="r")
+        self._runtime.run(np.asarray(self._samples[:1]))  # warm-up, so the first sample is not an outlier
+        self._open_transport(cfg.link.transport, receive=False)
+        self._resources.callback(self._sender.close)
+
+    def _check_codec(self) -> None:
+        """A bad compression level or a missing zstandard/lz4 fails here, once, not on every frame."""
+        try:
+            encode_frame(np.zeros(1, np.float32), run_id=0, sample_id=0, shard=0, seq=0, send_ts_ns=0,
+                         encoding=self._encoding, compression=self._compression,
+                         compression_level=self._compression_level)
+        except (ValueError, ModuleNotFoundError) as exc:
+            raise NodeError(f"link {self.wcfg.link.name}: {exc}") from None
+
+    def _begin(self, t0: float) -> None:
+        self._sender.start(t0=t0)
+
+    def _trigger(self, sample: int) -> None:
+        assert self._runtime is not None and self._samples is not None, "trigger before load"
         self._ensure_started()
         if not 0 <= sample < len(self._samples):
             self.tele("error", error=f"sample {sample} out of range 0..{len(self._samples) - 1}")
@@ -270,49 +322,81 @@ class Agent:
         out = self._runtime.run(np.asarray(self._samples[sample:sample + 1]))
         t1 = time.perf_counter()
         self._seq += 1
-        frame = encode_frame(out[0], run_id=self._run_hash, sample_id=sample, shard=int(self.cfg["shard_index"]),
+        frame = encode_frame(out[0], run_id=self._run_hash, sample_id=sample, shard=self.wcfg.shard_index,
                              seq=self._seq, send_ts_ns=time.time_ns(), encoding=self._encoding,
                              compression=self._compression, compression_level=self._compression_level)
         t2 = time.perf_counter()
-        meta = {"sample": sample, "compute_ms": _ms(t1 - t0), "encode_ms": _ms(t2 - t1), "bytes": len(frame),
-                "submitted": time.monotonic()}
-        self._pending_meta.append(meta)
-        verdict = self._sender.submit(frame)
-        if verdict.deliver_at is None:
-            self._pending_meta.pop()
-            meta.pop("submitted")
-            self.tele("sample", **meta, verdict=verdict.reason)
+        tag = _SampleTag(sample=sample, compute_ms=_ms(t1 - t0), encode_ms=_ms(t2 - t1), nbytes=len(frame),
+                         submitted=time.monotonic())
+        verdict = self._sender.submit(frame, tag=tag)
+        if not verdict.accepted:
+            self.tele("sample", **tag.fields(), verdict=verdict.reason)
 
-    def _send_frame(self, frame: bytes) -> None:
-        """Called by the shaper's worker at each frame's delivery time, in order."""
-        meta = self._pending_meta.popleft() if self._pending_meta else {}
+    def _deliver(self, frame: bytes, tag: _SampleTag | None) -> None:
+        """Called by the shaper's worker at each frame's delivery time, with that frame's tag."""
+        assert tag is not None, "every frame is submitted with its sample's tag"
         t0 = time.monotonic()
         ok = self._transports[0].send(frame)
         t1 = time.monotonic()
-        submitted = meta.pop("submitted", t0)
-        self.tele("sample", **meta, shaping_ms=_ms(t0 - submitted), send_ms=_ms(t1 - t0),
+        self.tele("sample", **tag.fields(), shaping_ms=_ms(t0 - tag.submitted), send_ms=_ms(t1 - t0),
                   verdict="sent" if ok else "send_failed")
 
-    def _report_link(self) -> None:
-        assert self._sender is not None
-        self.tele("link", link=self.cfg["link"]["name"], **self._sender.snapshot(),
-                  shaper=self.cfg["link"].get("shaper", "user"), transport=_transport_stats(self._transports[0]))
+    def _report(self) -> None:
+        link = self.wcfg.link
+        self.tele("link", link=link.name, **self._sender.snapshot(), shaper=link.shaper,
+                  transport=_transport_stats(self._transports[0]))
 
-    # -- edge ------------------------------------------------------------------------------
-    def _frame(self, data: bytes, arrived_at: float, arrived_ns: int) -> None:
-        assert self._merger is not None
-        frame = self._decoder.decode(data)
+
+class EdgeAgent(Agent):
+    """Decodes its inbound frames, merges the parts of each sample and publishes the prediction."""
+
+    def __init__(self, cfg: EdgeConfig) -> None:
+        super().__init__(cfg)
+        self.ecfg = cfg
+        merge = cfg.merge
+        try:
+            self._merger = Merger(parts=merge.parts, part_dim=merge.part_dim, deadline_s=merge.deadline_ms / 1000.0,
+                                  rule=merge.rule, student_part=merge.student_part)
+        except ValueError as exc:
+            raise AgentConfigError(f"{cfg.source}: merge: {exc}") from None
+        self._decoder = Decoder()
+        self._merge_rt: Runtime | None = None
+        self._frame_ts: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()
+
+    def _load(self) -> None:
+        merge = self.ecfg.merge
+        self._merge_rt = self._open_runtime(merge.shard)
+        self._merge_rt.run(np.zeros((1, self._merger.slots * merge.part_dim), dtype=np.float32))
+        for link in self.ecfg.inbound:
+            self._open_transport(link.transport, receive=True)
+
+    def _trigger(self, sample: int) -> None:
+        self._merger.expect(sample, time.monotonic())
+
+    def _wake_at(self) -> float | None:
+        return self._merger.next_deadline()
+
+    def _tick(self, now: float) -> None:
+        for merged in self._merger.expire(now):
+            self._emit(merged)
+
+    def _on_inbox(self, item: Any) -> None:
+        if isinstance(item, _Arrival):
+            self._frame(item)
+
+    def _frame(self, arrival: _Arrival) -> None:
+        frame = self._decoder.decode(arrival.data)
         if frame is None:
             return
-        self._frame_ts[(frame.sample_id, frame.shard)] = (frame.send_ts_ns, arrived_ns)
+        self._frame_ts[(frame.sample_id, frame.shard)] = (frame.send_ts_ns, arrival.wall_ns)
         while len(self._frame_ts) > 10_000:  # late frames of merged samples are never popped
             self._frame_ts.popitem(last=False)
-        merged = self._merger.add(frame.sample_id, frame.shard, frame.array, arrived_at)
+        merged = self._merger.add(frame.sample_id, frame.shard, frame.array, arrival.mono)
         if merged is not None:
             self._emit(merged)
 
-    def _emit(self, merged: Any) -> None:
-        assert self._merge_rt is not None
+    def _emit(self, merged: Merged) -> None:
+        assert self._merge_rt is not None, "merge before load"
         t0 = time.perf_counter()
         logits = self._merge_rt.run(merged.inputs)[0]
         t1 = time.perf_counter()
@@ -322,16 +406,18 @@ class Agent:
                   missing=list(merged.missing), merge_ms=_ms(t1 - t0), waited_ms=_ms(merged.waited_s),
                   transit=transit)
 
-    def _report_edge(self) -> None:
-        assert self._merger is not None
+    def _report(self) -> None:
         self.tele("edge", decode=self._decoder.stats.as_dict(), merge=self._merger.stats.as_dict(),
-                  transports={lk["name"]: _transport_stats(tr) for lk, tr in zip(self.cfg["inbound"], self._transports)})
+                  transports={lk.name: _transport_stats(tr) for lk, tr in zip(self.ecfg.inbound, self._transports)})
 
-    def _periodic(self) -> None:
-        if self._sender is not None:
-            self._report_link()
-        if self._merger is not None:
-            self._report_edge()
+
+def agent_for(cfg: BoardConfig) -> Agent:
+    """The agent of ``cfg``'s role (not yet entered)."""
+    if isinstance(cfg, WearableConfig):
+        return WearableAgent(cfg)
+    if isinstance(cfg, EdgeConfig):
+        return EdgeAgent(cfg)
+    raise AgentConfigError(f"no agent for a config of type {type(cfg).__name__}")
 
 
 def _net_ns() -> str | None:
@@ -353,16 +439,19 @@ def _transport_stats(tr: Transport) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, *, install_signals: bool = True,
          on_ready: Callable[[Agent], None] | None = None) -> int:
+    """Run an agent; 0 after ``stop``, 2 for a config it refuses (one line on stderr, also when
+    a transport refuses its settings), 1 for a board that failed to start otherwise."""
     parser = argparse.ArgumentParser(prog="python -m nodes.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="agent.json written by the orchestrator")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config)
-    except (OSError, ValueError) as exc:
-        print(f"agent: {args.config}: cannot read config ({exc})", file=sys.stderr)
-        return 2
+        cfg = agentconfig.load(args.config)
+        agent = agent_for(cfg)
+    except AgentConfigError as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
-        with Agent(cfg) as agent:
+        with agent:
             if install_signals:
                 signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
                 signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
@@ -370,8 +459,8 @@ def main(argv: list[str] | None = None, *, install_signals: bool = True,
                 on_ready(agent)
             agent.serve()
     except NodeError as exc:
-        print(f"agent {cfg.get('board')}: {exc}", file=sys.stderr)
-        return 1
+        print(f"agent {cfg.board}: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -1,14 +1,14 @@
 """Deploying a bundle to boards, and the agent processes of local (simulated) boards.
 
-Holds ``agent_config`` (the agent.json a board's agent reads), ``deploy_local`` (copies a
-board's shard files and its sample inputs into its board directory, checking hashes) and
+Holds ``agent_config`` (the typed board config, ``nodes.agentconfig``, that a board's agent
+reads as agent.json), ``deploy_local`` (copies a board's shard files and its sample inputs
+into its board directory, checking hashes, and writes agent.json) and
 ``AgentProcess`` (``python -m nodes.agent`` as a subprocess with its log in the board dir,
 terminated in ``finally``; ``prefix`` runs it through e.g. ``ip netns exec NS``, which execs,
 so the pid is the agent's own). SSH deploy to physical boards builds on the same agent.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -22,59 +22,61 @@ from typing import Any
 import numpy as np
 
 from linkemu.profile import LinkProfile
+from nodes.agentconfig import (BoardConfig, Broker, EdgeConfig, InboundLink, MergeSpec, TransportEnd,
+                               WearableConfig, WearableLink)
 from testbed.bundle import BundleError, sha256_file, shard_for
 from testbed.config import BoardSpec, Inventory, LinkSpec
 from testbed.errors import RunError
+
+SAMPLES_FILE = "samples.npy"  # a wearable's local copy of the sample inputs, beside its agent.json
 
 
 def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, Any], assignment: Any,
                  broker_host: str, broker_port: int, deadline_ms: float, profiles: dict[str, LinkProfile],
                  endpoint: Callable[[LinkSpec, str], dict[str, Any]], telemetry_hz: float = 2.0,
-                 quantize: str = "none", shapers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """agent.json for ``board``; ``profiles`` are the profiles the agents' user-space shapers
-    apply (the links' effective profiles, faults merged; ideal where the kernel shapes),
-    ``endpoint(link, "tx" | "rx")`` gives each end's transport settings, ``shapers`` says
-    which shaper each link uses (default "user"; reported in the link telemetry). The shard
-    file is the one the board's runtime loads (``quantize``: which LiteRT variant ``tflite``
-    boards get)."""
-    cfg: dict[str, Any] = {"bench": inventory.bench, "board": board.name, "role": board.role,
-                           "broker": {"host": broker_host, "port": broker_port}, "runtime": board.runtime,
-                           "telemetry_hz": telemetry_hz}
+                 quantize: str = "none", shapers: Mapping[str, str] | None = None) -> BoardConfig:
+    """The board config (agent.json) of ``board``; ``profiles`` are the profiles the agents'
+    user-space shapers apply (the links' effective profiles, faults merged; ideal where the
+    kernel shapes), ``endpoint(link, "tx" | "rx")`` gives each end's transport settings,
+    ``shapers`` says which shaper each link uses (default "user"; reported in the link
+    telemetry). The shard file is the one the board's runtime loads (``quantize``: which
+    LiteRT variant ``tflite`` boards get)."""
+    common: dict[str, Any] = dict(bench=inventory.bench, board=board.name, runtime=board.runtime,
+                                  broker=Broker(host=broker_host, port=broker_port), telemetry_hz=telemetry_hz)
     if board.role == "wearable":
         shard = shard_for(manifest, role="student", index=int(assignment), runtime=board.runtime,
                           quantize=quantize)
         link = inventory.link_from(board.name)
-        cfg.update(shard=shard["file"], shard_index=int(shard["part"]), samples="samples.npy",
-                   link={"name": link.name, "transport": endpoint(link, "tx"),
-                         "profile": profiles[link.name].as_dict(), "encoding": link.encoding,
-                         "compression": link.compression, "compression_level": link.compression_level,
-                         "shaper": (shapers or {}).get(link.name, "user")})
-    else:
-        shard = shard_for(manifest, role="merge", runtime=board.runtime, quantize=quantize)
-        inbound = [lk for lk in inventory.links if lk.dst == board.name]
-        cfg.update(merge={"shard": shard["file"], "parts": list(range(int(manifest["students"]))),
-                          "student_part": list(manifest["student_part"]),
-                          "part_dim": int(manifest["part_dim"]), "deadline_ms": deadline_ms,
-                          "rule": manifest["merge_rule"]},
-                   inbound=[{"name": lk.name, "transport": endpoint(lk, "rx")} for lk in inbound])
-    return cfg
+        return WearableConfig(
+            **common, shard=shard["file"], shard_index=int(shard["part"]), samples=SAMPLES_FILE,
+            link=WearableLink(name=link.name, transport=TransportEnd.of(endpoint(link, "tx")),
+                              profile=profiles[link.name], encoding=link.encoding, compression=link.compression,
+                              compression_level=link.compression_level,
+                              shaper=(shapers or {}).get(link.name, "user")))
+    shard = shard_for(manifest, role="merge", runtime=board.runtime, quantize=quantize)
+    return EdgeConfig(
+        **common,
+        merge=MergeSpec(shard=shard["file"], parts=tuple(range(int(manifest["students"]))),
+                        student_part=tuple(manifest["student_part"]), part_dim=int(manifest["part_dim"]),
+                        deadline_ms=deadline_ms, rule=manifest["merge_rule"]),
+        inbound=tuple(InboundLink(name=lk.name, transport=TransportEnd.of(endpoint(lk, "rx")))
+                      for lk in inventory.links if lk.dst == board.name))
 
 
-def deploy_local(*, bundle_dir: Path, board_dir: Path, manifest: dict[str, Any], cfg: dict[str, Any],
+def deploy_local(*, bundle_dir: Path, board_dir: Path, manifest: dict[str, Any], cfg: BoardConfig,
                  samples: np.ndarray | None) -> Path:
-    """Copy what ``cfg`` names into ``board_dir`` (hash-checked) and write agent.json there."""
+    """Copy the shard ``cfg`` names into ``board_dir`` (hash-checked), save ``samples`` there
+    (a wearable's inputs) and write agent.json; returns its path."""
     board_dir.mkdir(parents=True, exist_ok=True)
-    shard_file = cfg["shard"] if cfg["role"] == "wearable" else cfg["merge"]["shard"]
+    shard_file = cfg.shard_file
     entry = next(e for s in manifest["shards"] for e in (s, *s.get("alternates", ())) if e["file"] == shard_file)
     dst = board_dir / shard_file
     shutil.copyfile(bundle_dir / shard_file, dst)
     if sha256_file(dst) != entry["sha256"]:
         raise BundleError(f"{dst}: sha256 differs from the manifest after copying")
     if samples is not None:
-        np.save(board_dir / "samples.npy", np.ascontiguousarray(samples, dtype=np.float32))
-    path = board_dir / "agent.json"
-    path.write_text(json.dumps(cfg, indent=2))
-    return path
+        np.save(board_dir / SAMPLES_FILE, np.ascontiguousarray(samples, dtype=np.float32))
+    return cfg.write(board_dir / "agent.json")
 
 
 @dataclass

@@ -198,11 +198,11 @@ def _frames(n: int) -> list[bytes]:
 
 
 def test_sender_delivers_all_in_order():
-    got: list[bytes] = []
+    got: list[tuple[bytes, int | None]] = []
     frames = _frames(200)
-    with ShapedSender(got.append, FAST) as sender:
-        verdicts = [sender.submit(f) for f in frames]
-    assert got == frames
+    with ShapedSender(lambda f, tag: got.append((f, tag)), FAST) as sender:
+        verdicts = [sender.submit(f, tag=i) for i, f in enumerate(frames)]
+    assert got == list(zip(frames, range(200))), "each frame comes back with its own tag"
     assert [v.deliver_at for v in verdicts] == sorted(v.deliver_at for v in verdicts)
     snap = sender.snapshot()
     assert snap["frames_delivered"] == snap["frames_sent"] == 200
@@ -214,7 +214,7 @@ def test_sender_counts_outage_drops():
     got: list[bytes] = []
     clock = time.monotonic
     profile = FAST.with_outages([Outage(start_s=5.0, duration_s=3600.0)])
-    sender = ShapedSender(got.append, profile, clock=clock)
+    sender = ShapedSender(lambda f, _tag: got.append(f), profile, clock=clock)
     sender.start(t0=clock() - 10.0)  # we are 10 s into the schedule: inside the outage
     assert sender.snapshot()["in_outage"]
     assert [sender.submit(f).reason for f in _frames(5)] == ["outage"] * 5
@@ -226,7 +226,7 @@ def test_sender_counts_outage_drops():
 def test_sender_survives_send_errors():
     got: list[bytes] = []
 
-    def flaky(frame: bytes) -> None:
+    def flaky(frame: bytes, _tag: object) -> None:
         if frame[0] % 3 == 0:
             raise OSError("link down")
         got.append(frame)
@@ -242,7 +242,7 @@ def test_sender_survives_send_errors():
 
 def test_close_never_hangs_on_a_blocked_send():
     release = threading.Event()
-    sender = ShapedSender(lambda frame: release.wait(), FAST)
+    sender = ShapedSender(lambda frame, _tag: release.wait(), FAST)
     sender.start()
     for f in _frames(3):
         sender.submit(f)
@@ -254,7 +254,7 @@ def test_close_never_hangs_on_a_blocked_send():
 def test_close_without_drain_discards_and_submit_after_close_raises():
     got: list[bytes] = []
     slow = LinkProfile("slow", 8.0)  # 1 byte per second: nothing is due soon
-    sender = ShapedSender(got.append, slow)
+    sender = ShapedSender(lambda f, _tag: got.append(f), slow)
     sender.start()
     sender.submit(b"x" * 100)
     sender.close(drain=False)

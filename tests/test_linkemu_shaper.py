@@ -1,15 +1,19 @@
 """Shaper arithmetic under an injected clock: fragmentation, outages (drop vs hold), jitter,
-connection events, loss verdicts and seeded replay. Numbers are chosen binary-exact."""
+connection events, loss verdicts and seeded replay. Numbers are chosen binary-exact. And the
+threaded ShapedSender's per-frame tags when a profile reorders."""
 from __future__ import annotations
 
 import math
+import struct
+import threading
+import time
 
 import pytest
 
 from linkemu.loss import LossModel
 from linkemu.outage import Outage, OutageTrace, TracePoint
 from linkemu.profile import PRESETS, LinkProfile
-from linkemu.shaper import Shaper, Verdict
+from linkemu.shaper import ShapedSender, Shaper, Verdict
 
 # 8000 bit/s: one byte per ms. PSDUs of at most 16 bytes with a 4-byte header (12 payload)
 # and 0.25 s of PHY time each.
@@ -171,3 +175,41 @@ def test_trace_state_and_rate():
     snap = s.snapshot(12.0)
     assert snap["rate_bps"] == 4000.0 and snap["link_state"] == "up"
     assert s.snapshot(11.0)["in_outage"]
+
+
+class _HeldClock:
+    """A monotonic clock that stands still until ``release()``, then runs from where it stood:
+    every frame submitted while held is offered at the same instant, so the seeded jitter
+    alone decides the delivery order."""
+
+    def __init__(self) -> None:
+        self._held_at = time.monotonic()
+        self._shift: float | None = None
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._shift = time.monotonic() - self._held_at
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._held_at if self._shift is None else time.monotonic() - self._shift
+
+
+def test_sender_gives_each_delivery_its_own_tag_when_frames_reorder():
+    profile = LinkProfile("swap", 8e6, delay_s=0.05, jitter_s=0.04, reorder=True, seed=11)
+    clock = _HeldClock()
+    delivered: list[tuple[int, int]] = []  # (sample id read from the frame, sample of its tag)
+    sender: ShapedSender[dict[str, int]] = ShapedSender(
+        lambda frame, tag: delivered.append((struct.unpack_from("<I", frame)[0], tag["sample"])), profile,
+        clock=clock)
+    sender.start()
+    n = 40
+    verdicts = [sender.submit(struct.pack("<I", i) + bytes(60), tag={"sample": i}) for i in range(n)]
+    clock.release()
+    sender.close()
+    assert all(v.accepted for v in verdicts) and len(delivered) == n
+    assert all(frame_sample == tag_sample for frame_sample, tag_sample in delivered), delivered
+    order = [frame_sample for frame_sample, _ in delivered]
+    assert order == sorted(range(n), key=lambda i: verdicts[i].deliver_at), "frames leave by delivery time"
+    assert order != list(range(n)), "the profile must really reorder for this test to mean anything"
