@@ -11,7 +11,8 @@ written twice:
   only the rules a file decides alone); the reader turns a `SettingError` into its
   file:line:key error using ``key`` and ``detail``.
 
-Defaults stay in the constructors' signatures; this module only says what a value must be.
+Defaults stay in the constructors' signatures; this module only says what a value must be (and,
+with ``shown``, how a refused value reads in an error, for every key the inventory reader checks).
 It must stay dependency-free (the standard library, ``nodes.errors`` and the pure
 ``nodes.ble_frag``): no I/O, no MQTT, serial or Bluetooth library, and never ``testbed``.
 """
@@ -29,7 +30,7 @@ from nodes.ble_frag import MIN_PAYLOAD_SIZE
 from nodes.errors import TransportError
 
 __all__ = ["USER", "HARNESS", "BLE_STACKS", "Setting", "TransportSchema", "SettingError", "SCHEMAS",
-           "TRANSPORT_NAMES", "check_settings", "check_file_settings"]
+           "TRANSPORT_NAMES", "check_settings", "check_file_settings", "shown"]
 
 USER = "user"
 HARNESS = "harness"
@@ -254,7 +255,8 @@ def _schema(transport: str) -> TransportSchema:
                              f"{', '.join(TRANSPORT_NAMES)}") from None
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A refused value as an error shows it after "got" (the inventory reader uses it for every key)."""
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
@@ -263,7 +265,9 @@ def _shown(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    if isinstance(value, (str, int, float)):
+        return repr(value)
+    return f"{value!r} ({type(value).__name__})"
 
 
 def _checked(schema: TransportSchema, key: str, value: Any) -> Any:
@@ -274,7 +278,8 @@ def _checked(schema: TransportSchema, key: str, value: Any) -> Any:
         return setting.check(value)
     except Invalid as exc:
         board = f"is {exc.why}" if exc.why else f"must be {exc.expected}, got {value!r}"
-        detail = f"expected {exc.expected} ({exc.why})" if exc.why else f"expected {exc.expected}; got {_shown(value)}"
+        detail = (f"expected {exc.expected} ({exc.why})" if exc.why
+                  else f"expected {exc.expected}; got {shown(value)}")
         raise SettingError(f"{schema.name} transport: {key} {board}", transport=schema.name, key=key,
                            detail=detail) from None
 

@@ -125,7 +125,8 @@ def test_a_missing_required_setting_points_at_the_transport(tmp_path: Path) -> N
     path, i = with_transport(tmp_path, "serial", "      type: serial\n      port: /dev/ttyAMA0\n")
     with pytest.raises(ConfigError) as info:
         load_inventory(path)
-    transport_lines = [n for n, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip().startswith("transport")]
+    transport_lines = [n for n, ln in enumerate(path.read_text().splitlines(), 1)
+                       if ln.strip().startswith("transport")]
     assert (info.value.key, info.value.line) == (f"links[{i}].transport.baud", transport_lines[i])
     assert "required key missing; expected a positive int" in info.value.detail
 
@@ -133,20 +134,25 @@ def test_a_missing_required_setting_points_at_the_transport(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------ one rule, both sides
 
 
-def _board_error(kind: str, settings: dict[str, Any]) -> SettingError:
-    """What the board's constructor says about ``settings`` (constructing opens nothing)."""
-    if kind == "ble":
-        from nodes.ble_transport import BleTransport
-        make: Any = lambda: BleTransport(receive=False, **{"hci": "usb:0", "address": "F0:00:00:00:00:01",
-                                                           **settings})
-    elif kind == "serial":
-        from nodes.serial_transport import SerialTransport
-        make = lambda: SerialTransport(receive=False, **{"port": "/dev/ttyAMA0", "baud": 9600, **settings})
-    else:
-        from nodes.transport import MqttTransport
-        make = lambda: MqttTransport(receive=False, **{"host": "127.0.0.1", "port": 1883, "topic": "t", **settings})
+# what a board's end needs besides the setting under test, as keyword arguments and as inventory lines
+BOARD_BASE: dict[str, dict[str, Any]] = {
+    "ble": {"hci": "usb:0", "address": "F0:00:00:00:00:01"},
+    "serial": {"port": "/dev/ttyAMA0", "baud": 9600},
+    "mqtt": {"host": "127.0.0.1", "port": 1883, "topic": "t"},
+}
+FILE_BASE = {"ble": "      type: ble\n      hci: virtual\n", "serial": "      type: serial\n      port: pty\n",
+             "mqtt": "      type: mqtt\n"}
+
+
+def _board_error(kind: str, key: str, value: object) -> SettingError:
+    """What the board's constructor says about ``key: value`` (constructing opens nothing)."""
+    from nodes.ble_transport import BleTransport
+    from nodes.serial_transport import SerialTransport
+    from nodes.transport import MqttTransport
+
+    cls: Any = {"ble": BleTransport, "serial": SerialTransport, "mqtt": MqttTransport}[kind]
     with pytest.raises(SettingError) as info:
-        make()
+        cls(receive=False, **{**BOARD_BASE[kind], key: value})
     return info.value
 
 
@@ -161,12 +167,9 @@ def _board_error(kind: str, settings: dict[str, Any]) -> SettingError:
 ])
 def test_the_board_and_the_inventory_refuse_the_same_value_for_the_same_key(
         tmp_path: Path, kind: str, key: str, value: object, yaml_value: str) -> None:
-    board = _board_error(kind, {key: value})
-    base = {"ble": "      type: ble\n      hci: virtual\n", "mqtt": "      type: mqtt\n",
-            "serial": "      type: serial\n      port: pty\n      baud: 9600\n"}[kind]
-    if kind == "serial" and key == "baud":
-        base = "      type: serial\n      port: pty\n"
-    path, i = with_transport(tmp_path, kind, base + f"      {key}: {yaml_value}\n")
+    board = _board_error(kind, key, value)
+    extra = "      baud: 9600\n" if kind == "serial" and key != "baud" else ""
+    path, i = with_transport(tmp_path, kind, FILE_BASE[kind] + extra + f"      {key}: {yaml_value}\n")
     with pytest.raises(ConfigError) as info:
         load_inventory(path)
     assert board.key == key and info.value.key == f"links[{i}].transport.{key}"

@@ -17,7 +17,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.config.yamlfile import nearest_line, parent_key
+from nodes.transport_settings import shown as _got  # one way to show a refused value, file or board
+from testbed.config.yamlfile import nearest, nearest_line
 from testbed.errors import ConfigError
 
 _MISSING: Any = object()
@@ -30,22 +31,6 @@ class _Invalid(Exception):
         super().__init__(expected)
         self.expected = expected
         self.got = got
-
-
-def _got(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return f"{value!r} ({type(value).__name__})"
 
 
 class _Conv:
@@ -145,7 +130,7 @@ class _Reader:
         self.sources: Mapping[str, str] = sources or {}
 
     def error(self, key: str, message: str, *, line_key: str | None = None) -> ConfigError:
-        source = nearest_source(self.sources, key)
+        source = nearest(self.sources, key)
         if source is not None:
             return ConfigError(message, file=source, key=key or None)
         line = nearest_line(self.lines, key if line_key is None else line_key)
@@ -202,13 +187,3 @@ def _join(key: str, name: str | int) -> str:
         return f"{key}[{name}]"
     return f"{key}.{name}" if key else name
 
-
-def nearest_source(sources: Mapping[str, str], key: str) -> str | None:
-    """What ``key`` (or its nearest parent listed in ``sources``) came from; None: from the file."""
-    while sources:
-        if key in sources:
-            return sources[key]
-        if not key:
-            return None
-        key = parent_key(key)
-    return None

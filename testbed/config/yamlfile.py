@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from testbed.errors import ConfigError
 
-__all__ = ["read_yaml", "nearest_line", "parent_key"]
+__all__ = ["read_yaml", "nearest", "nearest_line", "parent_key"]
+
+T = TypeVar("T")
 
 
 def _fmt(path: Sequence[str | int]) -> str:
@@ -45,14 +47,19 @@ def parent_key(key: str) -> str:
     return stripped
 
 
-def nearest_line(lines: Mapping[str, int], key: str) -> int | None:
-    """1-based line of a dotted key (``links[1].profile``), or of its nearest present parent."""
+def nearest(table: Mapping[str, T], key: str) -> T | None:
+    """``table``'s entry for a dotted key, or for its nearest parent present; None if none is."""
     while True:
-        if key in lines:
-            return lines[key]
+        if key in table:
+            return table[key]
         if not key:
             return None
         key = parent_key(key)
+
+
+def nearest_line(lines: Mapping[str, int], key: str) -> int | None:
+    """1-based line of a dotted key (``links[1].profile``), or of its nearest present parent."""
+    return nearest(lines, key)
 
 
 _MAP_TAG = "tag:yaml.org,2002:map"
