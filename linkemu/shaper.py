@@ -42,7 +42,6 @@ from typing import Any, Generic, TypeVar
 
 from linkemu.framing import EventClock
 from linkemu.loss import LossChain
-from linkemu.outage import Timeline
 from linkemu.profile import LinkProfile
 
 __all__ = ["Verdict", "ShaperCounters", "Shaper", "ShapedSender", "DROP_OUTAGE", "DROP_QUEUE",
@@ -98,9 +97,7 @@ class Shaper:
         self.start = start
         self.seed = profile.seed if profile.seed is not None else _new_seed()
         self.counters = ShaperCounters()
-        self._timeline = Timeline(schedule=profile.outages, process=profile.outage_process,
-                                  trace=profile.outage_trace,
-                                  rng=random.Random(f"{self.seed}/outage"))
+        self._timeline = profile.timeline(seed=self.seed)   # the one timeline every reader of the run builds
         self._loss: LossChain | None = (profile.loss.chain(random.Random(f"{self.seed}/loss"))
                                         if profile.loss is not None else None)
         self._jitter_rng = random.Random(f"{self.seed}/jitter")

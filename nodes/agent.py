@@ -43,11 +43,11 @@ from linkemu.shaper import ShapedSender
 from nodes import agentconfig
 from nodes.agentconfig import AgentConfig, BoardConfig, EdgeConfig, RunStart, WearableConfig
 from nodes.clocksync import ClockEstimate, ClockSyncClient
-from nodes.codec import Decoder, encode_frame, run_id_hash
+from nodes.codec import Decoder, encode_frame, run_id_hash, use_f16_backend
 from nodes.errors import AgentConfigError, NodeError
 from nodes.merge import Merged, Merger
 from nodes.mqtt import MqttClient, Will, topic
-from nodes.runtime import Runtime, open_runtime
+from nodes.runtime import Runtime, configure_torch_threads, open_runtime
 from nodes.transport import Transport, open_transport
 from nodes.vocab import compression, encoding
 
@@ -437,6 +437,15 @@ def _transport_stats(tr: Transport) -> dict[str, Any]:
     return stats
 
 
+def _configure_process(cfg: agentconfig.AgentConfig) -> None:
+    """The process-wide choices of a board, made once here (never in a constructor): a
+    ``torch`` board runs torch on one thread and casts float16 with torch's vectorised casts;
+    a LiteRT board never imports torch and keeps the numpy casts."""
+    if cfg.runtime == "torch":
+        configure_torch_threads(1)
+        use_f16_backend("torch")
+
+
 def main(argv: list[str] | None = None, *, install_signals: bool = True,
          on_ready: Callable[[Agent], None] | None = None) -> int:
     """Run an agent; 0 after ``stop``, 2 for a config it refuses (one line on stderr, also when
@@ -451,6 +460,7 @@ def main(argv: list[str] | None = None, *, install_signals: bool = True,
         print(f"agent: {exc}", file=sys.stderr)
         return exc.exit_code
     try:
+        _configure_process(cfg)
         with agent:
             if install_signals:
                 signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())

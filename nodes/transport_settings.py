@@ -34,7 +34,7 @@ __all__ = ["USER", "HARNESS", "BLE_STACKS", "Setting", "TransportSchema", "Setti
 
 USER = "user"
 HARNESS = "harness"
-BLE_STACKS = ("bumble", "bluez")
+BLE_STACKS = ("bumble", "bluez")   # the first is the default
 
 
 class SettingError(TransportError):
@@ -206,7 +206,7 @@ def _bluez_takes_no_bumble_setting(s: Mapping[str, Any]) -> None:
 
 
 def _bumble_has_one_radio(s: Mapping[str, Any]) -> None:
-    if s.get("stack") == "bumble" and (s.get("link") is None) == (s.get("hci") is None):
+    if s.get("stack", BLE_STACKS[0]) == "bumble" and (s.get("link") is None) == (s.get("hci") is None):
         raise Broken(None, "stack 'bumble' needs exactly one of 'hci' (a bumble transport spec) or "
                            "'link' (a VirtualBleLink)")
 
@@ -237,8 +237,8 @@ BLE = TransportSchema("ble", {
     "link": Setting(lambda v: v, "a VirtualBleLink", owner=HARNESS, nullable=True,
                     note="an in-process VirtualBleLink, for tests and single-process tools"),
     "receive": _RECEIVE,
-}, file_rules=(_bluez_takes_no_bumble_setting,),
-    end_rules=(_bumble_has_one_radio, _ends_know_the_peripheral))
+}, file_rules=(_bluez_takes_no_bumble_setting, _bumble_has_one_radio),
+    end_rules=(_ends_know_the_peripheral,))
 
 SCHEMAS: Mapping[str, TransportSchema] = MappingProxyType({s.name: s for s in (MQTT, SERIAL, BLE)})
 TRANSPORT_NAMES: tuple[str, ...] = tuple(SCHEMAS)

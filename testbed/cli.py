@@ -75,7 +75,7 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace, 
     inv = load_inventory(inventory_path)
     exp = load_experiment(experiment_path)
     if overrides:
-        exp = with_overrides(exp, **overrides)
+        exp = with_overrides(exp, **overrides, sources=OVERRIDE_FLAGS)
     check_compatible(exp, inv)
     check_runnable(inv)
     console = _console(stderr=args.json)
@@ -126,6 +126,11 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         console.print(f"  link {lk['name']}: {lk['bytes']} B delivered in {lk['frames']} frames, "
                       f"{lk['dropped']} dropped ({lk['dropped_outage']} by outage)")
     console.print(f"run directory: [bold]{s['run_dir']}[/]")
+
+
+# where each overridden experiment key comes from, so an invalid value names its flag
+OVERRIDE_FLAGS = {"run.samples": "--samples", "run.rate_hz": "--rate", "run.output": "--output",
+                  "train": "--epochs", "faults": "--no-faults", "dataset": "--dataset"}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,8 +261,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def _set_threads(n: int | None) -> None:
     import os
 
-    import torch
-    torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
+    from nodes.runtime import configure_torch_threads
+    configure_torch_threads(n or max(1, min(4, os.cpu_count() or 1)))
 
 
 def cmd_link(args: argparse.Namespace) -> int:

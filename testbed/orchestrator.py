@@ -33,6 +33,7 @@ from linkemu.errors import LinkError
 from linkemu.netns import BOARD_MTU
 from linkemu.profile import PRESETS, LinkProfile
 from linkemu.tc import SHAPED_CLASS, KernelLink, plan
+from nodes.agentconfig import RunStart
 from nodes.clocksync import reply as clock_reply
 from nodes.mqtt import MqttClient, topic
 from testbed.broker import EmbeddedBroker, ExternalBroker, free_port
@@ -416,7 +417,7 @@ class Orchestrator:
         run_id = self.run_dir.name
         boards = list(inv.boards.values())
         order = [inv.edge.name] + [b.name for b in boards if b.role == "wearable"]
-        start = json.dumps({"cmd": "start", "run": run_id, "t0_ns": clock.t0_ns})
+        start = json.dumps(RunStart(run=run_id, t0_ns=clock.t0_ns).to_message())
         for name in order:
             ctl.publish(topic(inv.bench, "ctl", name), start, qos=1)
         t_start = clock.t0

@@ -131,6 +131,16 @@ def test_a_missing_required_setting_points_at_the_transport(tmp_path: Path) -> N
     assert "required key missing; expected a positive int" in info.value.detail
 
 
+def test_a_bumble_link_without_a_radio_fails_inventory_check(tmp_path: Path) -> None:
+    """stack bumble (the default when none is named) needs hci; a board would refuse it at start."""
+    for lines in ("      type: ble\n      adapter: hci0\n", "      type: ble\n      stack: bumble\n"):
+        path, i = with_transport(tmp_path, "ble", lines)
+        with pytest.raises(ConfigError, match=r"links\[1\]\.transport: .*needs exactly one of 'hci'"):
+            load_inventory(path)
+    path, _ = with_transport(tmp_path, "ble", "      type: ble\n      stack: bluez\n      adapter: hci0\n")
+    assert load_inventory(path).links[1].transport.settings["stack"] == "bluez"
+
+
 # ------------------------------------------------------------------------------ one rule, both sides
 
 
