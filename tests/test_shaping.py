@@ -11,10 +11,10 @@ import pytest
 from conftest import digits_experiment
 from linkemu.errors import LinkError
 from test_netns_boards import BENCH, _inventory, _left_over, needs_netns
-from testbed import cli
-from testbed.config import load_experiment, load_inventory
+from testbed import cli, orchestrator
+from testbed.config import load_inventory
 from testbed.linkcmd import link_command
-from testbed.orchestrator import Orchestrator, prepare_bundle
+from testbed.runstate import EventLog
 from testbed.shaping import KERNEL_NETNS, KERNEL_SSH, USER, kernel_runner, plan_kernel_links, shaper_choices
 
 MIXED = """\
@@ -78,30 +78,38 @@ def test_a_link_error_is_one_line_and_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow
 @needs_netns
-def test_a_link_error_during_a_run_names_the_link_and_cleans_up(tmp_path, model_cache, monkeypatch):
-    """The kernel refuses to shape a netns board's link once the run is under way (its
-    namespace is gone when every board is ready): the run stops with a LinkError naming the
-    link, which the CLI prints as one line with exit 2, and nothing is left behind."""
+def test_a_link_error_during_a_run_is_one_line_exit_2_and_cleans_up(tmp_path, model_cache, monkeypatch, capsys):
+    """`testbed run`: the kernel refuses to shape a netns board's link once the run is under way
+    (its namespace is gone by the time every board is ready). The CLI prints one line naming
+    the link, exits 2 with no traceback, the run's summary is still written, and no namespace
+    is left behind."""
     monkeypatch.setenv("HBC_TESTBED_CACHE", str(model_cache))
-    inv = load_inventory(_inventory(tmp_path / "inventory.yaml"))
-    exp = load_experiment(digits_experiment(tmp_path / "exp.yaml", samples=5))
-    prepared = prepare_bundle(exp, cache_dir=model_cache, inventory=inv)
+    inv = _inventory(tmp_path / "inventory.yaml")
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=5)
+    boards = set(load_inventory(inv).boards)
     ns = f"tb-{BENCH}-ankle"
 
-    def pull_the_namespace(log) -> None:
-        ready: set[str] = set()
+    class PullsTheNamespace(EventLog):
+        """The run's real event log, plus a listener that deletes ankle's namespace the moment
+        every board has said ready (on the orchestrator's thread, before it shapes ankle's link)."""
 
-        def on_event(ev: dict) -> None:
-            if ev["type"] == "status" and ev.get("state") == "ready":
-                ready.add(ev["board"])
-                if ready == set(inv.boards):
-                    subprocess.run(["ip", "netns", "del", ns], check=True)
-        log.subscribe(on_event)
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            ready: set[str] = set()
 
-    orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=tmp_path / "runs" / "r1",
-                        on_log=pull_the_namespace)
-    with pytest.raises(LinkError, match=rf"link ankle-edge: .*{ns}") as info:
-        orch.run()
-    assert info.value.exit_code == 2 and "\n" not in str(info.value)
-    assert (tmp_path / "runs" / "r1" / "summary.json").exists()
+            def on_event(ev: dict) -> None:
+                if ev["type"] == "status" and ev.get("state") == "ready":
+                    ready.add(ev["board"])
+                    if ready == boards:
+                        subprocess.run(["ip", "netns", "del", ns], check=True)
+            self.subscribe(on_event)
+
+    monkeypatch.setattr(orchestrator, "EventLog", PullsTheNamespace)
+    code = cli.main(["run", str(exp), "--inventory", str(inv), "--headless"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("testbed: error: link ankle-edge: ") and ns in err[0], err
+    assert "Traceback" not in "\n".join(err)
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "summary.json").exists()
     assert _left_over() == []
