@@ -51,19 +51,47 @@ class Framing:
 
     def airtime_s(self, nbytes: int) -> float:
         """Seconds to carry an `nbytes` frame on an idle, always-up link (starting at a
-        connection event when the profile has events)."""
-        sizes = self.fragments(nbytes)
+        connection event when the profile has events). Cost: O(1) without connection events;
+        with them, O(PSDUs of one event), however large the frame (whole events of full PSDUs
+        repeat with one period and are skipped in one step)."""
+        cap = self.max_payload
+        if cap is None or nbytes <= cap:
+            full, last = 0, nbytes
+        else:
+            full, rest = divmod(nbytes, cap)
+            full, last = (full - 1, cap) if rest == 0 else (full, rest)
+        # `full` PSDUs of `cap` bytes, then one of `last` bytes (the fragments() of the frame)
         if self.frames_per_event is None:
-            if len(sizes) == 1:
-                return self.frame_time_s(sizes[0])
-            return ((len(sizes) - 1) * self.frame_time_s(sizes[0])
-                    + self.frame_time_s(sizes[-1]))
+            return full * self.frame_time_s(cap) + self.frame_time_s(last) if full else self.frame_time_s(last)
         clock, t = EventClock(self), 0.0
-        for payload in sizes:
-            d = self.frame_time_s(payload)
+        d = self.frame_time_s(cap) if full else 0.0
+        if full > _SIMULATED_PSDUS:
+            per_event, period = self._event_pattern(d)
+            skipped = (full - _SIMULATED_PSDUS) // per_event
+            full -= skipped * per_event
+            t = skipped * period
+            clock = EventClock(self, origin=t)   # the same anchors, without the float drift of t / interval
+        for _ in range(full):
             t = clock.start_at(t, d) + d
             clock.commit(t)
+        d = self.frame_time_s(last)
+        t = clock.start_at(t, d) + d
+        clock.commit(t)
         return t
+
+    def _event_pattern(self, d: float) -> tuple[int, float]:
+        """(PSDUs of duration `d` per connection event, seconds from one event's anchor to the
+        next's) for a stream of equal PSDUs starting at an anchor."""
+        if d <= 0:   # no airtime: every PSDU goes at the first anchor
+            return self.frames_per_event or 1, 0.0
+        clock, t, count = EventClock(self), 0.0, 0
+        while True:   # at most frames_per_event + 1 turns
+            t = clock.start_at(t, d)
+            if clock.anchor != 0.0:
+                return count, clock.anchor
+            t += d
+            clock.commit(t)
+            count += 1
 
     def goodput_bps(self, nbytes: int) -> float:
         """Effective goodput n * 8 / airtime(n) (inf for an unlimited link)."""
@@ -87,6 +115,9 @@ class Framing:
         return fit * cap * 8 / period
 
 
+_SIMULATED_PSDUS = 4096   # frames of more full PSDUs than this skip whole connection events
+
+
 class EventClock:
     """Connection events every `event_interval_s` from t = 0, each carrying at most
     `frames_per_event` PSDUs back to back, none of them running past the next anchor.
@@ -105,13 +136,20 @@ class EventClock:
         return self.origin + max(k, 0) * self.interval
 
     def start_at(self, t: float, duration: float) -> float:
-        """When a PSDU of `duration`, ready at t, may start."""
-        if (self._anchor is not None and t <= self._end and self._used < self.limit
+        """When a PSDU of `duration`, ready at t, may start. Asking again at the anchor it
+        returned is answered with that anchor (t / interval is not exact in floats, so working
+        the anchor out again could skip a whole event)."""
+        if (self._anchor is not None and (t <= self._end or t == self._anchor) and self._used < self.limit
                 and t + duration <= self._anchor + self.interval):
             return t
         anchor = self._next_anchor(t)
         self._anchor, self._used = anchor, 0
         return anchor
+
+    @property
+    def anchor(self) -> float | None:
+        """The anchor of the current connection event (None before the first PSDU)."""
+        return self._anchor
 
     def commit(self, end: float) -> None:
         """A PSDU started at the last `start_at` and ends at `end`."""

@@ -12,6 +12,7 @@ import pytest
 from linkemu.loss import LossModel
 from linkemu.outage import OnOffProcess, Timeline, parse_trace
 from linkemu.profile import PRESETS, LinkProfile, ProfileError, resolve_profile
+from linkemu.shaper import Shaper
 from linkemu.errors import TraceError
 
 N = 100_000
@@ -233,3 +234,15 @@ def test_old_profile_dicts_still_load():
     assert p.max_psdu_bytes is None and p.loss is None and p.tx_time_s(991) == 8.0
     for preset in PRESETS.values():
         assert LinkProfile.from_dict(json.loads(json.dumps(preset.as_dict()))) == preset
+
+
+@pytest.mark.parametrize("spec", ["ble-1m", "ble-2m", {"preset": "ble-2m", "frames_per_event": 3,
+                                                         "event_interval_ms": 7.5}])
+@pytest.mark.parametrize("psdus", [1, 4096, 4097, 20_000])
+def test_airtime_of_a_large_frame_matches_the_shaper_psdu_by_psdu(spec, psdus):
+    """airtime_s skips whole connection events of a huge frame; the shaper places every PSDU
+    on its event clock one by one. Both give the same end of the last PSDU."""
+    profile = resolve_profile(spec).replace(delay_s=0.0, jitter_s=0.0)
+    nbytes = (psdus - 1) * profile.framing.max_payload + 17
+    verdict = Shaper(profile, start=0.0).offer(nbytes, 0.0)
+    assert verdict.deliver_at == pytest.approx(profile.airtime_s(nbytes), rel=1e-9)
