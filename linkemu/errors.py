@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["HarnessError", "LinkemuError", "ProfileError", "TraceError", "LinkError"]
+__all__ = ["HarnessError", "LinkemuError", "ProfileError", "TraceError", "LinkError", "as_float"]
 
 
 class HarnessError(Exception):
@@ -60,6 +60,17 @@ class LinkError(LinkemuError, RuntimeError):
 # ---------------------------------------------------------------------------- validators
 
 
+def as_float(value: Any) -> float | None:
+    """A real number (int or float, never bool) as a float, inf and NaN included; None for
+    anything else, an int too large for a float among them (so no check ever overflows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def number(value: Any, *, key: str, minimum: float = 0.0, strict: bool = False,
            allow_inf: bool = False, maximum: float | None = None) -> float:
     """A real number >= minimum (> minimum when strict), <= maximum, finite unless allow_inf."""
@@ -67,10 +78,8 @@ def number(value: Any, *, key: str, minimum: float = 0.0, strict: bool = False,
     if maximum is not None:
         bound += f" and <= {maximum:g}"
     expected = f"a number {bound}" + (" (or inf)" if allow_inf else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProfileError(f"expected {expected}, got {value!r}", key=key)
-    out = float(value)
-    if math.isnan(out) or (math.isinf(out) and not (allow_inf and out > 0)):
+    out = as_float(value)
+    if out is None or math.isnan(out) or (math.isinf(out) and not (allow_inf and out > 0)):
         raise ProfileError(f"expected {expected}, got {value!r}", key=key)
     if out < minimum or (strict and out == minimum) or (maximum is not None and out > maximum):
         raise ProfileError(f"expected {expected}, got {value!r}", key=key)

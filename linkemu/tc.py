@@ -428,19 +428,21 @@ def choose_backend(caps: dict[str, Any], *, prefer: str | None = None) -> str:
 
 class KernelLink:
     """Apply a plan on enter; drive its outages (nft drop rule on at each down edge, off at
-    each up edge, following the profile's schedule, process and trace on the run clock that
-    starts at `t0`, default: enter); undo everything in reverse order on exit. With the same
+    each up edge, following the profile's schedule, process and trace on a clock whose time
+    zero is `t0`); undo everything in reverse order on exit. By default the outages are driven
+    from enter; with `drive=False` the caller starts them with `drive_outages(t0=...)` once the
+    plan is applied (a run: on its own clock, taken after every link is shaped). With the same
     profile seed and `t0` as the run's other readers, its edges are the run's windows."""
 
     def __init__(self, profile: LinkProfile, dev: str, *, backend: str, runner: Runner,
-                 clock: Any = None, dport: int | None = None, mtu: int = 1500,
-                 t0: float | None = None) -> None:
+                 clock: Any = None, dport: int | None = None, mtu: int = 1500, drive: bool = True) -> None:
         import time
         self.profile = profile
         self.plan = plan(profile, dev, backend=backend, dport=dport, mtu=mtu)
         self.runner = runner
         self._clock = clock or time.monotonic
-        self._t0 = t0
+        self._drive_on_enter = drive
+        self._t0: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._applied: list[list[str]] = []
@@ -448,19 +450,26 @@ class KernelLink:
 
     def __enter__(self) -> KernelLink:
         try:
-            if self._t0 is None:
-                self._t0 = self._clock()
             for argv in self.plan.apply:
                 self.runner.run(argv)
                 self._applied.append(argv)
-            if self.plan.outages and not self.runner.dry_run:
-                self._thread = threading.Thread(target=self._drive, daemon=True,
-                                                name=f"linkemu-outages-{self.plan.dev}")
-                self._thread.start()
+            if self._drive_on_enter:
+                self.drive_outages()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def drive_outages(self, *, t0: float | None = None) -> None:
+        """Start toggling the outage rule, time zero at `t0` on this link's clock (default:
+        now); nothing to do for a plan without outages or on a dry run."""
+        if self._thread is not None:
+            raise LinkError(f"outages of {self.plan.dev} are already being driven")
+        self._t0 = self._clock() if t0 is None else t0
+        if self.plan.outages and not self.runner.dry_run:
+            self._thread = threading.Thread(target=self._drive, daemon=True,
+                                            name=f"linkemu-outages-{self.plan.dev}")
+            self._thread.start()
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
@@ -475,7 +484,7 @@ class KernelLink:
         seed = self.profile.seed if self.profile.seed is not None else random.randrange(2**63)
         line = self.profile.timeline(seed=seed)
         t0 = self._t0 if self._t0 is not None else self._clock()
-        rel = max(0.0, self._clock() - t0)   # the plan may take a while to apply: start where the run is
+        rel = max(0.0, self._clock() - t0)   # started late: begin where the run's clock is
         down = line.is_down(rel)
         if down:
             self._edge("down")

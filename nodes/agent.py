@@ -53,6 +53,8 @@ from nodes.vocab import compression, encoding
 
 _STOP = object()
 LINK_UP_TIMEOUT_S = 30.0
+MAX_WAIT_S = 1.0       # the serve loop wakes at least this often (no absurd queue timeouts)
+MAX_T0_SKEW_S = 60.0   # a start's time zero further from now than this is not believed
 
 
 def _ms(seconds: float) -> float:
@@ -85,10 +87,11 @@ class _SampleTag:
     encode_ms: float
     nbytes: int
     submitted: float  # monotonic
+    at_s: float       # when it was offered to the link emulator, in seconds of the run clock
 
     def fields(self) -> dict[str, Any]:
         return {"sample": self.sample, "compute_ms": self.compute_ms, "encode_ms": self.encode_ms,
-                "bytes": self.nbytes}
+                "bytes": self.nbytes, "at_s": round(self.at_s, 6)}
 
 
 class Agent(ABC):
@@ -159,8 +162,8 @@ class Agent(ABC):
             msg = json.loads(payload)
             if not isinstance(msg, dict) or "cmd" not in msg:
                 raise ValueError("expected a JSON object with 'cmd'")
-        except ValueError as exc:
-            self.tele("error", error=f"bad control message: {exc}")
+        except (ValueError, RecursionError) as exc:   # RecursionError: absurdly nested JSON
+            self.tele("error", error=f"bad control message: {type(exc).__name__}: {str(exc)[:200]}")
             return
         if msg["cmd"] == "time":
             self._clock_sync.on_reply(msg, t4=t4)
@@ -227,7 +230,7 @@ class Agent(ABC):
             wake = self._wake_at()
             timeout = next_tele - now if wake is None else min(next_tele, wake) - now
             try:
-                item = self._inbox.get(timeout=max(0.0, timeout))
+                item = self._inbox.get(timeout=min(max(0.0, timeout), MAX_WAIT_S))
             except queue.Empty:
                 item = None
             if item is _STOP:
@@ -267,13 +270,21 @@ class Agent(ABC):
         return True
 
     def _ensure_started(self, start: RunStart | None = None) -> None:
-        """Start the run's clock once: at the start command (its ``t0_ns`` mapped onto this
-        board's clock), or at a trigger that comes first (now)."""
+        """Start the run's clock once: at the start command, its ``t0_ns`` mapped onto this
+        board's clock with the clock-sync estimate; at arrival when there is no estimate, no
+        ``t0_ns``, or a ``t0_ns`` more than MAX_T0_SKEW_S from now (a wrong clock or a forged
+        command must not stall the link emulator), which is reported; at a trigger that comes
+        first, now."""
         if self._t0 is not None:
             return
-        offset_ns = self._clock.offset_ns if self._clock is not None else 0.0
-        wall_ns, mono = time.time_ns(), time.monotonic()
-        self._t0 = mono if start is None else start.monotonic_t0(offset_ns=offset_ns, wall_ns=wall_ns, mono_s=mono)
+        if start is None:
+            self._t0 = time.monotonic()
+        else:
+            offset_ns = self._clock.offset_ns if self._clock is not None else None
+            self._t0, problem = start.board_t0(offset_ns=offset_ns, wall_ns=time.time_ns(), mono_s=time.monotonic(),
+                                               max_skew_s=MAX_T0_SKEW_S)
+            if problem:
+                self.tele("error", error=problem)
         self._begin(self._t0)
 
 
@@ -326,8 +337,10 @@ class WearableAgent(Agent):
                              seq=self._seq, send_ts_ns=time.time_ns(), encoding=self._encoding,
                              compression=self._compression, compression_level=self._compression_level)
         t2 = time.perf_counter()
+        now = time.monotonic()
+        assert self._t0 is not None, "the run clock starts before the first trigger"
         tag = _SampleTag(sample=sample, compute_ms=_ms(t1 - t0), encode_ms=_ms(t2 - t1), nbytes=len(frame),
-                         submitted=time.monotonic())
+                         submitted=now, at_s=now - self._t0)
         verdict = self._sender.submit(frame, tag=tag)
         if not verdict.accepted:
             self.tele("sample", **tag.fields(), verdict=verdict.reason)

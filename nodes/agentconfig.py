@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar, Union
 
-from linkemu.errors import ProfileError
+from linkemu.errors import ProfileError, as_float
 from linkemu.profile import LinkProfile
 from nodes.errors import AgentConfigError
 from nodes.merge import MERGE_RULES
@@ -239,8 +239,11 @@ class RunStart:
 
     @classmethod
     def from_message(cls, msg: Mapping[str, Any]) -> RunStart:
-        """Parse a decoded start command; AgentConfigError naming the bad field otherwise."""
-        r = _Reader(msg, source="start command", path="", keys=cls.KEYS)
+        """Parse a decoded start command; AgentConfigError naming the bad field otherwise. Keys
+        it does not know are ignored: a newer orchestrator may send more, and this board can
+        still start its run on what it understands."""
+        known = {k: v for k, v in msg.items() if k in cls.KEYS} if isinstance(msg, Mapping) else msg
+        r = _Reader(known, source="start command", path="", keys=cls.KEYS)
         if r.data.get("cmd") != "start":
             raise r.bad("cmd", "'start'", r.data.get("cmd"))
         return cls(run=r.field("run", _text), t0_ns=r.field("t0_ns", _optional(_epoch_ns), default=None))
@@ -250,6 +253,21 @@ class RunStart:
         if self.t0_ns is not None:
             msg["t0_ns"] = self.t0_ns
         return msg
+
+    def board_t0(self, *, offset_ns: float | None, wall_ns: int, mono_s: float,
+                 max_skew_s: float) -> tuple[float, str | None]:
+        """The run's time zero on the board's monotonic clock, and why it is the command's
+        arrival (``mono_s``) instead of ``t0_ns`` mapped, if it is: no ``t0_ns`` (said: None), no
+        clock estimate (``offset_ns`` None: None), or a mapped time zero more than
+        ``max_skew_s`` from now (a wrong clock or a forged command: a one-line reason)."""
+        if self.t0_ns is None or offset_ns is None:
+            return mono_s, None
+        t0 = self.monotonic_t0(offset_ns=offset_ns, wall_ns=wall_ns, mono_s=mono_s)
+        if abs(mono_s - t0) <= max_skew_s:
+            return t0, None
+        return mono_s, (f"start: t0_ns is {mono_s - t0:+.1f} s from now on this board's clock (expected within "
+                        f"±{max_skew_s:.0f} s); the run clock starts on arrival instead: check the board's "
+                        "clock (chrony)")
 
     def monotonic_t0(self, *, offset_ns: float, wall_ns: int, mono_s: float) -> float:
         """The run's time zero on the board's monotonic clock.
@@ -343,9 +361,10 @@ def _epoch_ns(value: Any) -> int:
 
 
 def _positive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    out = as_float(value)
+    if out is None or not math.isfinite(out) or out <= 0:
         raise _Expected("a number > 0")
-    return float(value)
+    return out
 
 
 def _one_of(names: Sequence[str]) -> Callable[[Any], str]:
@@ -402,7 +421,7 @@ def _check_format(data: Any, source: str) -> None:
         raise AgentConfigError(f"{source}: no format field (written before formats were numbered), not a format "
                                f"this agent reads (it reads format {FORMAT}); {advice}")
     version = data["format"]
-    if isinstance(version, bool) or version != FORMAT:
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT:   # 1.0 is not format 1
         shown = version if isinstance(version, int) and not isinstance(version, bool) else _show(version)
         raise AgentConfigError(f"{source}: format {shown} is not a format this agent reads (it reads format "
                                f"{FORMAT}); {advice}")

@@ -80,7 +80,7 @@ class ClockSyncClient:
     def on_reply(self, msg: dict[str, object], *, t4: int) -> None:
         try:
             ident, t2, t3 = int(msg["id"]), int(msg["t2"]), int(msg["t3"])  # type: ignore[call-overload]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):   # garbage: not a reply of ours
             return
         with self._arrived:
             t1 = self._waiting.pop(ident, None)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from linkemu.errors import as_float
 from nodes.ble_frag import MIN_PAYLOAD_SIZE
 from nodes.errors import TransportError
 
@@ -43,8 +44,11 @@ class SettingError(TransportError):
     ``str(err)`` is the board's one line (``ble transport: mtu must be ...``); ``key`` names the
     setting (None: the settings as a whole) and ``detail`` says what was expected in the words of
     a file error; ``missing`` is True when a required setting is absent (a file error then points
-    at the ``transport:`` mapping's line rather than the key's).
+    at the ``transport:`` mapping's line rather than the key's). Settings are configuration, so
+    the agent exits 2 on one, like on any config it refuses.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str, *, transport: str, key: str | None, detail: str,
                  missing: bool = False) -> None:
@@ -136,10 +140,10 @@ def _integer(expected: str, *, lo: int, hi: int | None = None, **opts: Any) -> S
 
 def _seconds(expected: str, *, allow_zero: bool = False, **opts: Any) -> Setting:
     def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or v < 0 or (v == 0 and not allow_zero):
+        out = as_float(v)
+        if out is None or not math.isfinite(out) or out < 0 or (out == 0 and not allow_zero):
             raise Invalid(expected)
-        return float(v)
+        return out
     return Setting(check, expected, **opts)
 
 
@@ -322,7 +326,7 @@ def check_file_settings(transport: str, values: Mapping[str, Any]) -> dict[str, 
     for key in values:
         setting = schema.settings.get(key)
         if setting is None:
-            hint = difflib.get_close_matches(key, list(schema.user_keys), n=1)
+            hint = difflib.get_close_matches(str(key), list(schema.user_keys), n=1)
             detail = (f"unknown {schema.name} setting; expected one of {', '.join(schema.user_keys)}"
                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
             raise SettingError(f"{schema.name} transport: {key}: {detail}", transport=schema.name,

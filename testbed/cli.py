@@ -67,15 +67,15 @@ def _train_progress(console: Any, enabled: bool) -> Any:
     return _Bar()
 
 
-def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace, *,
-         overrides: dict[str, Any]) -> int:
+def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) -> int:
     from testbed.config import check_compatible, load_experiment, load_inventory, with_overrides
     from testbed.orchestrator import Orchestrator, check_runnable, default_cache_dir, new_run_id, prepare_bundle
 
     inv = load_inventory(inventory_path)
     exp = load_experiment(experiment_path)
+    overrides, sources = _overrides(args)
     if overrides:
-        exp = with_overrides(exp, **overrides, sources=OVERRIDE_FLAGS)
+        exp = with_overrides(exp, **overrides, sources=sources)
     check_compatible(exp, inv)
     check_runnable(inv)
     console = _console(stderr=args.json)
@@ -128,39 +128,40 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     console.print(f"run directory: [bold]{s['run_dir']}[/]")
 
 
-# where each overridden experiment key comes from, so an invalid value names its flag
-OVERRIDE_FLAGS = {"run.samples": "--samples", "run.rate_hz": "--rate", "run.output": "--output",
-                  "train": "--epochs", "faults": "--no-faults", "dataset": "--dataset"}
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The experiment overrides the flags ask for, and the flag each overridden key came from
+    (so an invalid value names the flag the user gave)."""
     out: dict[str, Any] = {}
-    if args.samples is not None:
-        out["samples"] = args.samples
-    if args.rate is not None:
-        out["rate_hz"] = args.rate
-    if args.output is not None:
-        out["output"] = args.output
+    sources: dict[str, str] = {}
+    for flag, attr, key in (("--samples", "samples", "samples"), ("--rate", "rate", "rate_hz"),
+                            ("--output", "output", "output")):
+        if getattr(args, attr) is not None:
+            out[key] = getattr(args, attr)
+            sources[f"run.{key}"] = flag
     if args.no_faults:
         out["faults"] = ()
+        sources["faults"] = "--no-faults"
     train: dict[str, Any] = {}
     if getattr(args, "dataset", None):
         out["dataset"] = args.dataset
+        sources["dataset"] = "--dataset"
         if args.dataset == "digits" and args.epochs is None:
             train["epochs"] = 20  # 1,347 training images: more passes, still seconds
+            sources["train"] = "--dataset"
     if args.epochs is not None:
         train["epochs"] = args.epochs
+        sources["train"] = "--epochs"
     if train:
         out["train"] = train
-    return out
+    return out, sources
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run(Path(args.inventory), Path(args.experiment), args, overrides=_overrides(args))
+    return _run(Path(args.inventory), Path(args.experiment), args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _run(DEMO_DIR / "inventory.yaml", DEMO_DIR / "experiment.yaml", args, overrides=_overrides(args))
+    return _run(DEMO_DIR / "inventory.yaml", DEMO_DIR / "experiment.yaml", args)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

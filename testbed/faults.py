@@ -89,6 +89,28 @@ def _windows(line: Timeline, until: float) -> list[tuple[float, float]]:
     return out
 
 
+def _merged(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of half-open windows, as sorted disjoint windows (touching ones joined)."""
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(windows):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _link_windows(profile: LinkProfile, *, seed: int, horizon_s: float) -> tuple[tuple[float, float], ...]:
+    """A link's down windows: all of its static schedule and trace (finite lists, however late),
+    and its on/off process up to ``horizon_s`` only (a process never ends)."""
+    static = profile.replace(outage_process=None).timeline(seed=seed)
+    windows = _windows(static, _static_end(profile))
+    if profile.outage_process is not None:
+        process = profile.replace(outages=(), outage_trace=None).timeline(seed=seed)   # the same draws
+        windows += _windows(process, horizon_s)
+    return tuple(_merged(windows))
+
+
 def _static_end(profile: LinkProfile) -> float:
     """The last finite time the profile's schedule or trace changes state (0 if none)."""
     times = [o.start_s for o in profile.outages] + [o.end_s for o in profile.outages]
@@ -101,8 +123,9 @@ class FaultSchedule:
     """Every fault of one run, in seconds from the run clock's time zero.
 
     ``horizon_s`` is when the run's last sample may still be pending (the last trigger plus
-    the timeout): on/off processes are listed up to it; static outages and kills are listed
-    whenever they fall, so a fault after the last sample still has its event."""
+    the timeout): on/off processes are listed up to it; static outages, traces and kills are
+    listed whenever they fall, so a fault after the last sample still has its event. Whether a
+    link is down at a given time is answered for any time, from the link's whole timeline."""
 
     def __init__(self, profiles: Mapping[str, LinkProfile], *, kills: Sequence[tuple[str, float]] = (),
                  horizon_s: float) -> None:
@@ -114,8 +137,8 @@ class FaultSchedule:
         self.kills: tuple[tuple[str, float], ...] = tuple(kills)   # (board, at_s)
         self.horizon_s = float(horizon_s)
         self._lines = {name: p.timeline(seed=int(p.seed)) for name, p in self.profiles.items()}  # type: ignore[arg-type]
-        self._windows = {name: tuple(_windows(line, max(self.horizon_s, _static_end(self.profiles[name]))))
-                         for name, line in self._lines.items()}
+        self._windows = {name: _link_windows(p, seed=int(p.seed), horizon_s=self.horizon_s)  # type: ignore[arg-type]
+                         for name, p in self.profiles.items()}
 
     @classmethod
     def build(cls, inventory: Inventory, experiment: Experiment, *, horizon_s: float | None = None) -> FaultSchedule:

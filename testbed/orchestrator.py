@@ -1,15 +1,16 @@
 """Running an experiment on a bench: the laptop side of ``testbed run`` and ``testbed demo``.
 
 Holds ``prepare_bundle`` (train or load the model from the cache, export shards), sample
-selection, ``plan_kernel_links`` (which links the kernel shapes: MQTT links sent from
-``connect: netns`` boards, checked before anything starts) and ``Orchestrator``: makes the
-netns boards' namespaces, starts (or reaches) the broker (listening on each namespace's veth
-too, plus a data-plane port that the kernel classifies), deploys local boards and starts
-their agents (inside their namespace where they have one), shapes kernel links on ``tb0``
-from the first sample on, waits for every board to report ready, then triggers samples at the
-configured rate, injects faults on schedule, collects predictions, counts samples that never
-complete, and writes ``runs/<id>/`` (run.json, events.jsonl, summary.json). Rendering is not
-done here: the dashboard subscribes to the event log.
+selection and ``Orchestrator``: builds the run's one fault schedule (``testbed.faults``) and
+plans its kernel-shaped links (``testbed.shaping``) before anything starts, makes the netns
+boards' namespaces, starts (or reaches) the broker (listening on each namespace's veth too,
+plus a data-plane port that the kernel classifies), deploys local boards and starts their
+agents (inside their namespace where they have one), waits for every board to report ready,
+applies the kernel links' plans on ``tb0``, starts the run clock (the kernel links' outages,
+the agents' shapers and the fault events all run from its time zero), then triggers samples
+at the configured rate, injects faults on schedule, collects predictions, counts samples that
+never complete, and writes ``runs/<id>/`` (run.json, events.jsonl, summary.json). Rendering is
+not done here: the dashboard subscribes to the event log.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import queue
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -281,14 +283,16 @@ class Orchestrator:
                 user_profiles = {**profiles, **{name: PRESETS["ideal"] for name in kernel}}
                 self._start_agents(stack, broker, user_profiles, x, fabric, spaces=spaces, shapers=shapers)
                 self._wait_ready()
-                clock = RunClock.start()   # time zero of the schedule, for the kernel, the agents and us
                 for name, k in kernel.items():
                     with naming_link(name):
                         shaped[name] = stack.enter_context(KernelLink(
                             k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board),
-                            dport=data_port, mtu=BOARD_MTU, t0=clock.t0))
+                            dport=data_port, mtu=BOARD_MTU, drive=False))
                     self._event("fabric", note=f"{name}: shaped by the kernel ({k.shaper}) on {NETNS_DEV} of "
                                               f"{spaces.spaces[k.board].ns}, TCP to port {data_port} only")
+                clock = RunClock.start()   # time zero of the schedule, for the kernel, the agents and us
+                for link in shaped.values():
+                    link.drive_outages(t0=clock.t0)
                 self._sample_loop(ctl, labels, clock=clock, schedule=schedule)
                 self._stop_agents(ctl)
             finally:
@@ -425,7 +429,7 @@ class Orchestrator:
         period = 1.0 / exp.run.rate_hz
         timeout = exp.run.timeout_ms / 1000.0
         n = exp.run.samples
-        timeline = schedule.events()
+        timeline = deque(schedule.events())
         pending: dict[int, _Pending] = {}
         names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}  # student shard -> board
 
@@ -452,7 +456,7 @@ class Orchestrator:
         while next_sample < n or pending:
             now = time.monotonic()
             while timeline and clock.at(timeline[0].at_s) <= now:
-                fault = timeline.pop(0)
+                fault = timeline.popleft()
                 if fault.kind == "kill" and fault.board in self._agents:
                     self._agents[fault.board].kill()
                 self._event("fault", **fault.fields())

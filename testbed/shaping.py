@@ -122,11 +122,16 @@ class KernelShaped:
 
 def plan_kernel_links(inventory: Inventory, profiles: Mapping[str, LinkProfile], *,
                       caps: dict[str, Any] | None = None) -> dict[str, KernelShaped]:
-    """The links ``shaper_for`` gives the kernel, each with the backend the kernel offers
-    (probed once) and its data-plane plan checked: a knob the backend cannot honour, or a
-    kernel without the classifier or nftables the plan needs, is a RunError naming the link's
-    profile, before anything starts."""
+    """The links ``shaper_for`` gives the kernel in a run on this machine (netns boards), each
+    with the backend this kernel offers (probed once) and its data-plane plan checked: a knob
+    the backend cannot honour, or a kernel without the classifier or nftables the plan needs,
+    is a RunError naming the link's profile, before anything starts. A link the rule gives an
+    ssh board's kernel is refused: that kernel is not this one, and a run does not reach it."""
     chosen = [(i, c) for i, c in enumerate(shaper_choices(inventory).values()) if c.kernel]
+    for _, c in chosen:
+        if c.kind != KERNEL_NETNS:
+            raise RunError(f"link {c.link.name}: {c.reason}; `testbed run` shapes the kernels of netns boards "
+                           "only (use `testbed link apply --dry-run` for the commands)")
     if not chosen:
         return {}
     if caps is None:
@@ -140,7 +145,7 @@ def plan_kernel_links(inventory: Inventory, profiles: Mapping[str, LinkProfile],
         where = f"{inventory.path}:{inventory.line_of(f'links[{i}].profile') or '?'}: links[{i}].profile"
         try:
             backend = choose_backend(caps)
-            p = plan(profiles[name], choice.dev or NETNS_DEV, backend=backend, dport=1, mtu=BOARD_MTU)
+            p = plan(profiles[name], NETNS_DEV, backend=backend, dport=1, mtu=BOARD_MTU)
             if p.apply and not caps.get("u32"):
                 raise LinkError("shaping only the data plane needs tc's u32 classifier, which this kernel lacks "
                                 f"({caps.get('errors', {}).get('u32', 'probe said no')})")
@@ -148,7 +153,7 @@ def plan_kernel_links(inventory: Inventory, profiles: Mapping[str, LinkProfile],
                 raise LinkError("outages and iid loss need nftables, which is not usable here "
                                 f"({caps.get('errors', {}).get('nft', 'probe said no')})")
         except LinkError as exc:
-            raise RunError(f"{where}: link {name} (from {choice.board.connect} board {choice.board.name}, shaped "
-                           f"by the kernel): {exc}") from None
+            raise RunError(f"{where}: link {name} (from netns board {choice.board.name}, shaped by the kernel): "
+                           f"{exc}") from None
         out[name] = KernelShaped(choice=choice, backend=backend, profile=profiles[name])
     return out

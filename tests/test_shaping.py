@@ -13,6 +13,7 @@ from linkemu.errors import LinkError
 from test_netns_boards import BENCH, _inventory, _left_over, needs_netns
 from testbed import cli, orchestrator
 from testbed.config import load_inventory
+from testbed.errors import RunError
 from testbed.linkcmd import link_command
 from testbed.runstate import EventLog
 from testbed.shaping import KERNEL_NETNS, KERNEL_SSH, USER, kernel_runner, plan_kernel_links, shaper_choices
@@ -49,10 +50,14 @@ def test_one_rule_for_every_link(tmp_path):
         ["ssh", "-p", "22", "-o", "BatchMode=yes"]
     with pytest.raises(ValueError, match="user space"):
         kernel_runner(choices["chest-edge"], bench="lab")
-    # `testbed run` plans exactly the links the rule gives the kernel
+    # `testbed run` plans exactly the links the rule gives this machine's kernel, and refuses an ssh one
     caps = {"netem": True, "tbf": True, "htb": True, "u32": True, "nft": True, "errors": {}}
+    with pytest.raises(RunError, match="link wrist-edge: MQTT from ssh board wrist.*netns boards only"):
+        plan_kernel_links(inv, {lk.name: lk.profile for lk in inv.links}, caps=caps)
+    path.write_text(MIXED.replace("connect: ssh, host: pi-wrist, user: pi", "connect: local"))
+    inv = load_inventory(path)
     planned = plan_kernel_links(inv, {lk.name: lk.profile for lk in inv.links}, caps=caps)
-    assert set(planned) == {n for n, c in choices.items() if c.kernel}
+    assert set(planned) == {n for n, c in shaper_choices(inv).items() if c.kernel} == {"ankle-edge"}
     assert planned["ankle-edge"].shaper == "kernel:netem" and planned["ankle-edge"].board == "ankle"
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from linkemu.errors import as_float
 from nodes.transport_settings import shown as _got  # one way to show a refused value, file or board
 from testbed.config.yamlfile import nearest, nearest_line
 from testbed.errors import ConfigError
@@ -99,11 +100,12 @@ def _number(*, gt: float | None = None, ge: float | None = None) -> _Conv:
         # PyYAML reads 3e-3 (no dot) as a string; accept it as the number it obviously is.
         if isinstance(v, str) and _FLOAT_TEXT.fullmatch(v.strip()):
             v = float(v)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        v = as_float(v)
+        if v is None or not math.isfinite(v):
             raise _Invalid(desc)
         if (gt is not None and not v > gt) or (ge is not None and not v >= ge):
             raise _Invalid(desc)
-        return float(v)
+        return v
     return _Conv(desc, fn)
 
 

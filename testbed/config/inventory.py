@@ -19,7 +19,9 @@ from types import MappingProxyType
 from typing import Any
 
 from linkemu.profile import LinkProfile, ProfileError, resolve_profile
+from nodes import agentconfig
 from nodes import vocab as _vocab
+from nodes.runtime import RUNTIMES as runtime_registry
 from nodes.codec import LZ4_HC_LEVELS, ZSTD_LEVELS
 from nodes.transport_settings import TRANSPORT_NAMES, SettingError, check_file_settings
 from testbed.config.checks import _choice, _got, _integer, _join, _number, _Reader, _string
@@ -31,11 +33,11 @@ __all__ = [
     "BrokerSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory", "load_inventory",
 ]
 
-ROLES = ("wearable", "edge")
+ROLES = agentconfig.ROLES                   # one list: the roles an agent plays (nodes.agentconfig)
 KINDS = ("rpi3", "rpi4", "rpi5", "rpi-zero2w", "jetson-nano", "jetson-orin-nano",
          "jetson-xavier-nx", "sim")
 CONNECTS = ("ssh", "local", "netns")
-RUNTIMES = ("torch", "tflite")
+RUNTIMES = tuple(runtime_registry.names())  # one list: the runtimes a board can open (nodes.runtime)
 ENERGY_METERS = ("none", "ina219", "ina260", "model")
 BROKER_MODES = ("embedded", "external")
 TRANSPORTS = TRANSPORT_NAMES               # one list: nodes.transport_settings

@@ -38,10 +38,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nodes.merge import MERGE_RULES   # one list: the rules the edge applies
 from testbed.training import ProgressFn, fit
 from testbed.zoo import MergeFC, Student
 
-MERGE_RULES = ("concat", "average")
 
 
 @dataclass(frozen=True)
