@@ -270,8 +270,13 @@ def shown(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, (str, int, float)):
-        return repr(value)
-    return f"{value!r} ({type(value).__name__})"
+        return _clipped(repr(value))
+    return _clipped(f"{value!r} ({type(value).__name__})")
+
+
+def _clipped(text: str, limit: int = 80) -> str:
+    """An error line stays a line: a long value (a 400-digit number, a pasted blob) is cut."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _checked(schema: TransportSchema, key: str, value: Any) -> Any:
