@@ -24,8 +24,9 @@ from typing import Any
 from linkemu.outage import Outage, Timeline
 from linkemu.profile import LinkProfile
 from testbed.config import Experiment, Inventory
+from testbed.errors import ConfigError
 
-__all__ = ["RunClock", "FaultEvent", "FaultSchedule", "link_seed"]
+__all__ = ["RunClock", "FaultEvent", "FaultSchedule", "TooManyWindows", "MAX_PROCESS_WINDOWS", "link_seed"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,26 @@ def link_seed(experiment_seed: int, link: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1   # < 2**63, as a profile seed must be
 
 
-def _windows(line: Timeline, until: float) -> list[tuple[float, float]]:
-    """The down windows of ``line`` that start at or before ``until`` (relative seconds)."""
+MAX_PROCESS_WINDOWS = 100_000   # per link and run: beyond, an on/off process is a mistake, not an experiment
+
+
+class TooManyWindows(ValueError):
+    """An on/off process would put more than MAX_PROCESS_WINDOWS outages into one run."""
+
+    def __init__(self, link: str, horizon_s: float) -> None:
+        self.link = link
+        super().__init__(f"more than {MAX_PROCESS_WINDOWS:,} outages in the run's {horizon_s:g} s; expected "
+                         "mean_up_s and mean_down_s that give fewer (each outage is an event in the run's log)")
+
+
+def _windows(line: Timeline, until: float, *, limit: int | None = None) -> list[tuple[float, float]]:
+    """The down windows of ``line`` that start at or before ``until`` (relative seconds);
+    OverflowError past ``limit`` of them."""
     out: list[tuple[float, float]] = []
     t = 0.0
     while t <= until:
+        if limit is not None and len(out) > limit:
+            raise OverflowError(limit)
         if line.is_down(t):
             end = line.next_up(t)
             out.append((t, end))
@@ -100,14 +116,19 @@ def _merged(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-def _link_windows(profile: LinkProfile, *, seed: int, horizon_s: float) -> tuple[tuple[float, float], ...]:
+def _link_windows(name: str, profile: LinkProfile, *, seed: int,
+                  horizon_s: float) -> tuple[tuple[float, float], ...]:
     """A link's down windows: all of its static schedule and trace (finite lists, however late),
-    and its on/off process up to ``horizon_s`` only (a process never ends)."""
+    and its on/off process up to ``horizon_s`` only (a process never ends); TooManyWindows when
+    the process has more than MAX_PROCESS_WINDOWS there."""
     static = profile.replace(outage_process=None).timeline(seed=seed)
     windows = _windows(static, _static_end(profile))
     if profile.outage_process is not None:
         process = profile.replace(outages=(), outage_trace=None).timeline(seed=seed)   # the same draws
-        windows += _windows(process, horizon_s)
+        try:
+            windows += _windows(process, horizon_s, limit=MAX_PROCESS_WINDOWS)
+        except OverflowError:
+            raise TooManyWindows(name, horizon_s) from None
     return tuple(_merged(windows))
 
 
@@ -137,7 +158,7 @@ class FaultSchedule:
         self.kills: tuple[tuple[str, float], ...] = tuple(kills)   # (board, at_s)
         self.horizon_s = float(horizon_s)
         self._lines = {name: p.timeline(seed=int(p.seed)) for name, p in self.profiles.items()}  # type: ignore[arg-type]
-        self._windows = {name: _link_windows(p, seed=int(p.seed), horizon_s=self.horizon_s)  # type: ignore[arg-type]
+        self._windows = {name: _link_windows(name, p, seed=int(p.seed), horizon_s=self.horizon_s)  # type: ignore[arg-type]
                          for name, p in self.profiles.items()}
 
     @classmethod
@@ -154,7 +175,12 @@ class FaultSchedule:
         if horizon_s is None:
             run = experiment.run
             horizon_s = (run.samples - 1) / run.rate_hz + run.timeout_ms / 1000.0
-        return cls(profiles, kills=kills, horizon_s=horizon_s)
+        try:
+            return cls(profiles, kills=kills, horizon_s=horizon_s)
+        except TooManyWindows as exc:
+            i = next(i for i, lk in enumerate(inventory.links) if lk.name == exc.link)
+            key = f"links[{i}].profile.outage_process"
+            raise ConfigError(str(exc), file=str(inventory.path), line=inventory.line_of(key), key=key) from None
 
     # -- questions ---------------------------------------------------------------------------
     def is_down(self, link: str, offset_s: float) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from conftest import DEMO_INVENTORY, digits_experiment, last_json, read_jsonl, run_cli
 from linkemu.shaper import Shaper
 from testbed.config import load_experiment, load_inventory
+from testbed.errors import ConfigError
 from testbed.faults import FaultSchedule, RunClock, link_seed
 
 TRACE = "time_s,state\n0.40,down\n0.90,up\n1.30,down\n1.45,up\n"
@@ -84,6 +85,16 @@ def test_a_profile_seed_is_kept_and_an_open_one_is_fixed(tmp_path):
     assert schedule.profiles["chest-edge"].seed == 7
     with pytest.raises(ValueError, match="without a seed: x"):
         FaultSchedule({"x": load_inventory(DEMO_INVENTORY).links[0].profile}, horizon_s=1.0)
+
+
+def test_a_process_that_would_flood_the_run_is_refused_with_its_line(tmp_path):
+    path = _inventory(tmp_path)
+    path.write_text(path.read_text().replace("mean_up_s: 0.5, mean_down_s: 0.3", "mean_up_s: 0.00001, mean_down_s: 0.00001"))
+    inv = load_inventory(path)
+    exp = load_experiment(digits_experiment(tmp_path / "exp.yaml", samples=40))
+    with pytest.raises(ConfigError, match=r"links\[1\]\.profile\.outage_process: more than 100,000 outages") as info:
+        FaultSchedule.build(inv, exp)
+    assert info.value.line == next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if "outage_process" in ln)
 
 
 def test_run_clock():
