@@ -1,5 +1,5 @@
 # hbc-testbed: `make demo` and `make test` set up everything they need first.
-#   make deps   system packages (mosquitto, Fashion-MNIST, socat, iproute2, nftables) via apt-get when root
+#   make deps   system packages (mosquitto, Fashion-MNIST, socat, iproute2, nftables, OpenSSH, sudo) via apt-get when root
 #   make venv   .venv with the CPU build of torch and this package in editable mode
 PY ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; install it before anything that depends on torch, or pip may pick a
 # multi-GB CUDA build. Override on another machine, e.g. TORCH_SPEC='torch>=2.2'.
 TORCH_SPEC ?= torch==2.13.0
-APT_PACKAGES := mosquitto dataset-fashion-mnist socat iproute2 nftables
+APT_PACKAGES := mosquitto dataset-fashion-mnist socat iproute2 nftables openssh-server openssh-client sudo
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=

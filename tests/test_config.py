@@ -250,7 +250,7 @@ def test_unknown_key(tmp_path: Path) -> None:
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     text = GOOD_INVENTORY + "extra: 1\n"
     expect_error(load_inventory, write(tmp_path, text), line=line_of(text, "extra"),
-                 key="extra", phrase="unknown key; expected one of bench, broker, boards, links")
+                 key="extra", phrase="unknown key; expected one of bench, broker, ssh, boards, links")
 
 
 def test_bad_role(tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from testbed.config.yamlfile import nearest_line, read_yaml
 
 __all__ = [
     "ROLES", "KINDS", "CONNECTS", "RUNTIMES", "ENERGY_METERS", "BROKER_MODES", "TRANSPORTS", "ENCODINGS",
-    "COMPRESSIONS", "DEFAULT_WORKDIR",
-    "BrokerSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory", "load_inventory",
+    "COMPRESSIONS", "DEFAULT_WORKDIR", "BOARD_ENVS", "DEFAULT_KNOWN_HOSTS",
+    "BrokerSpec", "SshSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory", "load_inventory",
 ]
 
 ROLES = agentconfig.ROLES                   # one list: the roles an agent plays (nodes.agentconfig)
@@ -44,6 +44,12 @@ TRANSPORTS = TRANSPORT_NAMES               # one list: nodes.transport_settings
 ENCODINGS = tuple(_vocab.ENCODINGS)        # one vocabulary: nodes.vocab
 COMPRESSIONS = tuple(_vocab.COMPRESSIONS)
 DEFAULT_WORKDIR = "~/hbc-testbed"
+DEFAULT_KNOWN_HOSTS = "known_hosts"        # beside the inventory: the bench's pinned host keys
+# How an ssh board's Python environment is made (testbed.remote.environment):
+#   venv         a venv in the workdir, everything installed from the laptop's wheelhouse
+#   venv-system  the same with --system-site-packages: a vendor's torch (NVIDIA's on a Jetson) stays
+#   python       the interpreter as it is; only this project's wheel goes into the workdir
+BOARD_ENVS = ("venv", "venv-system", "python")
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _NAME_DESC = "a name of lowercase letters, digits, '-' and '_' starting with a letter or digit"
@@ -66,6 +72,21 @@ class BrokerSpec:
 
 
 @dataclass(frozen=True)
+class SshSpec:
+    """How the laptop reaches ``connect: ssh`` boards (the inventory's ``ssh:`` section).
+
+    ``known_hosts``: the bench's own pinned host keys (OpenSSH format; never ~/.ssh/known_hosts);
+    ``key``: the private key for every board without its own (None: the ssh agent);
+    ``max_clock_offset_ms``: doctor refuses a board whose clock is further off than this.
+    """
+
+    known_hosts: Path
+    key: Path | None = None
+    connect_timeout_s: float = 10.0
+    max_clock_offset_ms: float = 100.0
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board of the bench. ``host``/``user``/``port`` are only set for ``connect: ssh``."""
 
@@ -81,6 +102,8 @@ class BoardSpec:
     workdir: str | None = None
     energy: str = "none"
     compute_scale: float | None = None   # compute time relative to the laptop's (layer split); None: per kind
+    key: Path | None = None              # ssh: this board's private key (None: the ssh section's, or the agent)
+    env: str | None = None               # ssh: how its Python environment is made (BOARD_ENVS)
 
     @property
     def is_edge(self) -> bool:
@@ -122,6 +145,7 @@ class Inventory:
     broker: BrokerSpec
     boards: Mapping[str, BoardSpec]
     links: tuple[LinkSpec, ...]
+    ssh: SshSpec | None = None
     _lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -166,16 +190,33 @@ def load_inventory(path: str | Path) -> Inventory:
     path = Path(path)
     data, lines = read_yaml(path, _INVENTORY_WHAT)
     r = _Reader(path, lines)
-    top = r.mapping(data, "", allowed=("bench", "broker", "boards", "links"),
+    top = r.mapping(data, "", allowed=("bench", "broker", "ssh", "boards", "links"),
                     required={"bench": _NAME_DESC, "boards": "a mapping of board name -> board",
                               "links": "a list of links from each wearable to the edge"},
                     what=_INVENTORY_WHAT)
     bench = r.get(top, "", "bench", _string(pattern=_NAME_RE, desc=_NAME_DESC))
     broker = _broker(r, top.get("broker"))
+    ssh = _ssh(r, top.get("ssh"), path)
     boards = _boards(r, top["boards"])
     links = _links(r, top["links"], boards)
     return Inventory(path=path, bench=bench, broker=broker, boards=MappingProxyType(boards),
-                     links=tuple(links), _lines=MappingProxyType(dict(lines)))
+                     links=tuple(links), ssh=ssh, _lines=MappingProxyType(dict(lines)))
+
+
+def _ssh(r: _Reader, value: Any, path: Path) -> SshSpec:
+    """The ``ssh:`` section; paths relative to the inventory's folder (``~`` expanded)."""
+    m = r.mapping({} if value is None else value, "ssh",
+                  allowed=("known_hosts", "key", "connect_timeout_s", "max_clock_offset_ms"))
+    known = r.get(m, "ssh", "known_hosts", _string(desc="a file path"), default=DEFAULT_KNOWN_HOSTS)
+    key = r.get(m, "ssh", "key", _string(desc="a private key file path"), default=None)
+    return SshSpec(known_hosts=_beside(path, known), key=_beside(path, key) if key else None,
+                   connect_timeout_s=r.get(m, "ssh", "connect_timeout_s", _number(gt=0), default=10.0),
+                   max_clock_offset_ms=r.get(m, "ssh", "max_clock_offset_ms", _number(gt=0), default=100.0))
+
+
+def _beside(inventory: str | Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(inventory).parent / p
 
 
 def _broker(r: _Reader, value: Any) -> BrokerSpec:
@@ -195,8 +236,8 @@ def _broker(r: _Reader, value: Any) -> BrokerSpec:
 
 
 _BOARD_KEYS = ("role", "kind", "connect", "host", "user", "port", "runtime", "python",
-               "workdir", "energy", "compute_scale")
-_SSH_ONLY = ("host", "user", "port")
+               "workdir", "energy", "compute_scale", "key", "env")
+_SSH_ONLY = ("host", "user", "port", "key", "env")
 
 
 def _boards(r: _Reader, value: Any) -> dict[str, BoardSpec]:
@@ -220,13 +261,14 @@ def _boards(r: _Reader, value: Any) -> dict[str, BoardSpec]:
             host = r.get(m, key, "host", _string(desc="a host name or address (connect: ssh)"))
             user = r.get(m, key, "user", _string(desc="a user name"), default=None)
             port = r.get(m, key, "port", _integer(lo=1, hi=65535), default=22)
+            board_key = r.get(m, key, "key", _string(desc="a private key file path"), default=None)
             workdir_default: str | None = DEFAULT_WORKDIR
         else:
             for k in _SSH_ONLY:
                 if m.get(k) is not None:
                     raise r.error(f"{key}.{k}", f"only used with connect: ssh; expected no {k} "
                                                 f"for connect: {connect}")
-            host = user = port = None
+            host = user = port = board_key = None
             workdir_default = None
         default_runtime = "tflite" if kind.startswith("rpi") else "torch"
         runtime = r.get(m, key, "runtime", _choice(RUNTIMES), default=default_runtime)
@@ -239,10 +281,15 @@ def _boards(r: _Reader, value: Any) -> dict[str, BoardSpec]:
             raise r.error(f"{key}.energy", f"a sim board has no power meter; expected none or "
                                            f"model; got {energy!r}")
         compute_scale = r.get(m, key, "compute_scale", _number(gt=0), default=None)
+        env = None
+        if connect == "ssh":  # a vendor's torch (a Jetson's) is kept: system site packages by default
+            env = r.get(m, key, "env", _choice(BOARD_ENVS),
+                        default="venv-system" if runtime == "torch" else "venv")
         boards[name] = BoardSpec(name=name, role=role, kind=kind, connect=connect,
                                  runtime=runtime, host=host, user=user, port=port,
                                  python=python, workdir=workdir, energy=energy,
-                                 compute_scale=compute_scale)
+                                 compute_scale=compute_scale,
+                                 key=_beside(r.file, board_key) if board_key else None, env=env)
 
     edges = [b for b in boards.values() if b.role == "edge"]
     if len(edges) > 1:
