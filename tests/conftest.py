@@ -54,3 +54,49 @@ def last_json(stdout: str) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------------------- ssh boards
+# Real OpenSSH boards (tests/sshboards.py): one sshd per board, each in its own network
+# namespace on a veth; root only, skipped with the reason elsewhere.
+
+
+@pytest.fixture(scope="session")
+def ssh_session_keys(tmp_path_factory: pytest.TempPathFactory):
+    """The test session's one ed25519 client keypair (a `sshboards.ClientKey`: `.private`,
+    `.public`); skips the test, with the reason, where ssh boards cannot run."""
+    from sshboards import make_client_key, sshboards_unavailable
+    why = sshboards_unavailable()
+    if why:
+        pytest.skip(why)
+    return make_client_key(tmp_path_factory.mktemp("ssh-client"))
+
+
+def _ssh_bench_factory(folder: Path, key, stack):
+    from sshboards import SshBench
+    made: list[SshBench] = []
+
+    def make(count: int | None = None, names=None, *, mtu: int | None = None) -> SshBench:
+        """`make(3)` or `make(names=["wrist", "edge"])`: an entered `SshBench`, exited at teardown."""
+        bench = SshBench(root=folder / f"sshbench{len(made)}", count=count, names=names, client_key=key, mtu=mtu)
+        made.append(stack.enter_context(bench))
+        return bench
+    return make
+
+
+@pytest.fixture
+def ssh_bench(tmp_path: Path, ssh_session_keys):
+    """A factory of ssh benches for one test: ``bench = ssh_bench(2)`` or
+    ``ssh_bench(names=["wrist", "edge"])``; every bench made is torn down after the test."""
+    from contextlib import ExitStack
+    with ExitStack() as stack:
+        yield _ssh_bench_factory(tmp_path, ssh_session_keys, stack)
+
+
+@pytest.fixture(scope="module")
+def ssh_bench_module(tmp_path_factory: pytest.TempPathFactory, ssh_session_keys):
+    """As `ssh_bench`, but the benches live until the module's last test has run (for tests
+    that share boards and leave them as they found them)."""
+    from contextlib import ExitStack
+    with ExitStack() as stack:
+        yield _ssh_bench_factory(tmp_path_factory.mktemp("sshbench-module"), ssh_session_keys, stack)
