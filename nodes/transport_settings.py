@@ -11,6 +11,15 @@ written twice:
   only the rules a file decides alone); the reader turns a `SettingError` into its
   file:line:key error using ``key`` and ``detail``.
 
+A link has two ends on two boards, and a few settings name something of one board (a device
+path, a Bluetooth controller). `PER_END` lists them: for such a ``key`` a file may also write
+``edge_<key>``, the edge's own value (a Pi's /dev/ttyAMA0 wired to a Jetson's /dev/ttyTHS1:
+``port: /dev/ttyAMA0``, ``edge_port: /dev/ttyTHS1``); without it both ends get ``key``.
+`end_settings` turns a file's settings into what one end's board gets; a board never sees an
+``edge_`` key (`check_settings` refuses it as unknown). Every other setting is the link's, the
+same on both ends (a serial link's baud and flow control must match; a BLE central must know
+its peripheral's address).
+
 Defaults stay in the constructors' signatures; this module only says what a value must be (and,
 with ``shown``, how a refused value reads in an error, for every key the inventory reader checks).
 It must stay dependency-free (the standard library, ``nodes.errors`` and the pure
@@ -31,7 +40,8 @@ from nodes.ble_frag import MIN_PAYLOAD_SIZE
 from nodes.errors import TransportError
 
 __all__ = ["USER", "HARNESS", "BLE_STACKS", "Setting", "TransportSchema", "SettingError", "SCHEMAS",
-           "TRANSPORT_NAMES", "check_settings", "check_file_settings", "shown"]
+           "TRANSPORT_NAMES", "PER_END", "EDGE_PREFIX", "LOCAL_PAIR", "ENDS", "check_settings",
+           "check_file_settings", "end_settings", "file_keys", "shown"]
 
 USER = "user"
 HARNESS = "harness"
@@ -247,6 +257,51 @@ BLE = TransportSchema("ble", {
 SCHEMAS: Mapping[str, TransportSchema] = MappingProxyType({s.name: s for s in (MQTT, SERIAL, BLE)})
 TRANSPORT_NAMES: tuple[str, ...] = tuple(SCHEMAS)
 
+# ------------------------------------------------------------------------------ the two ends of a link
+
+# The settings that may differ between a link's two ends, per transport: each names a thing of
+# one board. A file writes the wearable's value as ``<key>`` and, where the edge's differs,
+# ``edge_<key>``. Everything else is the link's and the same on both ends.
+PER_END: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "mqtt": (),                   # both ends reach the same broker and topic
+    "serial": ("port",),          # each board's UART device (baud and flow control must match)
+    "ble": ("adapter", "hci"),    # each board's own Bluetooth controller
+})
+EDGE_PREFIX = "edge_"
+ENDS = ("tx", "rx")               # tx: the wearable's (sending) end; rx: the edge's (receiving) end
+
+# A per-end setting whose value asks the laptop's local fabric (testbed.fabric) to make both ends
+# at once, so a file gives no edge_ value with it: a socat pty pair, bumble's virtual controllers.
+LOCAL_PAIR: Mapping[str, tuple[str, str, str]] = MappingProxyType({
+    "serial": ("port", "pty", "a local socat pty pair"),
+    "ble": ("hci", "virtual", "bumble's virtual controllers"),
+})
+
+
+def file_keys(transport: str) -> tuple[str, ...]:
+    """Every key a file may write under a link's ``transport:`` (``type`` aside): the user
+    settings, then the ``edge_`` form of each per-end one."""
+    return _schema(transport).user_keys + tuple(EDGE_PREFIX + k for k in PER_END[transport])
+
+
+def end_settings(transport: str, settings: Mapping[str, Any], end: str) -> dict[str, Any]:
+    """What the board at ``end`` (``tx``: the wearable, ``rx``: the edge) gets from a link's file
+    settings: the edge takes ``edge_<key>`` as its ``<key>`` where the file gives one; both ends
+    get ``<key>`` otherwise. No ``edge_`` key is left in what it returns."""
+    if end not in ENDS:
+        raise ValueError(f"unknown link end {end!r}; expected one of {', '.join(ENDS)}")
+    per_end = PER_END[_schema(transport).name]
+    out = {k: v for k, v in settings.items() if not _edge_form(k, per_end)}
+    if end == "rx":
+        for key in per_end:
+            if settings.get(EDGE_PREFIX + key) is not None:
+                out[key] = settings[EDGE_PREFIX + key]
+    return out
+
+
+def _edge_form(key: Any, per_end: tuple[str, ...]) -> bool:
+    return isinstance(key, str) and key.startswith(EDGE_PREFIX) and key[len(EDGE_PREFIX):] in per_end
+
 
 # ------------------------------------------------------------------------------ the two checks
 
@@ -279,28 +334,39 @@ def _clipped(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _checked(schema: TransportSchema, key: str, value: Any) -> Any:
+def _checked(schema: TransportSchema, key: str, value: Any, *, as_key: str | None = None) -> Any:
+    """``value`` checked by ``key``'s rule; an error names ``as_key`` (an ``edge_`` form) if given."""
     setting = schema.settings[key]
     if value is None and setting.nullable:
         return None
     try:
         return setting.check(value)
     except Invalid as exc:
+        name = as_key or key
         board = f"is {exc.why}" if exc.why else f"must be {exc.expected}, got {value!r}"
         detail = (f"expected {exc.expected} ({exc.why})" if exc.why
                   else f"expected {exc.expected}; got {shown(value)}")
-        raise SettingError(f"{schema.name} transport: {key} {board}", transport=schema.name, key=key,
+        raise SettingError(f"{schema.name} transport: {name} {board}", transport=schema.name, key=name,
                            detail=detail) from None
 
 
-def _apply(schema: TransportSchema, rules: tuple[Rule, ...], values: Mapping[str, Any]) -> None:
+def _apply(schema: TransportSchema, rules: tuple[Rule, ...], values: Mapping[str, Any], *,
+           end: str | None = None, edge_of: Mapping[str, str] | None = None) -> None:
+    """Apply ``rules`` to one end's settings. For a link whose ends differ, ``end`` says which
+    end an error without a key of its own is about, and ``edge_of`` (the edge's end: key -> the
+    ``edge_`` key it came from) makes an error name the key the file wrote."""
     for rule in rules:
         try:
             rule(values)
         except Broken as exc:
-            where = f"{exc.key} " if exc.key else ""
-            raise SettingError(f"{schema.name} transport: {where}{exc.message}", transport=schema.name,
-                               key=exc.key, detail=exc.message) from None
+            key, message = exc.key, exc.message
+            if edge_of and key in edge_of:
+                key, message = edge_of[key], f"{message} ({edge_of[key]} is the edge's {key})"
+            elif end is not None and key is None:
+                message = f"on the {end} end: {message}"
+            where = f"{key} " if key else ""
+            raise SettingError(f"{schema.name} transport: {where}{message}", transport=schema.name,
+                               key=key, detail=message) from None
 
 
 def check_settings(transport: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,12 +394,13 @@ def check_file_settings(transport: str, values: Mapping[str, Any]) -> dict[str, 
     settings that were set, checked; raises `SettingError` on the first problem.
     """
     schema = _schema(transport)
+    per_end, known = PER_END[schema.name], file_keys(schema.name)
     for key in values:
+        if _edge_form(key, per_end):
+            continue
         setting = schema.settings.get(key)
         if setting is None:
-            hint = difflib.get_close_matches(str(key), list(schema.user_keys), n=1)
-            detail = (f"unknown {schema.name} setting; expected one of {', '.join(schema.user_keys)}"
-                      + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            detail = _not_a_file_key(schema, key, per_end, known)
             raise SettingError(f"{schema.name} transport: {key}: {detail}", transport=schema.name,
                                key=key, detail=detail)
         if setting.owner == HARNESS:
@@ -345,6 +412,46 @@ def check_file_settings(transport: str, values: Mapping[str, Any]) -> dict[str, 
             detail = f"required key missing; expected {schema.settings[key].expected}"
             raise SettingError(f"{schema.name} transport: {key}: {detail}", transport=schema.name,
                                key=key, detail=detail, missing=True)
-    out = {k: _checked(schema, k, v) for k, v in values.items() if v is not None}
-    _apply(schema, schema.file_rules, out)
+    out = {k: (_checked(schema, k[len(EDGE_PREFIX):], v, as_key=k) if _edge_form(k, per_end)
+               else _checked(schema, k, v))
+           for k, v in values.items() if v is not None}
+    _both_ends_local(schema, out)
+    edge_of = {k[len(EDGE_PREFIX):]: k for k in out if _edge_form(k, per_end)}
+    _apply(schema, schema.file_rules, end_settings(schema.name, out, "tx"),
+           end="wearable's" if edge_of else None)
+    if edge_of:
+        _apply(schema, schema.file_rules, end_settings(schema.name, out, "rx"), end="edge's", edge_of=edge_of)
     return out
+
+
+def _not_a_file_key(schema: TransportSchema, key: Any, per_end: tuple[str, ...], known: tuple[str, ...]) -> str:
+    """Why ``key`` may not be written under a ``transport:`` of this kind (it is no setting of it)."""
+    base = key[len(EDGE_PREFIX):] if isinstance(key, str) and key.startswith(EDGE_PREFIX) else None
+    if base in schema.settings:
+        if not per_end:
+            return f"{schema.name} links have no per-end settings (both ends share all); expected no {key}"
+        setting = schema.settings[base]
+        why = (f"{base} is set by the harness ({setting.note})" if setting.owner == HARNESS
+               else f"{base} is the same on both ends of a {schema.name} link")
+        return (f"{why}; expected no {key} (the per-end settings of {schema.name}: "
+                f"{', '.join(EDGE_PREFIX + k for k in per_end)})")
+    hint = difflib.get_close_matches(str(key), list(known), n=1)
+    return (f"unknown {schema.name} setting; expected one of {', '.join(known)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _both_ends_local(schema: TransportSchema, values: Mapping[str, Any]) -> None:
+    """A value that has the local fabric make both ends (``port: pty``) takes no ``edge_`` value."""
+    if schema.name not in LOCAL_PAIR:
+        return
+    key, local, what = LOCAL_PAIR[schema.name]
+    edge_key = EDGE_PREFIX + key
+    if values.get(key) == local and edge_key in values:
+        detail = f"{key}: {local} makes both ends ({what}); expected no {edge_key} with {key}: {local}"
+        raise SettingError(f"{schema.name} transport: {edge_key}: {detail}", transport=schema.name,
+                           key=edge_key, detail=detail)
+    if values.get(edge_key) == local:
+        detail = (f"{local!r} is only for {key} (then both ends are made as {what}); "
+                  f"expected the edge's own {key}")
+        raise SettingError(f"{schema.name} transport: {edge_key}: {detail}", transport=schema.name,
+                           key=edge_key, detail=detail)

@@ -40,6 +40,7 @@ from linkemu.netns import (SUBNET_POOL, BoardNetns, existing_namespaces, host_ne
                            pick_subnets)
 from linkemu.tc import Runner
 from nodes.mqtt import topic
+from nodes.transport_settings import EDGE_PREFIX, ENDS, LOCAL_PAIR, end_settings
 from testbed.broker import free_port
 from testbed.config import BoardSpec, Inventory, LinkSpec
 from testbed.errors import RunError
@@ -104,6 +105,23 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+def _link_ends(link: LinkSpec) -> dict[str, dict[str, Any]]:
+    """A link's file settings as each end gets them (``nodes.transport_settings.end_settings``).
+
+    A value that has this fabric make both ends (``port: pty``, ``hci: virtual``) leaves no room
+    for an edge's own value: the inventory refuses that pairing with file:line:key; a LinkSpec
+    built by hand gets a RunError here, before anything starts."""
+    kind, settings = link.transport.type, link.transport.settings
+    local = LOCAL_PAIR.get(kind)
+    if local is not None:
+        key, value, what = local
+        edge_key = EDGE_PREFIX + key
+        if edge_key in settings and value in (settings.get(key), settings.get(edge_key)):
+            raise RunError(f"link {link.name}: {key}: {value} makes both ends ({what}); expected no "
+                           f"{edge_key} with it")
+    return {end: end_settings(kind, settings, end) for end in ENDS}
+
+
 @contextmanager
 def _undo_on_error(stack: ExitStack) -> Iterator[None]:
     """While building into ``stack``: if building raises, close it (undo what was made)."""
@@ -144,23 +162,28 @@ class LocalFabric:
 
     # -- per transport ---------------------------------------------------------------------
     def _make(self, link: LinkSpec) -> None:
-        settings = dict(link.transport.settings)
+        """Each end's settings: the file's, per end (``end_settings``: the edge takes its ``edge_``
+        values), plus what the harness makes or knows for that end."""
         kind = link.transport.type
+        ends = _link_ends(link)
+        tx_s, rx_s = ends["tx"], ends["rx"]
         src, dst = (self.addresses.get(b, self.broker_host) for b in (link.src, link.dst))
         if kind == "mqtt":
-            settings.setdefault("topic", topic(self.inventory.bench, "data", link.name))
-            tx = {"type": kind, "host": src, "port": self.data_ports.get(link.name, self.broker_port), **settings}
-            rx = {"type": kind, "host": dst, "port": self.broker_port, **settings}
-        elif kind == "serial" and settings.get("port") == PTY:
+            name = topic(self.inventory.bench, "data", link.name)
+            tx = {"type": kind, "host": src, "port": self.data_ports.get(link.name, self.broker_port),
+                  "topic": name, **tx_s}
+            rx = {"type": kind, "host": dst, "port": self.broker_port, "topic": name, **rx_s}
+        elif kind == "serial" and tx_s.get("port") == PTY:
             a, b = self._pty_pair(link.name)
-            tx, rx = {"type": kind, **settings, "port": a}, {"type": kind, **settings, "port": b}
-        elif kind == "ble" and settings.get("hci") == VIRTUAL:
+            tx, rx = {"type": kind, **tx_s, "port": a}, {"type": kind, **rx_s, "port": b}
+        elif kind == "ble" and tx_s.get("hci") == VIRTUAL:
             src, dst = (self.addresses.get(b, "127.0.0.1") for b in (link.src, link.dst))
             p_tx, p_rx = self._ble_controllers(link.name, hosts=(src, dst))
-            base = {"type": kind, "stack": "bumble", "address": ble_address(link.name), **settings}
-            tx, rx = {**base, "hci": f"tcp-client:{src}:{p_tx}"}, {**base, "hci": f"tcp-client:{dst}:{p_rx}"}
-        else:
-            tx = rx = {"type": kind, **settings}
+            base = {"type": kind, "stack": "bumble", "address": ble_address(link.name)}
+            tx = {**base, **tx_s, "hci": f"tcp-client:{src}:{p_tx}"}
+            rx = {**base, **rx_s, "hci": f"tcp-client:{dst}:{p_rx}"}
+        else:   # devices named in the file (a bench): each end its own where the file says so
+            tx, rx = {"type": kind, **tx_s}, {"type": kind, **rx_s}
         self._ends[(link.name, "tx")], self._ends[(link.name, "rx")] = tx, rx
 
     def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import DEMO_INVENTORY
-from nodes.transport_settings import SettingError
+from nodes.transport_settings import LOCAL_PAIR, PER_END, SCHEMAS, SettingError, check_file_settings, end_settings
 from testbed.cli import main
 from testbed.config import load_inventory
 from testbed.errors import ConfigError
@@ -184,3 +184,128 @@ def test_the_board_and_the_inventory_refuse_the_same_value_for_the_same_key(
         load_inventory(path)
     assert board.key == key and info.value.key == f"links[{i}].transport.{key}"
     assert board.detail == info.value.detail
+
+
+# ------------------------------------------------------------------------------ per-end settings (edge_<key>)
+
+
+def test_edge_port_gives_the_edge_its_own_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, i = with_transport(tmp_path, "serial", "      type: serial\n      port: /dev/ttyAMA0\n"
+                                                 "      edge_port: /dev/ttyTHS1\n      baud: 2000000\n")
+    assert main(["inventory", "check", str(path)]) == 0, capsys.readouterr().err
+    settings = load_inventory(path).links[i].transport.settings
+    assert dict(settings) == {"port": "/dev/ttyAMA0", "edge_port": "/dev/ttyTHS1", "baud": 2000000}
+    assert end_settings("serial", settings, "tx") == {"port": "/dev/ttyAMA0", "baud": 2000000}
+    assert end_settings("serial", settings, "rx") == {"port": "/dev/ttyTHS1", "baud": 2000000}
+
+
+def test_without_an_edge_value_both_ends_get_the_same_settings() -> None:
+    for kind, settings in (("serial", {"port": "/dev/ttyUSB0", "baud": 9600, "rtscts": True}),
+                           ("ble", {"stack": "bluez", "adapter": "hci0", "address": "F0:00:00:00:00:01"}),
+                           ("mqtt", {"qos": 1})):
+        assert end_settings(kind, settings, "tx") == end_settings(kind, settings, "rx") == settings
+    with pytest.raises(ValueError, match="unknown link end 'edge'; expected one of tx, rx"):
+        end_settings("serial", {"port": "/dev/ttyUSB0", "baud": 9600}, "edge")
+
+
+def test_ble_controllers_are_per_end() -> None:
+    settings = check_file_settings("ble", {"hci": "usb:0", "edge_hci": "usb:1", "address": "F0:00:00:00:00:01"})
+    assert end_settings("ble", settings, "tx") == {"hci": "usb:0", "address": "F0:00:00:00:00:01"}
+    assert end_settings("ble", settings, "rx") == {"hci": "usb:1", "address": "F0:00:00:00:00:01"}
+    settings = check_file_settings("ble", {"stack": "bluez", "adapter": "hci0", "edge_adapter": "hci1",
+                                           "name": "x"})
+    assert end_settings("ble", settings, "rx")["adapter"] == "hci1"
+
+
+def test_the_per_end_table_names_user_settings_and_the_fabric_agrees_on_local_pairs() -> None:
+    from testbed import fabric
+
+    assert set(PER_END) == set(SCHEMAS)
+    assert all(k in SCHEMAS[t].user_keys for t, keys in PER_END.items() for k in keys)
+    assert LOCAL_PAIR["serial"][:2] == ("port", fabric.PTY) and LOCAL_PAIR["ble"][:2] == ("hci", fabric.VIRTUAL)
+
+
+@pytest.mark.parametrize(("kind", "lines", "key", "phrase"), [
+    ("serial", "      type: serial\n      port: /dev/ttyAMA0\n      baud: 9600\n      edge_baud: 115200\n",
+     "edge_baud", "baud is the same on both ends of a serial link; expected no edge_baud "
+                  "(the per-end settings of serial: edge_port)"),
+    ("serial", "      type: serial\n      port: /dev/ttyAMA0\n      baud: 9600\n      edge_rtscts: true\n",
+     "edge_rtscts", "rtscts is the same on both ends of a serial link"),
+    ("serial", "      type: serial\n      port: /dev/ttyAMA0\n      baud: 9600\n      edge_prot: /dev/ttyTHS1\n",
+     "edge_prot", "unknown serial setting; expected one of port, baud, rtscts, xonxoff, max_frame, "
+                  "write_timeout, edge_port (did you mean 'edge_port'?)"),
+    ("serial", "      type: serial\n      port: /dev/ttyAMA0\n      baud: 9600\n      edge_port: ''\n",
+     "edge_port", "expected a device path such as /dev/ttyAMA0; got ''"),
+    ("serial", "      type: serial\n      port: pty\n      edge_port: /dev/ttyTHS1\n      baud: 9600\n",
+     "edge_port", "port: pty makes both ends (a local socat pty pair); expected no edge_port with port: pty"),
+    ("serial", "      type: serial\n      port: /dev/ttyAMA0\n      edge_port: pty\n      baud: 9600\n",
+     "edge_port", "'pty' is only for port"),
+    ("mqtt", "      type: mqtt\n      edge_port: 1884\n", "edge_port",
+     "mqtt links have no per-end settings (both ends share all); expected no edge_port"),
+    ("ble", "      type: ble\n      hci: virtual\n      edge_hci: usb:0\n", "edge_hci",
+     "hci: virtual makes both ends (bumble's virtual controllers); expected no edge_hci"),
+    ("ble", "      type: ble\n      stack: bluez\n      adapter: hci0\n      edge_hci: usb:0\n", "edge_hci",
+     "applies to stack 'bumble' only (BlueZ reaches its controller through the adapter); expected no hci "
+     "with stack bluez (edge_hci is the edge's hci)"),
+    ("ble", "      type: ble\n      hci: virtual\n      edge_mtu: 185\n", "edge_mtu",
+     "mtu is the same on both ends of a ble link; expected no edge_mtu (the per-end settings of ble: "
+     "edge_adapter, edge_hci)"),
+])
+def test_a_bad_per_end_setting_names_file_line_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    kind: str, lines: str, key: str, phrase: str) -> None:
+    path, i = with_transport(tmp_path, kind, lines)
+    code, err = check_cli(path, capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"testbed: error: {path}:{line_of(path, f' {key}:')}: links[{i}].transport.{key}: "), err
+    assert phrase in err, err
+
+
+def test_an_edge_value_that_leaves_the_wearable_without_a_radio_says_which_end(tmp_path: Path) -> None:
+    path, i = with_transport(tmp_path, "ble", "      type: ble\n      edge_hci: usb:0\n")
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    assert info.value.key == f"links[{i}].transport"
+    assert "on the wearable's end: stack 'bumble' needs exactly one of 'hci'" in info.value.detail
+
+
+def test_a_board_never_takes_an_edge_key() -> None:
+    """end_settings strips them; one that reaches a board anyway is an unknown setting there."""
+    from nodes.serial_transport import SerialTransport
+
+    with pytest.raises(SettingError, match=r"unknown setting\(s\) 'edge_port'") as info:
+        SerialTransport(port="/dev/ttyAMA0", baud=9600, receive=False,
+                        edge_port="/dev/ttyTHS1")  # type: ignore[arg-type]
+    assert info.value.key == "edge_port"
+
+
+def test_the_lab_inventory_wires_the_pi_uart_to_the_jetson_uart(tmp_path: Path) -> None:
+    """The repo's inventory.yaml: each end of the wrist-edge serial link gets its own board's UART."""
+    from conftest import ROOT
+    from testbed.fabric import LocalFabric
+
+    inv = load_inventory(ROOT / "inventory.yaml")
+    link = inv.link("wrist-edge")
+    with LocalFabric(inventory=inv, workdir=tmp_path, broker_host="192.168.50.10", broker_port=1883) as fab:
+        tx, rx = fab.endpoint(link, "tx"), fab.endpoint(link, "rx")
+        ends = [fab.endpoint(lk, e) for lk in inv.links for e in ("tx", "rx")]
+    assert (tx["type"], tx["port"], tx["baud"]) == ("serial", "/dev/ttyAMA0", 2000000)
+    assert (rx["type"], rx["port"], rx["baud"]) == ("serial", "/dev/ttyTHS1", 2000000)
+    assert not any(k.startswith("edge_") for end in ends for k in end)
+
+
+def test_the_fabric_refuses_a_hand_built_pty_link_with_an_edge_port(tmp_path: Path) -> None:
+    """The inventory refuses it with file:line:key; a LinkSpec built in code meets the fabric's check."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from testbed.config import TransportSpec
+    from testbed.errors import RunError
+    from testbed.fabric import LocalFabric
+
+    inv = load_inventory(DEMO_INVENTORY)
+    bad = TransportSpec(type="serial", settings=MappingProxyType({"port": "pty", "edge_port": "/dev/ttyTHS1",
+                                                                  "baud": 9600}))
+    inv = replace(inv, links=(replace(inv.links[0], transport=bad),))
+    with pytest.raises(RunError, match="link wrist-edge: port: pty makes both ends .*expected no edge_port"):
+        with LocalFabric(inventory=inv, workdir=tmp_path, broker_host="127.0.0.1", broker_port=1883):
+            pass

@@ -2,7 +2,9 @@
 
 The transport under test opens a pty slave with pyserial, exactly as it opens /dev/ttyAMA0 on
 a Pi. The far side ("raw end") is a plain file descriptor written and read with os.write /
-os.read, so tests can inject garbage, truncations and bit flips between frames.
+os.read, so tests can inject garbage, truncations and bit flips between frames. The last
+section runs docs/serial.md's pty-pair recipe as written: one end of a link on each pty of a
+socat pair (``port`` for the wearable, ``edge_port`` for the edge).
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import os
 import queue
 import re
 import select
+import shlex
 import shutil
+import subprocess
 import threading
+import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -514,3 +519,101 @@ def test_close_while_idle_stops_the_reader_promptly_via_the_cancel_pipe() -> Non
         tr.close()
         assert reader is not None and not reader.is_alive()
         assert tr.decoder_stats()["read_errors"] == 0
+
+
+# ---------------------------------------------------------------------------- the docs' pty-pair recipe
+
+SERIAL_DOC = Path(__file__).resolve().parent.parent / "docs" / "serial.md"
+RECIPE_PTYS = ("/tmp/ttyA", "/tmp/ttyB")   # the paths docs/serial.md uses; the test puts them in tmp_path
+
+
+def recipe() -> tuple[list[str], str]:
+    """The socat command and the transport line of docs/serial.md's "Without boards" recipe, as written."""
+    section = SERIAL_DOC.read_text().split("## Without boards", 1)[1]
+    socat_line = next(ln for ln in section.splitlines() if ln.startswith("socat "))
+    transport = next(ln for ln in section.splitlines() if ln.strip().startswith("transport: {type: serial"))
+    return shlex.split(socat_line.rstrip("& ")), transport
+
+
+@contextlib.contextmanager
+def recipe_socat(argv: list[str], paths: tuple[str, str]) -> Iterator[None]:
+    """Run the recipe's socat command with its two pty paths moved to ``paths``."""
+    argv = [a.replace(RECIPE_PTYS[0], paths[0]).replace(RECIPE_PTYS[1], paths[1]) for a in argv]
+    assert argv[0] == "socat" and all(p in " ".join(argv) for p in paths), argv
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not all(os.path.exists(p) for p in paths):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+            assert time.monotonic() < deadline, "socat made no pty pair"
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(WAIT_S)
+
+
+def recipe_inventory(tmp_path: Path, transport_line: str) -> Path:
+    """The recipe's inventory: the demo's, its wrist-edge transport replaced by the recipe's line.
+    (The chest link goes over mqtt here only so that the fabric starts no bumble controllers.)"""
+    from conftest import DEMO_INVENTORY
+
+    text = DEMO_INVENTORY.read_text()
+    for old, new in (("    transport: {type: serial, port: pty, baud: 3000000}\n", transport_line + "\n"),
+                     ("    transport: {type: ble, hci: virtual}\n", "    transport: {type: mqtt}\n")):
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = tmp_path / "pty-inventory.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_docs_pty_recipe_puts_each_end_of_the_link_on_its_own_pty(tmp_path: Path) -> None:
+    """docs/serial.md's recipe exactly: its socat pair, its transport line (port for the wearable,
+    edge_port for the edge); the inventory loads, the fabric gives each end its own pty, and the
+    two ends (opened as an agent opens them) carry frames over real pyserial."""
+    from nodes.agentconfig import TransportEnd
+    from nodes.transport import open_transport
+    from nodes.transport_settings import end_settings
+    from testbed.config import load_inventory
+    from testbed.fabric import LocalFabric
+
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed")
+    argv, transport_line = recipe()
+    a, b = str(tmp_path / "ttyA"), str(tmp_path / "ttyB")
+    moved = transport_line.replace(RECIPE_PTYS[0], a).replace(RECIPE_PTYS[1], b)
+    assert moved != transport_line and "edge_port" in moved
+    inv = load_inventory(recipe_inventory(tmp_path, moved))
+    link = inv.link("wrist-edge")
+    assert dict(link.transport.settings) == {"port": a, "edge_port": b, "baud": 3000000}
+    assert end_settings("serial", link.transport.settings, "tx") == {"port": a, "baud": 3000000}
+    assert end_settings("serial", link.transport.settings, "rx") == {"port": b, "baud": 3000000}
+
+    sent = frames()
+    fabric = LocalFabric(inventory=inv, workdir=tmp_path / "links", broker_host="127.0.0.1", broker_port=1883)
+    with recipe_socat(argv, (a, b)), fabric as fab:
+        tx_end, rx_end = (TransportEnd.of(fab.endpoint(link, end)) for end in ("tx", "rx"))
+        assert (tx_end.type, dict(tx_end.settings)) == ("serial", {"port": a, "baud": 3000000})
+        assert (rx_end.type, dict(rx_end.settings)) == ("serial", {"port": b, "baud": 3000000})
+        assert not any("pty pair" in n for n in fab.notes)   # the fabric made nothing: the ptys are the user's
+        got: queue.Queue[bytes] = queue.Queue()
+        with open_transport(rx_end.type, receive=True, **rx_end.settings) as rx, \
+                open_transport(tx_end.type, receive=False, **tx_end.settings) as tx:
+            rx.on_frame(got.put)
+            assert all(tx.send(f) for f in sent)
+            assert_valid_frames(take(got, len(sent)), sent)
+            assert_nothing_more(got)
+            assert rx.decoder_stats()["garbage_bytes"] == 0   # type: ignore[attr-defined]
+
+
+def test_without_edge_port_both_ends_get_one_port_and_the_second_cannot_lock_it(tmp_path: Path) -> None:
+    """What the issue saw before edge_port: one port for both ends; on a pty pair (or two boards
+    whose devices differ) the second end to open fails on the exclusive lock."""
+    from nodes.transport_settings import end_settings
+
+    settings = {"port": "/dev/ttyAMA0", "baud": 2000000}
+    assert end_settings("serial", settings, "tx") == end_settings("serial", settings, "rx") == settings
+    with openpty_pair() as pair, SerialTransport(port=pair.port, baud=921600, receive=True):
+        with pytest.raises(TransportError, match=r"Could not exclusively lock port"):
+            SerialTransport(port=pair.port, baud=921600, receive=False).open()

@@ -368,7 +368,11 @@ def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[Link
 
 def _transport(r: _Reader, value: Any, key: str) -> TransportSpec:
     """A link's transport: its type and the settings a user may write for it, each checked by
-    the rule the transport itself applies on the board (``nodes.transport_settings``)."""
+    the rule the transport itself applies on the board (``nodes.transport_settings``).
+
+    ``settings`` keeps what the file wrote, ``edge_<key>`` (the edge's own value of a per-end
+    setting, e.g. ``edge_port``) included; ``nodes.transport_settings.end_settings`` gives each
+    end's board its own."""
     if value is None:
         return TransportSpec()
     if isinstance(value, str):  # shorthand: transport: mqtt
