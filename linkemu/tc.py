@@ -330,6 +330,12 @@ class Runner:
         target = f"{user}@{host}" if user else host
         return cls(prefix=["ssh", "-p", str(port), *options, target, "--"], dry_run=dry_run)
 
+    remote = False   # True where argv lists run on another machine (that machine's root decides)
+
+    def within(self, prefix: Sequence[str]) -> Runner:
+        """The same runner with ``prefix`` (e.g. ``ip netns exec NS``) added in front of each argv."""
+        return type(self)(prefix=[*self.prefix, *prefix], dry_run=self.dry_run, timeout_s=self.timeout_s)
+
     def full(self, argv: Sequence[str]) -> list[str]:
         argv = list(argv)
         if self.prefix and self.prefix[0] == "ssh":  # the remote shell re-splits: quote
@@ -371,11 +377,11 @@ def probe(*, runner: Runner | None = None) -> dict[str, Any]:
     {"netem": bool, "tbf": bool, "htb": bool, "u32": bool, "nft": bool, "errors": {name: message}}
     (u32: an htb root with a u32 filter, which the classified form needs)."""
     runner = runner or Runner.local()
-    if runner.prefix[:1] != ["ssh"] and not _is_root():
+    if runner.prefix[:1] != ["ssh"] and not runner.remote and not _is_root():
         raise LinkError("probe needs root (it adds a qdisc on a veth in a temporary network "
                         "namespace)")
     ns = f"linkemu-probe-{os.getpid()}-{random.randrange(10**6)}"
-    inside = Runner(prefix=runner.prefix + ["ip", "netns", "exec", ns])
+    inside = runner.within(["ip", "netns", "exec", ns])
     out: dict[str, Any] = {"errors": {}}
     runner.run(["ip", "netns", "add", ns])
     try:

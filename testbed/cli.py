@@ -1,6 +1,7 @@
 """The ``testbed`` command line: argument parsing and wiring, nothing else.
 
-Commands: ``inventory check``, ``run``, ``demo``, ``partition``, ``profile``, ``link``, ``monitor --replay``. Errors a user can fix
+Commands: ``inventory check``, ``run``, ``demo``, ``partition``, ``profile``, ``link``, ``monitor --replay``,
+and for ssh boards ``doctor``, ``deploy``, ``status``, ``logs``, ``stop``, ``trust``. Errors a user can fix
 (bad YAML, missing dataset, agents that never come up) are printed on one line without a
 traceback and give a non-zero exit: 2 for configuration and input errors, 1 for run failures.
 """
@@ -273,6 +274,70 @@ def cmd_link(args: argparse.Namespace) -> int:
                         backend=args.backend)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from testbed.benchcmd import doctor_command
+    return doctor_command(inventory=Path(args.inventory), names=args.board, as_json=args.json)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from testbed.benchcmd import deploy_command
+    return deploy_command(inventory=Path(args.inventory), experiment=Path(args.experiment), names=args.board,
+                          bundle=Path(args.bundle) if args.bundle else None,
+                          cache=Path(args.cache) if args.cache else None, as_json=args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from testbed.benchcmd import status_command
+    return status_command(inventory=Path(args.inventory), names=args.board, as_json=args.json)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from testbed.benchcmd import logs_command
+    return logs_command(inventory=Path(args.inventory), board=args.board, run_id=args.run, follow=args.follow,
+                        lines=args.lines)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from testbed.benchcmd import stop_command
+    return stop_command(inventory=Path(args.inventory), names=args.board)
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from testbed.benchcmd import trust_command
+    return trust_command(inventory=Path(args.inventory), board=args.board, yes=args.yes)
+
+
+def _add_bench_commands(sub: Any) -> None:
+    """doctor, deploy, status, logs, stop, trust: the commands for ssh boards."""
+    def cmd(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--inventory", default="inventory.yaml")
+        p.set_defaults(func=func)
+        return p
+    p = cmd("doctor", "preflight every ssh board (changes nothing)", cmd_doctor)
+    p.add_argument("--board", action="append", help="only this board (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
+    p = cmd("deploy", "put each ssh board's environment and files on it (only what changed)", cmd_deploy)
+    p.add_argument("experiment")
+    p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
+    p.add_argument("--board", action="append", help="only this board (repeatable)")
+    p.add_argument("--cache", help="model and wheelhouse cache (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
+    p = cmd("status", "what runs on each ssh board: agent, run, bundle, version", cmd_status)
+    p.add_argument("board", nargs="*")
+    p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
+    p = cmd("logs", "a board's agent log", cmd_logs)
+    p.add_argument("board")
+    p.add_argument("--run", help="the log of this run id (default: the latest run)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    p.add_argument("--lines", "-n", type=int, default=100)
+    p = cmd("stop", "stop our agents and clear our tc/nft on the boards", cmd_stop)
+    p.add_argument("board", nargs="*")
+    p = cmd("trust", "pin (or re-pin) a board's SSH host key in the bench's known_hosts", cmd_trust)
+    p.add_argument("board")
+    p.add_argument("--yes", action="store_true", help="pin without asking")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--headless", action="store_true", help="no live dashboard")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last on stdout")
@@ -335,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--speed", type=float, default=0.0, help="replay pace (1 = real time; 0 = final state)")
     mon.add_argument("--json", action="store_true", help="also print the summary as JSON")
     mon.set_defaults(func=cmd_monitor)
+    _add_bench_commands(sub)
     return parser
 
 

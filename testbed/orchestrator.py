@@ -34,22 +34,28 @@ import numpy as np
 from linkemu.errors import LinkError
 from linkemu.netns import BOARD_MTU
 from linkemu.profile import PRESETS, LinkProfile
-from linkemu.tc import SHAPED_CLASS, KernelLink, plan
+from linkemu.tc import SHAPED_CLASS, KernelLink, plan, probe
 from nodes.agentconfig import RunStart
 from nodes.clocksync import reply as clock_reply
 from nodes.mqtt import MqttClient, topic
+from nodes.transport_settings import LOCAL_PAIR
 from testbed.broker import EmbeddedBroker, ExternalBroker, free_port
 from testbed.bundle import export_bundle, load_manifest
-from testbed.config import Experiment, Inventory, check_compatible
+from testbed.config import BoardSpec, Experiment, Inventory, LinkSpec, check_compatible
 from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
+from testbed.remote.agents import RemoteAgent, pull_log, record_shaping
+from testbed.remote.rollout import laptop_address, rollout
+from testbed.remote.hostkeys import KnownHosts
+from testbed.remote.ssh import Boards, HostKeyError
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultSchedule, RunClock
 from testbed.runstate import EventLog, RunState
-from testbed.shaping import KernelShaped, naming_link, plan_kernel_links
+from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+MQTT_PORT = 1883   # an embedded broker's port on a physical bench (the inventory's broker.port wins)
 
 
 def default_cache_dir() -> Path:
@@ -136,21 +142,40 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-RUNNABLE_CONNECTS = ("local", "netns")
-
-
 def check_runnable(inventory: Inventory) -> None:
-    """Refuse, before anything is started or contacted, a bench this version cannot run
-    (SSH boards, an external broker; netns boards without root or ``ip netns``)."""
-    for board in inventory.boards.values():
-        if board.connect not in RUNNABLE_CONNECTS:
-            raise RunError(f"{inventory.path}: boards.{board.name}.connect: {board.connect!r} is not supported "
-                           f"by `testbed run` yet; expected {' or '.join(RUNNABLE_CONNECTS)} "
-                           f"(SSH deploy to physical boards is not built yet)")
-    if inventory.broker.mode == "external":
-        raise RunError(f"{inventory.path}: broker.mode: 'external' is not supported by `testbed run` yet "
-                       f"(only simulated local benches); expected embedded")
+    """Refuse, before anything is started or contacted, a bench this version cannot run: a link
+    end made on this machine (a pty pair, bumble's virtual controllers) on an ssh board, netns
+    boards without root or ``ip netns``."""
+    for i, link in enumerate(inventory.links):
+        key, local, what = LOCAL_PAIR.get(link.transport.type, (None, None, None))
+        if key is None or link.transport.settings.get(key) != local:
+            continue
+        for end in (link.src, link.dst):
+            if inventory.boards[end].connect == "ssh":
+                raise RunError(f"{inventory.path}:{inventory.line_of(f'links[{i}].transport.{key}') or '?'}: "
+                               f"links[{i}].transport.{key}: {local!r} ({what}) is made on this machine and cannot reach "
+                               f"ssh board {end}; expected the board's device (e.g. port: /dev/ttyAMA0, "
+                               f"edge_port: /dev/ttyTHS1)")
+    check_pinned(inventory)
     check_netns(inventory)
+
+
+def check_pinned(inventory: Inventory) -> None:
+    """Every ssh board has a host key pinned in the bench's known_hosts (read only, no network)."""
+    names = ssh_boards(inventory)
+    if not names or inventory.ssh is None:
+        return
+    known = KnownHosts(inventory.ssh.known_hosts)
+    for name in names:
+        b = inventory.boards[name]
+        if not known.keys_for(str(b.host), b.port or 22):
+            raise HostKeyError(f"{inventory.path}:{inventory.line_of(f'boards.{name}.host') or '?'}: boards.{name}: "
+                               f"no host key pinned for {b.host}:{b.port or 22} in {inventory.ssh.known_hosts}; "
+                               f"check the board, then pin it: testbed trust {name}")
+
+
+def ssh_boards(inventory: Inventory) -> list[str]:
+    return [b.name for b in inventory.boards.values() if b.connect == "ssh"]
 
 
 @dataclass
@@ -174,6 +199,8 @@ class Orchestrator:
     _msgs: queue.Queue = field(default_factory=queue.Queue, init=False)
     _agents: dict[str, AgentProcess] = field(default_factory=dict, init=False)
     _ctl: MqttClient | None = field(default=None, init=False)
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    _remote: Boards | None = field(default=None, init=False)
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, event_type: str, /, **fields: Any) -> None:
@@ -226,6 +253,10 @@ class Orchestrator:
         if k is None:
             return {"shaper": "user", "where": "the sending agent's egress (linkemu shaper)"}
         p = plan(k.profile, NETNS_DEV, backend=k.backend, dport=data_port, mtu=BOARD_MTU)
+        if k.choice.kind == KERNEL_SSH:   # the board's interface is found at apply time: kernel_stats has it
+            return {"shaper": k.shaper, "where": f"board {k.board}'s interface toward the broker, TCP to port "
+                                                 f"{data_port} (kernel_stats: dev, apply, clear)",
+                    "board": k.board, "agent_profile": "ideal (the user-space shaper is off for this link)"}
         return {"shaper": k.shaper, "where": f"{NETNS_DEV} egress of the sender's namespace, TCP to port {data_port}",
                 "board": k.board, "apply": p.apply, "clear": p.clear, "notes": p.notes,
                 "agent_profile": "ideal (the user-space shaper is off for this link)"}
@@ -240,14 +271,15 @@ class Orchestrator:
         x, labels, _ = select_samples(self.prepared.dataset, exp.run.samples, seed=exp.seed)
         schedule = FaultSchedule.build(inv, exp)
         profiles = schedule.profiles
-        kernel = plan_kernel_links(inv, profiles)
-        shapers = {lk.name: kernel[lk.name].shaper if lk.name in kernel else "user" for lk in inv.links}
-        data_port = free_port() if kernel else None
         with ExitStack() as stack:
             self._log = stack.enter_context(EventLog(self.run_dir / "events.jsonl"))
             self._log.subscribe(self.state.apply)
             if self.on_log:
                 self.on_log(self._log)
+            self._connect_remote(stack)
+            kernel = self._plan_kernel(profiles)
+            shapers = {lk.name: kernel[lk.name].shaper if lk.name in kernel else "user" for lk in inv.links}
+            data_port = self._data_port(kernel)
             spaces = stack.enter_context(BoardNamespaces(inventory=inv))
             for note in spaces.notes:
                 self._event("fabric", note=note)
@@ -273,7 +305,7 @@ class Orchestrator:
             ctl.subscribe(topic(inv.bench, "time", "+"), qos=0)
             shaped: dict[str, KernelLink] = {}
             try:
-                addresses = {b: spaces.address(b, broker.host) for b in inv.boards}
+                addresses = {b: self._broker_host(b, spaces, broker) for b in inv.boards}
                 fabric = stack.enter_context(LocalFabric(inventory=inv, workdir=self.run_dir / "links",
                                                          broker_host=broker.host, broker_port=broker.port,
                                                          addresses=addresses,
@@ -285,11 +317,9 @@ class Orchestrator:
                 self._wait_ready()
                 for name, k in kernel.items():
                     with naming_link(name):
-                        shaped[name] = stack.enter_context(KernelLink(
-                            k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board),
-                            dport=data_port, mtu=BOARD_MTU, drive=False))
-                    self._event("fabric", note=f"{name}: shaped by the kernel ({k.shaper}) on {NETNS_DEV} of "
-                                              f"{spaces.spaces[k.board].ns}, TCP to port {data_port} only")
+                        shaped[name] = stack.enter_context(self._kernel_link(k, spaces, broker, data_port))
+                    self._event("fabric", note=f"{name}: shaped by the kernel ({k.shaper}) on {shaped[name].plan.dev} "
+                                              f"of {self._kernel_where(k, spaces)}, TCP to port {data_port} only")
                 clock = RunClock.start()   # time zero of the schedule, for the kernel, the agents and us
                 for link in shaped.values():
                     link.drive_outages(t0=clock.t0)
@@ -298,6 +328,7 @@ class Orchestrator:
             finally:
                 if shaped:
                     self._record_kernel_stats(shaped)
+                self._pull_logs(run_id)
                 self._event("run_end")
                 summary = self.state.summary()
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -311,35 +342,173 @@ class Orchestrator:
         if spec.mode == "external":
             return ExternalBroker(host=str(spec.host), port=int(spec.port or 1883))
         host = spec.host or "127.0.0.1"
-        port = spec.port or free_port(host)
+        remote = ssh_boards(self.inventory)
+        # a physical bench's boards keep one broker port across runs (their agent.json stays the same)
+        port = spec.port or (MQTT_PORT if remote else free_port(host))
         listeners = [(s.host_addr, port) for s in spaces.spaces.values()]
-        listeners += [(spaces.spaces[b].host_addr, data_port) for b in sorted({k.board for k in kernel.values()})
+        if not spec.host:   # listen where each ssh board reaches this machine, never on 0.0.0.0
+            listeners += sorted({(self._broker_host(b, spaces, None), port) for b in remote})
+        listeners += [(self._broker_host(b, spaces, None), data_port) for b in sorted({k.board for k in kernel.values()})
                       if data_port is not None]
         return EmbeddedBroker(workdir=self.run_dir / "broker", host=host, port=port, listeners=tuple(listeners))
+
+    def _connect_remote(self, stack: ExitStack) -> None:
+        """Sessions with every ssh board (host keys pinned); any board unreachable ends the run here."""
+        names = ssh_boards(self.inventory)
+        if not names:
+            return
+        self._remote = stack.enter_context(Boards(self.inventory, names))
+        if self._remote.failed:
+            raise RunError("; ".join(o.error or o.board for o in self._remote.failed.values()))
+
+    def _plan_kernel(self, profiles: dict[str, LinkProfile]) -> dict[str, KernelShaped]:
+        remote = self._remote
+        probe_ssh = (lambda name: probe(runner=remote.runner(name))) if remote is not None else None
+        return plan_kernel_links(self.inventory, profiles, probe_ssh=probe_ssh)
+
+    def _data_port(self, kernel: dict[str, KernelShaped]) -> int | None:
+        """The broker port that kernel-shaped senders publish to (the kernel classifies by it):
+        on a physical bench the broker's port + 1, fixed, so a board's agent.json stays the same."""
+        if not kernel:
+            return None
+        if any(k.choice.kind == KERNEL_SSH for k in kernel.values()):
+            return (self.inventory.broker.port or MQTT_PORT) + 1
+        return free_port()
+
+    def _kernel_where(self, k: KernelShaped, spaces: BoardNamespaces) -> str:
+        return spaces.spaces[k.board].ns if k.board in spaces.spaces else f"board {k.board}"
+
+    def _kernel_link(self, k: KernelShaped, spaces: BoardNamespaces, broker: Any, data_port: int | None) -> KernelLink:
+        """The applied kernel link of ``k``: on tb0 in a netns board's namespace, or on an ssh
+        board's interface toward the broker (its clear commands recorded on the board for
+        ``testbed stop``)."""
+        if k.choice.kind != KERNEL_SSH:
+            return KernelLink(k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board),
+                              dport=data_port, mtu=BOARD_MTU, drive=False)
+        assert self._remote is not None
+        runner = self._remote.runner(k.board)
+        to = self._broker_host(k.board, spaces, broker)
+        route = runner.run(["ip", "-o", "route", "get", to]).split()
+        if "dev" not in route:
+            raise LinkError(f"board {k.board}: no route to the broker at {to}")
+        dev = route[route.index("dev") + 1]
+        mtu = int(runner.run(["cat", f"/sys/class/net/{dev}/mtu"]).strip() or 1500)
+        link = KernelLink(k.profile, dev, backend=k.backend, runner=runner, dport=data_port, mtu=mtu, drive=False)
+        self._remote.call(record_shaping(self._remote.session(k.board), link.plan.clear))
+        return link
+
+    def _broker_host(self, board: str, spaces: BoardNamespaces, broker: Any) -> str:
+        """Where ``board`` reaches the broker: the external broker's host; for an ssh board, the
+        inventory's broker host or this machine's address on the route to the board; for a netns
+        board its veth's host side; else the broker's own host."""
+        spec, b = self.inventory.broker, self.inventory.boards[board]
+        if spec.mode == "external":
+            return str(spec.host)
+        if b.connect == "ssh":
+            return spec.host or laptop_address(str(b.host), port=b.port or 22)
+        return spaces.address(board, broker.host if broker is not None else "127.0.0.1")
 
     def _start_agents(self, stack: ExitStack, broker: Any, profiles: dict[str, LinkProfile],
                       x: np.ndarray, fabric: LocalFabric, *, spaces: BoardNamespaces,
                       shapers: dict[str, str]) -> None:
-        inv, exp = self.inventory, self.experiment
-        for board in inv.boards.values():
-            cfg = agent_config(inventory=inv, board=board, manifest=self.prepared.manifest,
-                               assignment=exp.assignment[board.name],
-                               broker_host=spaces.address(board.name, broker.host),
-                               broker_port=broker.port, deadline_ms=exp.run.deadline_ms, profiles=profiles,
-                               endpoint=fabric.endpoint, shapers=shapers,
-                               quantize=exp.partition.quantize if exp.partition is not None else "none")
-            path = deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=self.run_dir / "boards" / board.name,
-                                manifest=self.prepared.manifest, cfg=cfg,
-                                samples=x if board.role == "wearable" else None)
+        staged: dict[str, Path] = {}
+        for board in self.inventory.boards.values():
+            path = self._stage(board, broker_host=self._broker_host(board.name, spaces, broker), broker_port=broker.port,
+                               profiles=profiles, x=x, endpoint=fabric.endpoint, shapers=shapers,
+                               dest=self.run_dir / "boards" / board.name)
+            if board.connect == "ssh":
+                staged[board.name] = path.parent
+                continue
             self._agents[board.name] = stack.enter_context(
                 AgentProcess(name=board.name, config=path, prefix=spaces.exec_prefix(board.name)))
+        if staged:
+            self._deploy_remote(stack, staged)
+
+    def _stage(self, board: BoardSpec, *, broker_host: str, broker_port: int, profiles: dict[str, LinkProfile],
+               x: np.ndarray, endpoint: Callable[[LinkSpec, str], dict[str, Any]], shapers: dict[str, str],
+               dest: Path) -> Path:
+        """Write ``board``'s files (agent.json, its shard, a wearable's samples) into ``dest``."""
+        exp = self.experiment
+        cfg = agent_config(inventory=self.inventory, board=board, manifest=self.prepared.manifest,
+                           assignment=exp.assignment[board.name], broker_host=broker_host, broker_port=broker_port,
+                           deadline_ms=exp.run.deadline_ms, profiles=profiles, endpoint=endpoint, shapers=shapers,
+                           quantize=exp.partition.quantize if exp.partition is not None else "none")
+        return deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=dest, manifest=self.prepared.manifest,
+                            cfg=cfg, samples=x if board.role == "wearable" else None)
+
+    def deploy(self, *, names: list[str] | None = None, staging: Path) -> dict[str, Any]:
+        """``testbed deploy``: stage the ssh boards' files exactly as a run would (same broker
+        address and port, same profiles), then roll them out; one Outcome per board."""
+        check_compatible(self.experiment, self.inventory)
+        check_runnable(self.inventory)
+        inv, exp = self.inventory, self.experiment
+        names = names or ssh_boards(inv)
+        x, _, _ = select_samples(self.prepared.dataset, exp.run.samples, seed=exp.seed)
+        profiles = FaultSchedule.build(inv, exp).profiles
+        with ExitStack() as stack:
+            self._remote = stack.enter_context(Boards(inv, ssh_boards(inv)))
+            reachable = [n for n in names if n in self._remote.sessions]
+            kernel = self._plan_kernel(profiles) if len(reachable) == len(ssh_boards(inv)) else {}
+            shapers = {lk.name: kernel[lk.name].shaper if lk.name in kernel else "user" for lk in inv.links}
+            data_port = self._data_port(kernel)
+            spaces = BoardNamespaces(inventory=inv)   # not entered: only ssh boards are staged here
+            port = inv.broker.port or MQTT_PORT
+            addresses = {b: self._broker_host(b, spaces, None) for b in names}
+            fabric = stack.enter_context(LocalFabric(inventory=inv, workdir=staging / "links", broker_host="127.0.0.1",
+                                                     broker_port=port, addresses=addresses,
+                                                     data_ports={name: data_port for name in kernel}))
+            user_profiles = {**profiles, **{name: PRESETS["ideal"] for name in kernel}}
+            staged = {}
+            for name in names:
+                board = inv.boards[name]
+                shutil.rmtree(staging / name, ignore_errors=True)
+                staged[name] = self._stage(board, broker_host=addresses[name], broker_port=port,
+                                           profiles=user_profiles, x=x, endpoint=fabric.endpoint, shapers=shapers,
+                                           dest=staging / name).parent
+            return rollout(self._remote, inv, staged, cache_dir=self.cache_dir)
+
+    def _deploy_remote(self, stack: ExitStack, staged: dict[str, Path]) -> None:
+        """Doctor, environment and bundle on every ssh board (only what changed is sent), then
+        their agents, started detached on the boards."""
+        assert self._remote is not None
+        rolled = rollout(self._remote, self.inventory, staged, cache_dir=self.cache_dir)
+        bad = [o.error for o in rolled.values() if not o.ok]
+        if bad:
+            raise RunError("deploy: " + "; ".join(str(e) for e in bad))
+        for name, o in rolled.items():
+            r = o.value
+            assert r is not None
+            self._event("deploy", board=name, bundle=r.bundle.key, env=r.env.key, bytes=r.bytes,
+                        files=r.env.files + r.bundle.files)
+        for name in staged:
+            board = self.inventory.boards[name]
+            self._agents[name] = stack.enter_context(RemoteAgent(self._remote, board, self.inventory.bench,
+                                                                 self.run_dir.name))
+            self._event("fabric", note=f"{name}: agent started on the board "
+                                       f"({'unit ' + self._agents[name].record['unit'] if self._agents[name].record.get('unit') else 'pid ' + str(self._agents[name].record.get('pid'))})")
+
+    def _pull_logs(self, run_id: str) -> None:
+        """Each ssh board's agent log into runs/<id>/boards/<name>/agent.log."""
+        if self._remote is None:
+            return
+        names = [n for n in ssh_boards(self.inventory) if n in self._remote.sessions]
+        dests = {n: self.run_dir / "boards" / n / "agent.log" for n in names}
+        try:
+            got = self._remote.each(lambda s: pull_log(s, dests[s.board.name], run_id=run_id), names=names)
+        except Exception as exc:   # noqa: BLE001 - logs are pulled best effort; say why not
+            self._event("error", error=f"pulling board logs failed: {exc}")
+            return
+        for name, o in got.items():
+            if not o.ok or o.value is None:
+                self._event("error", board=name, error=f"no agent log pulled from {name}: {o.error or 'none on the board'}")
 
     def _record_kernel_stats(self, shaped: dict[str, KernelLink]) -> None:
         """Add each kernel-shaped link's final tc/nft counters to run.json (before they are cleared)."""
         stats: dict[str, Any] = {}
         for name, link in shaped.items():
             dev = link.plan.dev
-            entry: dict[str, Any] = {"dev": dev, "outage_edges": [state for state, _ in link.edges]}
+            entry: dict[str, Any] = {"dev": dev, "outage_edges": [state for state, _ in link.edges],
+                                     "apply": link.plan.apply, "clear": link.plan.clear}
             try:
                 entry["qdisc"] = json.loads(link.runner.run(["tc", "-s", "-j", "qdisc", "show", "dev", dev]) or "[]")
             except (LinkError, ValueError) as exc:

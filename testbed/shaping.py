@@ -3,7 +3,8 @@
 
 Holds ``shaper_for(link, board)``: a link sent over MQTT from a ``connect: netns`` board is
 shaped by the kernel on the board's ``tb0`` inside its namespace; one sent over MQTT from a
-``connect: ssh`` board by the kernel on the board's interface (``eth0``), over SSH; every
+``connect: ssh`` board by the kernel on the board's interface toward the broker (``eth0`` on a
+Pi; found with ``ip route get`` at run time), over SSH; every
 other link (serial, BLE, or a ``connect: local`` sender) by the user-space shaper on the
 sending agent's egress. Also ``kernel_runner`` (the ``linkemu.tc.Runner`` for a kernel
 choice), ``plan_kernel_links`` (every kernel-shaped link of a run, its backend probed once
@@ -15,7 +16,7 @@ orchestrator or ``testbed link``).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +68,8 @@ def shaper_for(link: LinkSpec, board: BoardSpec) -> ShaperChoice:
         return ShaperChoice(link, board, KERNEL_NETNS, f"MQTT from netns board {board.name}: the kernel shapes "
                                                        f"{NETNS_DEV} in its namespace")
     if board.connect == "ssh":
-        return ShaperChoice(link, board, KERNEL_SSH, f"MQTT from ssh board {board.name}: the kernel shapes "
-                                                     f"{SSH_DEV} on the board")
+        return ShaperChoice(link, board, KERNEL_SSH, f"MQTT from ssh board {board.name}: the board's kernel "
+                                                     f"shapes its interface toward the broker ({SSH_DEV} on a Pi)")
     return ShaperChoice(link, board, USER, f"board {board.name} has connect: {board.connect}; its traffic is "
                                            "shaped in user space (kernel shaping needs netns or ssh)")
 
@@ -121,39 +122,54 @@ class KernelShaped:
 
 
 def plan_kernel_links(inventory: Inventory, profiles: Mapping[str, LinkProfile], *,
-                      caps: dict[str, Any] | None = None) -> dict[str, KernelShaped]:
-    """The links ``shaper_for`` gives the kernel in a run on this machine (netns boards), each
-    with the backend this kernel offers (probed once) and its data-plane plan checked: a knob
-    the backend cannot honour, or a kernel without the classifier or nftables the plan needs,
-    is a RunError naming the link's profile, before anything starts. A link the rule gives an
-    ssh board's kernel is refused: that kernel is not this one, and a run does not reach it."""
+                      caps: dict[str, Any] | None = None,
+                      probe_ssh: Callable[[str], dict[str, Any]] | None = None) -> dict[str, KernelShaped]:
+    """The links ``shaper_for`` gives the kernel, each with the backend its kernel offers and its
+    data-plane plan checked: a knob the backend cannot honour, or a kernel without the
+    classifier or nftables the plan needs, is a RunError naming the link's profile, before
+    anything starts. netns boards share this machine's kernel (probed once, or ``caps``); an ssh
+    board's kernel is probed on the board by ``probe_ssh(board name)``; without it such a link is
+    refused (a run that does not reach the board cannot shape its kernel)."""
     chosen = [(i, c) for i, c in enumerate(shaper_choices(inventory).values()) if c.kernel]
     for _, c in chosen:
-        if c.kind != KERNEL_NETNS:
-            raise RunError(f"link {c.link.name}: {c.reason}; `testbed run` shapes the kernels of netns boards "
-                           "only (use `testbed link apply --dry-run` for the commands)")
+        if c.kind == KERNEL_SSH and probe_ssh is None:
+            raise RunError(f"link {c.link.name}: {c.reason}; shaping it needs an SSH session with the board "
+                           "(use `testbed link apply --dry-run` for the commands)")
     if not chosen:
         return {}
-    if caps is None:
-        try:
-            caps = probe()
-        except LinkError as exc:
-            raise RunError(f"kernel shaping of {', '.join(c.link.name for _, c in chosen)}: {exc}") from None
+    board_caps: dict[str, dict[str, Any]] = {}
+
+    def caps_of(choice: ShaperChoice) -> dict[str, Any]:
+        nonlocal caps
+        key = choice.board.name if choice.kind == KERNEL_SSH else ""
+        if key not in board_caps:
+            try:
+                if choice.kind == KERNEL_SSH:
+                    assert probe_ssh is not None
+                    board_caps[key] = probe_ssh(key)
+                else:
+                    board_caps[key] = caps if caps is not None else probe()
+            except LinkError as exc:
+                raise RunError(f"kernel shaping of link {choice.link.name} on "
+                               f"{choice.board.name if key else 'this machine'}: {exc}") from None
+        return board_caps[key]
+
     out = {}
     for i, choice in chosen:
         name = choice.link.name
         where = f"{inventory.path}:{inventory.line_of(f'links[{i}].profile') or '?'}: links[{i}].profile"
+        c = caps_of(choice)
         try:
-            backend = choose_backend(caps)
+            backend = choose_backend(c)
             p = plan(profiles[name], NETNS_DEV, backend=backend, dport=1, mtu=BOARD_MTU)
-            if p.apply and not caps.get("u32"):
+            if p.apply and not c.get("u32"):
                 raise LinkError("shaping only the data plane needs tc's u32 classifier, which this kernel lacks "
-                                f"({caps.get('errors', {}).get('u32', 'probe said no')})")
-            if any(argv[0] == "nft" for argv in p.apply) and not caps.get("nft"):
+                                f"({c.get('errors', {}).get('u32', 'probe said no')})")
+            if any(argv[0] == "nft" for argv in p.apply) and not c.get("nft"):
                 raise LinkError("outages and iid loss need nftables, which is not usable here "
-                                f"({caps.get('errors', {}).get('nft', 'probe said no')})")
+                                f"({c.get('errors', {}).get('nft', 'probe said no')})")
         except LinkError as exc:
-            raise RunError(f"{where}: link {name} (from netns board {choice.board.name}, shaped by the kernel): "
-                           f"{exc}") from None
+            raise RunError(f"{where}: link {name} (from {choice.board.connect} board {choice.board.name}, shaped by "
+                           f"the kernel): {exc}") from None
         out[name] = KernelShaped(choice=choice, backend=backend, profile=profiles[name])
     return out

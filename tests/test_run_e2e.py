@@ -164,8 +164,10 @@ def test_config_error_is_one_line_exit_2(tmp_path: Path, model_cache: Path) -> N
     assert good.returncode == 0 and "wrist-edge" in good.stdout
 
 
-def test_physical_bench_is_refused_before_anything_is_contacted(tmp_path: Path, model_cache: Path) -> None:
-    """The root inventory names SSH boards and an external broker: refused up front, no network."""
+def test_physical_bench_without_pinned_host_keys_is_refused_before_anything_is_contacted(
+        tmp_path: Path, model_cache: Path) -> None:
+    """The root inventory names SSH boards whose host keys nobody pinned yet: refused up front
+    with the `testbed trust` command, before training and before any connection."""
     root_inventory = DEMO_INVENTORY.parent.parent.parent / "inventory.yaml"
     exp = tmp_path / "exp.yaml"   # its Pis run LiteRT: a partition with tflite shards fits the bench
     exp.write_text("""\
@@ -175,10 +177,14 @@ partition: {method: nonn, students: 3, runtimes: [torch, tflite]}
 assignment: {wrist: 0, chest: 1, ankle: 2, edge: merge}
 run: {samples: 5, rate_hz: 20, deadline_ms: 250, timeout_ms: 1500}
 """)
-    proc = run_cli("run", str(exp), "--inventory", str(root_inventory), "--headless",
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(root_inventory.read_text())   # known_hosts beside it: none yet
+    proc = run_cli("run", str(exp), "--inventory", str(inv), "--headless",
                    cache=tmp_path / "empty-cache", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "boards.wrist.connect: 'ssh' is not supported" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr
+    assert "boards.wrist: no host key pinned for wrist.local:22" in err[0] and "testbed trust wrist" in err[0]
     assert not (tmp_path / "empty-cache").exists(), "nothing trained or written before the refusal"
 
 

@@ -50,10 +50,15 @@ def test_one_rule_for_every_link(tmp_path):
         ["ssh", "-p", "22", "-o", "BatchMode=yes"]
     with pytest.raises(ValueError, match="user space"):
         kernel_runner(choices["chest-edge"], bench="lab")
-    # `testbed run` plans exactly the links the rule gives this machine's kernel, and refuses an ssh one
+    # an ssh board's link is planned with its own kernel's probe (over SSH), refused without one
     caps = {"netem": True, "tbf": True, "htb": True, "u32": True, "nft": True, "errors": {}}
-    with pytest.raises(RunError, match="link wrist-edge: MQTT from ssh board wrist.*netns boards only"):
+    with pytest.raises(RunError, match="link wrist-edge: MQTT from ssh board wrist.*needs an SSH session"):
         plan_kernel_links(inv, {lk.name: lk.profile for lk in inv.links}, caps=caps)
+    asked: list[str] = []
+    both = plan_kernel_links(inv, {lk.name: lk.profile for lk in inv.links}, caps=caps,
+                             probe_ssh=lambda name: asked.append(name) or {**caps, "netem": False})
+    assert asked == ["wrist"] and {n: k.shaper for n, k in both.items()} == {"wrist-edge": "kernel:tbf",
+                                                                              "ankle-edge": "kernel:netem"}
     path.write_text(MIXED.replace("connect: ssh, host: pi-wrist, user: pi", "connect: local"))
     inv = load_inventory(path)
     planned = plan_kernel_links(inv, {lk.name: lk.profile for lk in inv.links}, caps=caps)

@@ -1,0 +1,236 @@
+"""SSH boards for real: OpenSSH sshd in network namespaces (tests/sshboards.py), driven by the
+`testbed` commands and `testbed.remote`: host-key pinning, doctor, deploy (bytes moved, a second
+deploy moving none, an interrupted one leaving the previous bundle), agents detached, stop."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_PY = sys.executable   # the boards' `env: python` interpreter: torch, numpy, paho already there
+
+
+def bench_inventory(path: Path, bench, *, key: Path, roles: dict[str, str] | None = None,
+                     env: str = "python", python: str = VENV_PY, extra_board: str = "", known: str = "known_hosts",
+                     transport: str = "mqtt") -> Path:
+    """An inventory of the bench's boards: the last one is the edge unless ``roles`` says otherwise."""
+    names = [b.name for b in bench.boards]
+    roles = roles or {n: ("edge" if i == len(names) - 1 else "wearable") for i, n in enumerate(names)}
+    edge = next(n for n, r in roles.items() if r == "edge")
+    lines = [f"bench: t{bench.tag or 'x'}", "broker: {mode: embedded}",
+             f"ssh: {{known_hosts: {known}, key: {key}}}", "boards:"]
+    for b in bench.boards:
+        lines += [f"  {b.name}:", f"    role: {roles[b.name]}", "    kind: rpi4" if roles[b.name] == "wearable"
+                  else "    kind: jetson-orin-nano", "    connect: ssh", f"    host: {b.host}", f"    user: {b.user}",
+                  "    runtime: torch", f"    python: {python}", f"    env: {env}", f"    workdir: {b.workdir}"]
+        if extra_board:
+            lines.append(extra_board)
+    lines.append("links:")
+    for n, r in roles.items():
+        if r == "wearable":
+            lines += [f"  - {{from: {n}, to: {edge}, transport: {transport}, profile: ideal}}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pin_all(path: Path, bench) -> None:
+    (path.parent / "known_hosts").write_text("".join(b.host_key_line() + "\n" for b in bench.boards))
+
+
+@pytest.fixture
+def two_boards(ssh_bench, ssh_session_keys, tmp_path):
+    bench = ssh_bench(names=["wrist", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    return bench, inv
+
+
+def test_unknown_host_key_is_refused_with_fingerprint_and_trust_pins_it(two_boards, tmp_path, model_cache):
+    bench, inv = two_boards
+    proc = run_cli("doctor", "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    wrist = doc["boards"]["wrist"]["checks"][0]
+    assert not wrist["ok"] and "unknown host key" in wrist["detail"]
+    assert bench.boards[0].fingerprint() in wrist["detail"] and "testbed trust wrist" in wrist["detail"]
+    assert not (tmp_path / "known_hosts").exists(), "doctor pins nothing"
+    for name in ("wrist", "edge"):
+        done = run_cli("trust", name, "--yes", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    pinned = (tmp_path / "known_hosts").read_text()
+    assert all(b.fingerprint() in run_cli("trust", b.name, "--yes", "--inventory", str(inv), cache=model_cache,
+                                          cwd=tmp_path).stdout for b in bench.boards)
+    assert pinned.count("\n") == 2 and "twrist" not in pinned
+
+
+def test_changed_host_key_is_refused_with_both_fingerprints(two_boards, tmp_path, model_cache):
+    bench, inv = two_boards
+    pin_all(inv, bench)
+    old = bench.boards[0].fingerprint()
+    bench.boards[0].new_host_key()
+    new = bench.boards[0].fingerprint()
+    proc = run_cli("status", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "host key changed" in proc.stdout and old in proc.stdout and new in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stderr
+    # the edge is still reached: one board's failure does not hide another's result
+    assert "edge" in proc.stdout and "stopped" in proc.stdout
+
+
+def test_doctor_table_on_reachable_boards(two_boards, tmp_path, model_cache):
+    bench, inv = two_boards
+    pin_all(inv, bench)
+    proc = run_cli("doctor", "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("wrist", "edge"):
+        checks = {c["name"]: c for c in doc["boards"][name]["checks"]}
+        assert {"ssh", "python", "platform", "disk", "clock", "tc/nft", "runtime"} <= set(checks), checks
+        assert "Python 3." in checks["python"]["detail"] and VENV_PY in checks["python"]["detail"]
+        assert abs(doc["boards"][name]["facts"]["clock_offset_ms"]) < 100   # same kernel clock
+        assert checks["runtime"]["ok"] and "torch" in checks["runtime"]["detail"]
+        if name == "wrist":   # it sends over MQTT: the board's kernel shapes it, as root
+            assert checks["sudo"]["ok"] and checks["tc/nft"]["ok"] and "tbf" in checks["qdiscs"]["detail"]
+    assert "wrist" in proc.stderr and "doctor: 2 board(s) ready" in proc.stderr
+
+
+def test_old_python_is_refused_by_doctor(ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    old = Path("/root/.pyenv/versions/3.9.18/bin/python")
+    if not old.exists():
+        pytest.skip("no Python 3.9 here (pyenv 3.9.18) to stand for an old board")
+    bench = ssh_bench(names=["wrist", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private, python=str(old),
+                          env="venv")
+    pin_all(inv, bench)
+    proc = run_cli("doctor", "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    py = {c["name"]: c for c in doc["boards"]["wrist"]["checks"]}["python"]
+    assert not py["ok"] and "3.9.18" in py["detail"] and ">= 3.10" in py["detail"], py
+
+
+def test_sudo_that_needs_a_password_is_refused_at_once(ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    bench = ssh_bench(names=["wrist", "edge"])
+    for b in bench.boards:
+        b.user = bench.nosudo_user
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    pin_all(inv, bench)
+    proc = run_cli("doctor", "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path, timeout=120)
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    sudo = {c["name"]: c for c in doc["boards"]["wrist"]["checks"]}["sudo"]
+    assert proc.returncode == 1 and not sudo["ok"] and "password" in sudo["detail"], sudo
+    assert "passwordless sudo" in sudo["fix"]
+
+
+# ---------------------------------------------------------------------------- deploy and run (slow)
+
+
+@pytest.fixture
+def four_boards(ssh_bench, ssh_session_keys, tmp_path):
+    bench = ssh_bench(names=["wrist", "chest", "ankle", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    pin_all(inv, bench)
+    return bench, inv
+
+
+def _board_processes(bench) -> list[str]:
+    out = []
+    for b in bench.boards:
+        ps = b.run(["sh", "-c", "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"])
+        out += [line for line in ps.stdout.splitlines() if "nodes.agent" in line and str(b.workdir) in line]
+    return out
+
+
+@pytest.mark.slow
+def test_deploy_twice_then_run_the_demo_on_four_ssh_boards_then_stop(four_boards, tmp_path, model_cache):
+    from conftest import digits_experiment
+    bench, inv = four_boards
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=30, output=tmp_path / "runs")
+    first = run_cli("deploy", str(exp), "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    cold = json.loads(first.stdout.strip().splitlines()[-1])["boards"]
+    assert all(r["ok"] and r["bytes"] > 0 for r in cold.values()), cold
+    for b in bench.boards:   # a versioned folder per bundle, `current` pointing at it, hashes on the board
+        cur = (b.workdir / "current").resolve()
+        assert cur.parent.name == "bundles" and (cur / ".complete").exists() and (cur / "agent.json").exists()
+        assert (b.workdir / "lib").is_dir()   # env: python: only this project's wheel, into lib/
+    second = run_cli("deploy", str(exp), "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    warm = json.loads(second.stdout.strip().splitlines()[-1])["boards"]
+    assert all(r["ok"] and r["bytes"] == 0 and r["files"] == [] for r in warm.values()), warm
+    assert {n: r["bundle"] for n, r in warm.items()} == {n: r["bundle"] for n, r in cold.items()}
+
+    run = run_cli("run", str(exp), "--inventory", str(inv), "--headless", "--json", cache=model_cache, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["samples"] == 30 and summary["complete"] == 30, summary
+    assert summary["accuracy"] > 0.5
+    run_dir = next((tmp_path / "runs").iterdir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    deploys = [e for e in events if e["type"] == "deploy"]
+    assert {e["board"] for e in deploys} == {"wrist", "chest", "ankle", "edge"} and all(e["bytes"] == 0 for e in deploys)
+    for name in ("wrist", "chest", "ankle", "edge"):   # each board's log pulled into the run
+        assert "ready" in (run_dir / "boards" / name / "agent.log").read_text() or \
+            (run_dir / "boards" / name / "agent.log").stat().st_size > 0
+    doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["shaping"]["wrist-edge"]["shaper"].startswith("kernel:")
+    assert doc["kernel_stats"]["wrist-edge"]["shaped_packets"] > 0   # the data plane went through the board's qdisc
+    assert _board_processes(bench) == [], "agents exit after the run"
+
+    stop = run_cli("stop", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    for b in bench.boards:
+        q = b.run(["tc", "qdisc", "show"]).stdout
+        assert "htb" not in q and "tbf" not in q and "netem" not in q, q
+    assert _board_processes(bench) == []
+
+
+def test_sshd_killed_mid_transfer_leaves_the_previous_bundle_and_a_rerun_completes(
+        ssh_bench, ssh_session_keys, tmp_path):
+    import threading
+
+    from testbed.config import load_inventory
+    from testbed.remote.deploy import BoardBundle, push_bundle
+    from testbed.remote.ssh import Boards
+
+    bench = ssh_bench(names=["wrist", "edge"])
+    inv_path = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    pin_all(inv_path, bench)
+    inv = load_inventory(inv_path)
+    board = bench.board("wrist")
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    (old / "agent.json").write_text('{"v": 1}\n')
+    (new / "agent.json").write_text('{"v": 2}\n')
+    (new / "big.bin").write_bytes(bytes(range(256)) * (256 * 1024))   # 64 MiB: still moving when sshd dies
+    a, b = BoardBundle.from_dir("wrist", old), BoardBundle.from_dir("wrist", new)
+    with Boards(inv, ["wrist"]) as boards:
+        assert boards.call(push_bundle(boards.session("wrist"), a)).files == ["agent.json"]
+        failed: list[BaseException] = []
+
+        def push_new() -> None:
+            try:
+                boards.call(push_bundle(boards.session("wrist"), b))
+            except BaseException as exc:   # noqa: BLE001 - asserted below
+                failed.append(exc)
+        t = threading.Thread(target=push_new)
+        t.start()
+        partial = board.workdir / "bundles"
+        while not any(p.stat().st_size > 1 << 20 for p in partial.glob(".partial-*/big.bin")):
+            assert t.is_alive(), failed
+        board.kill_sshd()
+        t.join(timeout=60)
+        assert failed and "wrist" in str(failed[0]) and "Traceback" not in str(failed[0]), failed
+        cur = (board.workdir / "current").resolve()
+        assert cur.name == a.key and (cur / "agent.json").read_text() == '{"v": 1}\n'   # the previous one, intact
+        board.start_sshd()
+        boards.reconnect(["wrist"])
+        done = boards.call(push_bundle(boards.session("wrist"), b))
+        assert set(done.files) == {"agent.json", "big.bin"} and done.bytes == b.size
+    cur = (board.workdir / "current").resolve()
+    assert cur.name == b.key and (cur / ".complete").exists()
+    assert not list((board.workdir / "bundles").glob(".partial-*")), "the interrupted push's leftovers are cleared"
+    assert (board.workdir / "bundles" / a.key / "agent.json").exists()
