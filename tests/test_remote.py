@@ -234,3 +234,43 @@ def test_sshd_killed_mid_transfer_leaves_the_previous_bundle_and_a_rerun_complet
     assert cur.name == b.key and (cur / ".complete").exists()
     assert not list((board.workdir / "bundles").glob(".partial-*")), "the interrupted push's leftovers are cleared"
     assert (board.workdir / "bundles" / a.key / "agent.json").exists()
+
+
+@pytest.mark.slow
+def test_laptop_ssh_dropped_mid_run_and_the_run_still_completes(ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    """Every board's sshd (and with it every SSH connection of the laptop) dies while samples
+    flow: the agents run on, detached; the run completes; the laptop connects again for the logs."""
+    import subprocess
+    import time as _time
+
+    from conftest import ROOT, digits_experiment
+    bench = ssh_bench(names=["wrist", "chest", "ankle", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    pin_all(inv, bench)
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=120, rate_hz=20, output=tmp_path / "runs")
+    env = {**__import__("os").environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(inv), "--headless",
+                             "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def results() -> int:
+            logs = list((tmp_path / "runs").glob("*/events.jsonl"))
+            lines = logs[0].read_text().splitlines()[:-1] if logs else []   # the last may be half written
+            return sum(json.loads(line)["type"] == "result" for line in lines)
+        while results() < 10:   # samples are flowing
+            assert proc.poll() is None, proc.communicate()
+            _time.sleep(0.05)
+        for b in bench.boards:
+            b.kill_sshd()
+        assert results() < 120, "the drop happened mid-run"
+        for b in bench.boards:
+            b.start_sshd()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["complete"] == 120, summary
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert all((run_dir / "boards" / n / "agent.log").is_file() for n in ("wrist", "chest", "ankle", "edge"))
+    assert _board_processes(bench) == []

@@ -215,7 +215,7 @@ class RemoteAgent:
     _exit: int | None = None
 
     def start(self) -> RemoteAgent:
-        self.record = self.boards.call(start_agent(self.boards.session(self.board.name), bench=self.bench,
+        self.record = self.boards.call(start_agent(self.boards.live(self.board.name), bench=self.bench,
                                                    run_id=self.run_id))
         return self
 
@@ -225,7 +225,7 @@ class RemoteAgent:
             return self._exit
         self._checked = time.monotonic()
         try:
-            st = self.boards.call(agent_state(self.boards.session(self.board.name)), timeout=30)
+            st = self.boards.call(agent_state(self.boards.live(self.board.name)), timeout=30)
         except Exception:   # noqa: BLE001 - an unreachable board is not an exited agent
             return None
         if not st["alive"]:
@@ -233,7 +233,7 @@ class RemoteAgent:
         return self._exit
 
     def kill(self) -> None:
-        self.boards.call(kill_agent(self.boards.session(self.board.name)), timeout=30)
+        self.boards.call(kill_agent(self.boards.live(self.board.name)), timeout=30)
 
     def wait(self, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout
@@ -246,7 +246,7 @@ class RemoteAgent:
 
     def log_tail(self, lines: int = 5) -> str:
         try:
-            text = self.boards.call(log_tail(self.boards.session(self.board.name), run_id=self.run_id,
+            text = self.boards.call(log_tail(self.boards.live(self.board.name), run_id=self.run_id,
                                              lines=lines), timeout=30)
         except Exception:   # noqa: BLE001
             return ""
@@ -254,7 +254,7 @@ class RemoteAgent:
 
     def stop(self, *, timeout: float = 5.0) -> None:
         try:
-            self.boards.call(stop_agent(self.boards.session(self.board.name), clear_shaping=False,
+            self.boards.call(stop_agent(self.boards.live(self.board.name), clear_shaping=False,
                                         grace_s=timeout), timeout=timeout + 60)
         except Exception:   # noqa: BLE001 - stop is best effort in teardown; testbed stop retries
             pass

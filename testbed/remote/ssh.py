@@ -265,12 +265,24 @@ class Boards:
         return self.call(all_of())
 
     def each(self, fn: Callable[[Session], Awaitable[T]], *, names: Iterable[str] | None = None) -> dict[str, Outcome[T]]:
-        """``fn(session)`` on every connected board at once; unreachable boards keep their error."""
+        """``fn(session)`` on every connected board at once (a dropped connection is made again
+        first); unreachable boards keep their error."""
         wanted = [self.inventory.boards[n] for n in (names if names is not None else [b.name for b in self.boards])]
+        dropped = [b.name for b in wanted if b.name in self.sessions and self.sessions[b.name].conn.is_closed()]
+        if dropped:
+            self.reconnect(dropped)
         live = [b for b in wanted if b.name in self.sessions]
         done = {o.board: o for o in self._gather(live, lambda b: fn(self.sessions[b.name]))}
         return {b.name: done.get(b.name) or self.failed.get(b.name) or Outcome(b.name, error="not connected")
                 for b in wanted}
+
+    def live(self, name: str) -> Session:
+        """``name``'s session, connected again if the connection dropped (a board rebooted, the
+        laptop's network blinked); RemoteError when the board cannot be reached."""
+        s = self.sessions.get(name)
+        if s is None or s.conn.is_closed():
+            self.reconnect([name])
+        return self.session(name)
 
     def session(self, name: str) -> Session:
         if name not in self.sessions:
@@ -299,8 +311,8 @@ class RemoteRunner(Runner):
     def run(self, argv: Sequence[str], *, check: bool = True) -> str:
         full = self.full(argv)
         self.log.append(full)
-        session = self.boards.session(self.name)
         try:
+            session = self.boards.live(self.name)
             done = self.boards.call(session.run(full, check=False, sudo=self.sudo, timeout=self.timeout_s))
         except RemoteError as exc:
             raise LinkError(str(exc)) from None
