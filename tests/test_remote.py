@@ -274,3 +274,40 @@ def test_laptop_ssh_dropped_mid_run_and_the_run_still_completes(ssh_bench, ssh_s
     run_dir = next((tmp_path / "runs").iterdir())
     assert all((run_dir / "boards" / n / "agent.log").is_file() for n in ("wrist", "chest", "ankle", "edge"))
     assert _board_processes(bench) == []
+
+
+@pytest.mark.slow
+def test_a_pi_like_board_gets_a_venv_from_the_laptops_wheelhouse_without_internet(
+        ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    """env: venv, runtime tflite (a Pi): doctor's probe picks the board group, the wheelhouse is
+    built on the laptop, pushed, installed with --no-index; LiteRT and the agent import on the
+    board; a second push moves nothing."""
+    from testbed.config import load_inventory
+    from testbed.remote.deploy import push_env
+    from testbed.remote.doctor import doctor
+    from testbed.remote.rollout import env_for
+    from testbed.remote.ssh import Boards
+
+    py = "/root/.pyenv/versions/3.11.7/bin/python"
+    if not Path(py).exists():
+        pytest.skip("no pyenv CPython 3.11.7 here to stand for a Pi's python3")
+    bench = ssh_bench(names=["wrist", "edge"])
+    inv_path = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private, python=py,
+                               env="venv")
+    inv_path.write_text(inv_path.read_text().replace("runtime: torch", "runtime: tflite"))
+    pin_all(inv_path, bench)
+    inv = load_inventory(inv_path)
+    with Boards(inv, ["wrist"]) as boards:
+        rep = doctor(inv, names=["wrist"], boards=boards)["wrist"]
+        assert rep.python is not None and rep.ok, [c for c in rep.checks if not c.ok]
+        env = env_for(inv.boards["wrist"], rep.python, cache_dir=model_cache)
+        assert any(n.startswith("ai_edge_litert") for n in env.wheels) and "ai-edge-litert" in " ".join(env.requirements)
+        first = boards.call(push_env(boards.session("wrist"), env))
+        assert first.bytes == env.size and set(first.files) == set(env.wheels)
+        again = boards.call(push_env(boards.session("wrist"), env))
+        assert again.bytes == 0 and again.files == []
+    venv_py = bench.board("wrist").workdir / "venv" / "bin" / "python"
+    done = bench.board("wrist").run([str(venv_py), "-c", "import nodes.agentconfig, ai_edge_litert.interpreter; "
+                                     "import sys; print(sys.prefix)"])
+    assert done.returncode == 0, done.stderr
+    assert str(bench.board("wrist").workdir) in done.stdout

@@ -1,14 +1,16 @@
 """Putting a board's environment and bundle on an ssh board: push only what it lacks, switch atomically.
 
 Holds ``BoardBundle`` (the files one board needs, as staged on the laptop: its shard, agent.json,
-samples; keyed by the sha256 of their names and contents), ``push_bundle`` (SFTP into
-``<workdir>/bundles/.partial-<key>-<nonce>``, every file's sha256 checked on the board, renamed to
-``bundles/<key>`` and the ``current`` link switched with one rename, so an interrupted push leaves
-the previous bundle running and a second push of the same files transfers nothing),
-``push_env`` (the board group's wheels that the board's ``wheels/`` folder lacks, then
-``pip install --no-index`` into ``<workdir>/venv``, or, for ``env: python``, this project's wheel
-into ``<workdir>/lib``; skipped when the board's ``env.json`` says that wheelhouse is installed)
-and ``board_python`` (the interpreter an agent runs with, and its PYTHONPATH).
+samples; keyed by the sha256 of their names and contents), ``EnvSpec`` (its wheels and
+requirements), ``push_board`` (one command reads what the board has: its env stamp, its verified
+wheels, whether the bundle is complete; what it lacks goes in one SFTP session, wheels as
+``.part`` files, bundle files into ``bundles/.partial-<key>-<nonce>``; one script then checks every
+sha256 on the board, installs the environment if it changed (``pip install --no-index`` into
+``<workdir>/venv``; for ``env: python`` this project's pure wheel unpacked into ``<workdir>/lib``),
+renames the bundle to ``bundles/<key>`` and switches ``current`` with one rename, so an
+interrupted push leaves the previous bundle, and a board that has everything costs one command
+and no payload), ``push_bundle`` / ``push_env`` (one half of it) and ``board_python`` (the
+interpreter an agent runs with, and its PYTHONPATH).
 
 Board layout: ``<workdir>/{bundles/<key>/, current -> bundles/<key>, wheels/, venv/ | lib/,
 env.json, logs/, run/}``. Nothing is written outside the workdir.
@@ -30,7 +32,7 @@ from testbed.bundle import sha256_file
 from testbed.config import BoardSpec
 from testbed.remote.ssh import RemoteError, Session, board_path, quote_path, where
 
-__all__ = ["BoardBundle", "Pushed", "push_bundle", "push_env", "board_python", "sftp_path", "EnvSpec"]
+__all__ = ["BoardBundle", "Pushed", "push_board", "push_bundle", "push_env", "board_python", "sftp_path", "EnvSpec"]
 
 
 def sftp_path(path: str) -> str:
@@ -76,51 +78,6 @@ class Pushed:
         return bool(self.files)
 
 
-async def _put(s: Session, sftp: asyncssh.SFTPClient, local: Path, remote: str) -> int:
-    try:
-        await sftp.put(str(local), sftp_path(remote))
-    except (OSError, asyncssh.Error) as exc:
-        raise RemoteError(f"{where(s.board)}: SFTP of {local.name} to {remote} failed: "
-                          f"{getattr(exc, 'reason', None) or exc}") from None
-    n = local.stat().st_size
-    s.bytes_sent += n
-    return n
-
-
-async def push_bundle(s: Session, bundle: BoardBundle) -> Pushed:
-    """Push ``bundle`` unless ``bundles/<key>`` is complete on the board; switch ``current`` to it."""
-    wd = board_path(s.board)
-    final = board_path(s.board, "bundles", bundle.key)
-    out = Pushed(s.board.name, bundle.key)
-    done = await s.run(f"test -f {quote_path(final)}/.complete && readlink {quote_path(board_path(s.board, 'current'))}",
-                       check=False)
-    if done.code == 0 and done.stdout.strip() == f"bundles/{bundle.key}":
-        return out   # nothing changed: nothing transferred
-    if done.code != 0:
-        partial = board_path(s.board, "bundles", f".partial-{bundle.key}-{secrets.token_hex(3)}")
-        # leftovers of interrupted pushes are ours to clear; complete bundles stay (the previous one runs)
-        await s.run(f"mkdir -p {quote_path(board_path(s.board, 'bundles'))} {quote_path(board_path(s.board, 'logs'))} "
-                    f"{quote_path(board_path(s.board, 'run'))} && rm -rf {quote_path(board_path(s.board, 'bundles'))}/.partial-* "
-                    f"&& mkdir {quote_path(partial)}")
-        async with s.conn.start_sftp_client() as sftp:
-            for name, local in bundle.files.items():
-                out.bytes += await _put(s, sftp, local, f"{partial}/{name}")
-                out.files.append(name)
-        sums = "".join(f"{sha}  {name}\n" for name, sha in bundle.sha256.items())
-        check = await s.run(f"cd {quote_path(partial)} && sha256sum -c --quiet -", input=sums, check=False)
-        if check.code != 0:
-            await s.run(f"rm -rf {quote_path(partial)}", check=False)
-            raise RemoteError(f"{where(s.board)}: sha256 differs after transfer: "
-                              f"{(check.stdout or check.stderr).strip().splitlines()[0][:200]}")
-        await s.run(f"cd {quote_path(partial)} && printf '%s' {shlex.quote(sums)} > SHA256SUMS && touch .complete && "
-                    f"(test -d {quote_path(final)} && rm -rf {quote_path(partial)} || mv -T {quote_path(partial)} {quote_path(final)})")
-    # one rename switches the link: a reader sees the old bundle or the new one, never neither
-    await s.run(f"cd {quote_path(wd)} && ln -sfn bundles/{bundle.key} .current.new && mv -T .current.new current")
-    if not out.files:
-        out.notes.append("bundle already on the board; current switched to it")
-    return out
-
-
 @dataclass(frozen=True)
 class EnvSpec:
     """The environment a board gets: its wheels (name -> local path, sha256), the requirements
@@ -144,59 +101,138 @@ def board_python(board: BoardSpec) -> tuple[str, dict[str, str]]:
     return board_path(board, "venv", "bin", "python"), {}
 
 
-async def push_env(s: Session, env: EnvSpec) -> Pushed:
-    """Make the board's Python environment match ``env``; transfers only the wheels it lacks."""
-    board = s.board
-    out = Pushed(board.name, env.key)
-    stamp = board_path(board, "env.json")
-    done = await s.run(f"cat {quote_path(stamp)} 2>/dev/null", check=False)
+async def _put(s: Session, sftp: asyncssh.SFTPClient, local: Path, remote: str) -> int:
     try:
-        if json.loads(done.stdout or "{}").get("key") == env.key:
-            return out
+        await sftp.put(str(local), sftp_path(remote))
+    except (OSError, asyncssh.Error) as exc:
+        raise RemoteError(f"{where(s.board)}: SFTP of {local.name} to {remote} failed: "
+                          f"{getattr(exc, 'reason', None) or exc}") from None
+    n = local.stat().st_size
+    s.bytes_sent += n
+    return n
+
+
+@dataclass(frozen=True)
+class _State:
+    env_key: str | None
+    wheels: dict[str, str]       # wheel name -> sha256 the board verified after receiving it
+    bundle_complete: bool
+    current: str
+
+
+_MARK = "--hbc-testbed--"
+
+
+async def _state(s: Session, bundle: BoardBundle | None) -> _State:
+    """What the board has, in one command: its env stamp, its verified wheels, the bundle's state."""
+    q = lambda *parts: quote_path(board_path(s.board, *parts))   # noqa: E731
+    key = bundle.key if bundle else "none"
+    done = await s.run(f"cat {q('env.json')} 2>/dev/null; echo {_MARK}; cat {q('wheels', 'SHA256SUMS')} 2>/dev/null; "
+                       f"echo {_MARK}; test -f {q('bundles', key, '.complete')} && echo complete; echo {_MARK}; "
+                       f"readlink {q('current')} 2>/dev/null; true")
+    parts = done.stdout.split(_MARK + "\n")
+    parts += [""] * (4 - len(parts))
+    try:
+        stamp = json.loads(parts[0] or "{}")
+        env_key = stamp.get("key") if isinstance(stamp, dict) else None
     except ValueError:
-        pass   # an unreadable stamp: reinstall
-    wheels = board_path(board, "wheels")
-    listing = await s.run(f"mkdir -p {quote_path(wheels)} && cd {quote_path(wheels)} && "
-                          f"(ls *.whl >/dev/null 2>&1 && sha256sum *.whl || true)")
-    present = {}
-    for line in listing.stdout.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2:
-            present[parts[1].strip().lstrip("*")] = parts[0]
-    todo = [n for n, sha in env.sha256.items() if present.get(n) != sha]
-    if todo:
-        async with s.conn.start_sftp_client() as sftp:
-            for name in todo:
-                out.bytes += await _put(s, sftp, env.wheels[name], f"{wheels}/{name}.part")
-                out.files.append(name)
-        await s.run(f"cd {quote_path(wheels)} && " + " && ".join(f"mv -f {shlex.quote(n + '.part')} {shlex.quote(n)}"
-                                                                  for n in todo))
-        sums = "".join(f"{env.sha256[n]}  {n}\n" for n in todo)
-        check = await s.run(f"cd {quote_path(wheels)} && sha256sum -c --quiet -", input=sums, check=False)
-        if check.code != 0:
-            raise RemoteError(f"{where(board)}: a wheel's sha256 differs after transfer: "
-                              f"{(check.stdout or check.stderr).strip()[:200]}")
-    await _install(s, env)
-    await s.run(f"cat > {quote_path(stamp)}", input=json.dumps({"key": env.key, "env": board.env,
-                                                                "wheels": env.sha256}) + "\n")
-    return out
+        env_key = None   # an unreadable stamp: install again
+    wheels = {}
+    for line in parts[1].splitlines():
+        fields = line.split(None, 1)
+        if len(fields) == 2:
+            wheels[fields[1].strip().lstrip("*")] = fields[0]
+    return _State(env_key, wheels, parts[2].strip() == "complete", parts[3].strip())
 
 
-async def _install(s: Session, env: EnvSpec) -> None:
-    board = s.board
+def _sha_check(folder: str, sums: str, what: str) -> str:
+    """A shell step: the files of ``sums`` (sha256sum format) in ``folder`` match, else exit 3."""
+    return (f"(cd {quote_path(folder)} && printf '%s' {shlex.quote(sums)} | sha256sum -c --quiet - >&2) "
+            f"|| {{ echo 'sha256 of {what} differs after transfer' >&2; exit 3; }}")
+
+
+def _install_script(board: BoardSpec, env: EnvSpec) -> str:
     wheels = board_path(board, "wheels")
-    pip_opts = "--no-index --disable-pip-version-check --no-input -q"
     own = f"{quote_path(wheels)}/{shlex.quote(env.project_wheel)}"
     if board.env == "python":
-        lib = board_path(board, "lib")
-        cmd = (f"rm -rf {quote_path(lib)} && {shlex.quote(board.python)} -m pip install {pip_opts} --no-deps "
-               f"--target {quote_path(lib)} {own}")
-    else:
-        venv = board_path(board, "venv")
-        py = f"{quote_path(venv)}/bin/python"
-        system = " --system-site-packages" if board.env == "venv-system" else ""
-        reqs = " ".join(shlex.quote(r) for r in env.requirements)
-        cmd = (f"(test -x {py} || {shlex.quote(board.python)} -m venv{system} {quote_path(venv)}) && "
-               f"{py} -m pip install {pip_opts} --find-links {quote_path(wheels)} {reqs} && "
-               f"{py} -m pip install {pip_opts} --no-deps --force-reinstall {own}")
-    await s.run(cmd, timeout=900)
+        # a pure wheel unpacked into lib/ is what pip --target would write (no scripts, no data)
+        lib, new = quote_path(board_path(board, "lib")), quote_path(board_path(board, ".lib.new"))
+        return (f"rm -rf {new} && {shlex.quote(board.python)} -m zipfile -e {own} {new} && rm -rf {lib} && "
+                f"mv -T {new} {lib}")
+    pip_opts = "--no-index --disable-pip-version-check --no-input -q"
+    venv = board_path(board, "venv")
+    py = f"{quote_path(venv)}/bin/python"
+    system = " --system-site-packages" if board.env == "venv-system" else ""
+    reqs = " ".join(shlex.quote(r) for r in env.requirements)
+    return (f"(test -x {py} || {shlex.quote(board.python)} -m venv{system} {quote_path(venv)}) && "
+            f"{py} -m pip install {pip_opts} --find-links {quote_path(wheels)} {reqs} && "
+            f"{py} -m pip install {pip_opts} --no-deps --force-reinstall {own}")
+
+
+async def push_board(s: Session, *, env: EnvSpec | None, bundle: BoardBundle | None) -> tuple[Pushed, Pushed]:
+    """Make the board hold ``env`` and run ``bundle``: one command reads what it has; the wheels
+    and files it lacks go in one SFTP session; one script checks their sha256, installs the
+    environment if it changed, completes the bundle and switches ``current`` with one rename.
+    A board that has both already costs one command and no payload."""
+    board = s.board
+    st = await _state(s, bundle)
+    env_out = Pushed(board.name, env.key if env else "")
+    b_out = Pushed(board.name, bundle.key if bundle else "")
+    env_todo = env is not None and st.env_key != env.key
+    wheels_todo = [n for n, sha in env.sha256.items() if st.wheels.get(n) != sha] if env_todo and env else []
+    bundle_todo = bundle is not None and not st.bundle_complete
+    switch = bundle is not None and st.current != f"bundles/{bundle.key}"
+    if not (env_todo or bundle_todo or switch):
+        return env_out, b_out
+    partial = board_path(board, "bundles", f".partial-{bundle.key}-{secrets.token_hex(3)}") if bundle else ""
+    if wheels_todo or bundle_todo:
+        try:
+            async with s.conn.start_sftp_client() as sftp:
+                for d in ([board_path(board, "wheels")] if wheels_todo else []) + ([partial] if bundle_todo else []):
+                    await sftp.makedirs(sftp_path(d), exist_ok=True)
+                for name in wheels_todo:
+                    assert env is not None
+                    env_out.bytes += await _put(s, sftp, env.wheels[name], board_path(board, "wheels", name + ".part"))
+                    env_out.files.append(name)
+                for name, local in (bundle.files.items() if bundle_todo and bundle else ()):
+                    b_out.bytes += await _put(s, sftp, local, f"{partial}/{name}")
+                    b_out.files.append(name)
+        except (OSError, asyncssh.Error) as exc:
+            raise RemoteError(f"{where(board)}: SFTP failed: {getattr(exc, 'reason', None) or exc}") from None
+    steps = [f"mkdir -p {quote_path(board_path(board, 'logs'))} {quote_path(board_path(board, 'run'))}"]
+    if wheels_todo and env:
+        wd = board_path(board, "wheels")
+        steps += [f"cd {quote_path(wd)}"] + [f"mv -f {shlex.quote(n + '.part')} {shlex.quote(n)}" for n in wheels_todo]
+        steps.append(_sha_check(wd, "".join(f"{env.sha256[n]}  {n}\n" for n in wheels_todo), "a wheel"))
+        kept = {n: sha for n, sha in st.wheels.items() if n not in wheels_todo}
+        sums = "".join(f"{sha}  {n}\n" for n, sha in sorted({**kept, **{n: env.sha256[n] for n in wheels_todo}}.items()))
+        steps.append(f"printf '%s' {shlex.quote(sums)} > SHA256SUMS")
+    if env_todo and env:
+        stamp = json.dumps({"key": env.key, "env": board.env, "wheels": env.sha256}) + "\n"
+        steps += [_install_script(board, env), f"printf '%s' {shlex.quote(stamp)} > {quote_path(board_path(board, 'env.json'))}"]
+    if bundle_todo and bundle:
+        final = quote_path(board_path(board, "bundles", bundle.key))
+        sums = "".join(f"{sha}  {name}\n" for name, sha in bundle.sha256.items())
+        steps += [_sha_check(partial, sums, "the bundle"),
+                  f"printf '%s' {shlex.quote(sums)} > {quote_path(partial)}/SHA256SUMS && touch {quote_path(partial)}/.complete",
+                  f"if [ -d {final} ]; then rm -rf {quote_path(partial)}; else mv -T {quote_path(partial)} {final}; fi"]
+    if bundle is not None:
+        wd = quote_path(board_path(board))
+        # leftovers of interrupted pushes are ours to clear; complete bundles stay (the previous one ran)
+        steps += [f"cd {wd} && rm -rf bundles/.partial-*",
+                  f"ln -sfn bundles/{bundle.key} .current.new && mv -T .current.new current"]
+    done = await s.run("set -e; " + "\n".join(steps), check=False, timeout=900)
+    if done.code != 0:
+        err = (done.stderr or done.stdout).strip().splitlines()
+        raise RemoteError(f"{where(board)}: deploy step failed ({done.code}): {err[-1][:300] if err else 'no output'}")
+    return env_out, b_out
+
+
+async def push_bundle(s: Session, bundle: BoardBundle) -> Pushed:
+    """Push ``bundle`` unless ``bundles/<key>`` is complete on the board; switch ``current`` to it."""
+    return (await push_board(s, env=None, bundle=bundle))[1]
+
+
+async def push_env(s: Session, env: EnvSpec) -> Pushed:
+    """Make the board's Python environment match ``env``; transfers only the wheels it lacks."""
+    return (await push_board(s, env=env, bundle=None))[0]

@@ -19,7 +19,7 @@ from testbed.bundle import sha256_file
 from testbed.config import BoardSpec, Inventory
 from testbed.errors import TestbedError
 from testbed.remote.boardpython import BoardPython
-from testbed.remote.deploy import BoardBundle, EnvSpec, Pushed, push_bundle, push_env
+from testbed.remote.deploy import BoardBundle, EnvSpec, Pushed, push_board
 from testbed.remote.doctor import BoardReport, doctor, summary_line
 from testbed.remote.ssh import Boards, Outcome, RemoteError, Session
 from testbed.remote.wheelhouse import build_wheelhouse, project_wheel, requirements_for
@@ -89,8 +89,8 @@ def rollout(boards: Boards, inventory: Inventory, staged: Mapping[str, Path], *,
             out[name] = Outcome(name, error=f"{name}: {exc}", exc=exc)
 
     async def one(s: Session) -> Rolled:
-        env = await push_env(s, envs[s.board.name])
-        bundle = await push_bundle(s, BoardBundle.from_dir(s.board.name, staged[s.board.name]))
+        env, bundle = await push_board(s, env=envs[s.board.name],
+                                       bundle=BoardBundle.from_dir(s.board.name, staged[s.board.name]))
         return Rolled(env=env, bundle=bundle)
     out.update(boards.each(one, names=list(envs)))
     return {n: out[n] for n in names}
