@@ -9,17 +9,18 @@ before any timing; cached by content hash).
 
 Measured, for 1, 4 and 16 boards (--quick: 1 and 4), on fresh boards each time:
 - cold: `with Boards(inventory, names)` (the connections: key exchange, host key check, login),
-  then on every board at once `push_env` (the wheel over SFTP, sha256 checked on the board,
-  `pip install --no-deps --target <workdir>/lib`, env.json) and `push_bundle` (SFTP into a
-  partial folder, sha256 checked, renamed, `current` switched). The timed region opens before
+  then on every board at once `push_board`: one command reads what the board has, one SFTP
+  session sends the wheel and the staged files, one script checks their sha256 on the board,
+  unpacks the pure wheel into <workdir>/lib, writes env.json, renames the bundle folder and
+  switches `current`. The timed region opens before
   the connections and closes after they are closed: connection setup is counted.
   `env_for` (hashing the cached wheel) and staging the files are done before the timer starts.
 - scp: the baseline, in the same run: `scp -r -o BatchMode=yes -i KEY -o UserKnownHostsFile=PINNED
   WHEEL STAGED_DIR root@board:DIR/`, one scp process per board, all started at once; timed from
   the first start to the last exit. The (empty) target folder is made before the timer starts.
   It copies the same bytes and installs nothing. cold_ratio = cold_s / scp_s (target <= 1.2).
-- warm: the same boards again with nothing changed (a second `with Boards(...)`, push_env and
-  push_bundle): time and payload bytes (target <= 1.5 s for 16 boards, 0 bytes).
+- warm: the same boards again with nothing changed (a second `with Boards(...)` and push_board,
+  which reads the board's state in one command and stops there): time and payload bytes (target <= 1.5 s for 16 boards, 0 bytes).
 - parallel_ratio = cold_s at the largest count / cold_s at 1 board (target <= 2).
 Board-side work (sshd sessions, sha256sum, pip) runs on this machine's CPUs for every board at
 once, unlike a bench of real boards, each with its own CPU. bash sources the login user's
@@ -188,16 +189,14 @@ def time_scp(bench: SshBench, *, key: Path, known_hosts: Path, wheel: Path, stag
 def time_deploy(inv, names: list[str], envs: dict, staged: dict[str, Path]) -> dict:
     """One deploy with the project's remote code, connections included: seconds, payload bytes,
     and where the time went (connect; the slowest board's env and bundle pushes; closing)."""
-    from testbed.remote.deploy import BoardBundle, push_bundle, push_env
+    from testbed.remote.deploy import BoardBundle, push_board
     from testbed.remote.ssh import Boards
 
     async def one(s):
         t0 = time.perf_counter()
-        env = await push_env(s, envs[s.board.name])
-        t1 = time.perf_counter()
-        bundle = await push_bundle(s, BoardBundle.from_dir(s.board.name, staged[s.board.name]))
-        t2 = time.perf_counter()
-        return env, bundle, t1 - t0, t2 - t1
+        env, bundle = await push_board(s, env=envs[s.board.name],
+                                       bundle=BoardBundle.from_dir(s.board.name, staged[s.board.name]))
+        return env, bundle, time.perf_counter() - t0, 0.0
 
     t0 = time.perf_counter()
     with Boards(inv, names) as boards:
@@ -213,7 +212,7 @@ def time_deploy(inv, names: list[str], envs: dict, staged: dict[str, Path]) -> d
     vals = [o.value for o in res.values()]
     return {"s": elapsed, "bytes": sum(e.bytes + b.bytes for e, b, _, _ in vals),
             "files": sum(len(e.files) + len(b.files) for e, b, _, _ in vals),
-            "connect_s": t_conn - t0, "env_s": max(v[2] for v in vals), "bundle_s": max(v[3] for v in vals),
+            "connect_s": t_conn - t0, "push_s": max(v[2] for v in vals),
             "close_s": t0 + elapsed - t_work}
 
 
@@ -275,12 +274,10 @@ def measure_count(n: int, *, reps: int, root: Path, key: Path, wheel: Path, pyth
             "warm_payload_bytes": max(r["warm"]["bytes"] for r in reps_out),
             "cold_payload_bytes": reps_out[0]["cold"]["bytes"], "scp_bytes": reps_out[0]["scp_bytes"],
             "cold_connect_s": round(med([r["cold"]["connect_s"] for r in reps_out]), 3),
-            "cold_env_s": round(med([r["cold"]["env_s"] for r in reps_out]), 3),
-            "cold_bundle_s": round(med([r["cold"]["bundle_s"] for r in reps_out]), 3),
+            "cold_push_s": round(med([r["cold"]["push_s"] for r in reps_out]), 3),
             "cold_close_s": round(med([r["cold"]["close_s"] for r in reps_out]), 3),
             "warm_connect_s": round(med([r["warm"]["connect_s"] for r in reps_out]), 3),
-            "warm_env_s": round(med([r["warm"]["env_s"] for r in reps_out]), 3),
-            "warm_bundle_s": round(med([r["warm"]["bundle_s"] for r in reps_out]), 3),
+            "warm_push_s": round(med([r["warm"]["push_s"] for r in reps_out]), 3),
             "warm_close_s": round(med([r["warm"]["close_s"] for r in reps_out]), 3),
             "reps": reps, "cold_s_all": [round(r["cold"]["s"], 3) for r in reps_out],
             "scp_s_all": [round(r["scp_s"], 3) for r in reps_out],
@@ -332,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     first, last = rows[0], rows[-1]
     parallel_ratio = round(last["cold_s"] / first["cold_s"], 2)
     print()
-    print("cold = with Boards(...) (connections counted) + push_env (wheel, pip install --target lib) + push_bundle;")
+    print("cold = with Boards(...) (connections counted) + push_board (state, one SFTP session, one finishing script);")
     print("scp = scp -r of the wheel and the staged folder, one process per board, all at once; medians of reps")
     for r in rows:
         ok = "ok" if r["cold_ratio"] <= TARGETS["cold_ratio"] else "MISSED"
         print(f"{r['boards']:>2} boards  cold {r['cold_s']:7.3f} s {r['cold_payload_bytes']:>9} B  "
-              f"[connect {r['cold_connect_s']:.3f}, env {r['cold_env_s']:.3f}, bundle {r['cold_bundle_s']:.3f}, "
+              f"[connect {r['cold_connect_s']:.3f}, push {r['cold_push_s']:.3f}, "
               f"close {r['cold_close_s']:.3f}]  "
               f"| baseline scp {r['scp_s']:7.3f} s {r['scp_bytes']:>9} B | ratio {r['cold_ratio']:6.2f} "
               f"(target <= {TARGETS['cold_ratio']}: {ok}) | load {r['load_cold']} (scp {r['load_scp']})")
@@ -346,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = "ok" if r["warm_payload_bytes"] == 0 and (r["boards"] != 16 or r["warm_s"] <= TARGETS["warm_s_16"]) \
             else "MISSED"
         print(f"{r['boards']:>2} boards  warm {r['warm_s']:7.3f} s {r['warm_payload_bytes']:>9} B  "
-              f"[connect {r['warm_connect_s']:.3f}, env {r['warm_env_s']:.3f}, bundle {r['warm_bundle_s']:.3f}, "
+              f"[connect {r['warm_connect_s']:.3f}, push {r['warm_push_s']:.3f}, "
               f"close {r['warm_close_s']:.3f}] | baseline cold {r['cold_s']:7.3f} s | ratio "
               f"{r['warm_s'] / r['cold_s']:6.2f} (target {target}: {ok}) | load {r['load_warm']}")
     la = load()

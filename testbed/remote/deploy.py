@@ -2,14 +2,15 @@
 
 Holds ``BoardBundle`` (the files one board needs, as staged on the laptop: its shard, agent.json,
 samples; keyed by the sha256 of their names and contents), ``EnvSpec`` (its wheels and
-requirements), ``push_board`` (one command reads what the board has: its env stamp, its verified
-wheels, whether the bundle is complete; what it lacks goes in one SFTP session, wheels as
+requirements), ``push_board`` (one SFTP session reads what the board has: its env stamp, its
+verified wheels, whether the bundle is complete, where ``current`` points; what it lacks goes in
+the same session, wheels as
 ``.part`` files, bundle files into ``bundles/.partial-<key>-<nonce>``; one script then checks every
 sha256 on the board, installs the environment if it changed (``pip install --no-index`` into
 ``<workdir>/venv``; for ``env: python`` this project's pure wheel unpacked into ``<workdir>/lib``),
 renames the bundle to ``bundles/<key>`` and switches ``current`` with one rename, so an
-interrupted push leaves the previous bundle, and a board that has everything costs one command
-and no payload), ``push_bundle`` / ``push_env`` (one half of it) and ``board_python`` (the
+interrupted push leaves the previous bundle, and a board that has everything costs one SFTP
+session, no shell and no payload), ``push_bundle`` / ``push_env`` (one half of it) and ``board_python`` (the
 interpreter an agent runs with, and its PYTHONPATH).
 
 Board layout: ``<workdir>/{bundles/<key>/, current -> bundles/<key>, wheels/, venv/ | lib/,
@@ -120,29 +121,37 @@ class _State:
     current: str
 
 
-_MARK = "--hbc-testbed--"
-
-
-async def _state(s: Session, bundle: BoardBundle | None) -> _State:
-    """What the board has, in one command: its env stamp, its verified wheels, the bundle's state."""
-    q = lambda *parts: quote_path(board_path(s.board, *parts))   # noqa: E731
-    key = bundle.key if bundle else "none"
-    done = await s.run(f"cat {q('env.json')} 2>/dev/null; echo {_MARK}; cat {q('wheels', 'SHA256SUMS')} 2>/dev/null; "
-                       f"echo {_MARK}; test -f {q('bundles', key, '.complete')} && echo complete; echo {_MARK}; "
-                       f"readlink {q('current')} 2>/dev/null; true")
-    parts = done.stdout.split(_MARK + "\n")
-    parts += [""] * (4 - len(parts))
+async def _read(sftp: asyncssh.SFTPClient, path: str, *, limit: int = 1 << 20) -> str:
+    """A small file of the board, or "" when it is missing (read over SFTP: no remote shell)."""
     try:
-        stamp = json.loads(parts[0] or "{}")
+        async with sftp.open(sftp_path(path), "rb") as fh:
+            return (await fh.read(limit)).decode("utf-8", "replace")
+    except (OSError, asyncssh.SFTPError):
+        return ""
+
+
+async def _state(sftp: asyncssh.SFTPClient, board: BoardSpec, bundle: BoardBundle | None) -> _State:
+    """What the board has, read over the SFTP session itself: its env stamp, its verified wheels,
+    whether the bundle is complete, where ``current`` points."""
+    try:
+        stamp = json.loads(await _read(sftp, board_path(board, "env.json")) or "{}")
         env_key = stamp.get("key") if isinstance(stamp, dict) else None
     except ValueError:
         env_key = None   # an unreadable stamp: install again
     wheels = {}
-    for line in parts[1].splitlines():
+    for line in (await _read(sftp, board_path(board, "wheels", "SHA256SUMS"))).splitlines():
         fields = line.split(None, 1)
         if len(fields) == 2:
             wheels[fields[1].strip().lstrip("*")] = fields[0]
-    return _State(env_key, wheels, parts[2].strip() == "complete", parts[3].strip())
+    complete = False
+    current = ""
+    if bundle is not None:
+        complete = await sftp.exists(sftp_path(board_path(board, "bundles", bundle.key, ".complete")))
+        try:
+            current = str(await sftp.readlink(sftp_path(board_path(board, "current"))))
+        except (OSError, asyncssh.SFTPError):
+            current = ""
+    return _State(env_key, wheels, complete, current)
 
 
 def _sha_check(folder: str, sums: str, what: str) -> str:
@@ -170,35 +179,36 @@ def _install_script(board: BoardSpec, env: EnvSpec) -> str:
 
 
 async def push_board(s: Session, *, env: EnvSpec | None, bundle: BoardBundle | None) -> tuple[Pushed, Pushed]:
-    """Make the board hold ``env`` and run ``bundle``: one command reads what it has; the wheels
-    and files it lacks go in one SFTP session; one script checks their sha256, installs the
+    """Make the board hold ``env`` and run ``bundle``: one SFTP session reads what it has and
+    sends the wheels and files it lacks; one script checks their sha256, installs the
     environment if it changed, completes the bundle and switches ``current`` with one rename.
-    A board that has both already costs one command and no payload."""
+    A board that has both already costs the SFTP session's reads: no shell, no payload."""
     board = s.board
-    st = await _state(s, bundle)
     env_out = Pushed(board.name, env.key if env else "")
     b_out = Pushed(board.name, bundle.key if bundle else "")
-    env_todo = env is not None and st.env_key != env.key
-    wheels_todo = [n for n, sha in env.sha256.items() if st.wheels.get(n) != sha] if env_todo and env else []
-    bundle_todo = bundle is not None and not st.bundle_complete
-    switch = bundle is not None and st.current != f"bundles/{bundle.key}"
-    if not (env_todo or bundle_todo or switch):
-        return env_out, b_out
     partial = board_path(board, "bundles", f".partial-{bundle.key}-{secrets.token_hex(3)}") if bundle else ""
-    if wheels_todo or bundle_todo:
-        try:
-            async with s.conn.start_sftp_client() as sftp:
-                for d in ([board_path(board, "wheels")] if wheels_todo else []) + ([partial] if bundle_todo else []):
-                    await sftp.makedirs(sftp_path(d), exist_ok=True)
-                for name in wheels_todo:
-                    assert env is not None
-                    env_out.bytes += await _put(s, sftp, env.wheels[name], board_path(board, "wheels", name + ".part"))
-                    env_out.files.append(name)
-                for name, local in (bundle.files.items() if bundle_todo and bundle else ()):
-                    b_out.bytes += await _put(s, sftp, local, f"{partial}/{name}")
-                    b_out.files.append(name)
-        except (OSError, asyncssh.Error) as exc:
-            raise RemoteError(f"{where(board)}: SFTP failed: {getattr(exc, 'reason', None) or exc}") from None
+    try:
+        async with s.conn.start_sftp_client() as sftp:
+            st = await _state(sftp, board, bundle)
+            env_todo = env is not None and st.env_key != env.key
+            wheels_todo = [n for n, sha in env.sha256.items() if st.wheels.get(n) != sha] if env_todo and env else []
+            bundle_todo = bundle is not None and not st.bundle_complete
+            switch = bundle is not None and st.current != f"bundles/{bundle.key}"
+            if not (env_todo or bundle_todo or switch):
+                return env_out, b_out
+            for d in ([board_path(board, "wheels")] if wheels_todo else []) + ([partial] if bundle_todo else []):
+                await sftp.makedirs(sftp_path(d), exist_ok=True)
+            for name in wheels_todo:
+                assert env is not None
+                env_out.bytes += await _put(s, sftp, env.wheels[name], board_path(board, "wheels", name + ".part"))
+                env_out.files.append(name)
+            for name, local in (bundle.files.items() if bundle_todo and bundle else ()):
+                b_out.bytes += await _put(s, sftp, local, f"{partial}/{name}")
+                b_out.files.append(name)
+    except (OSError, asyncssh.Error) as exc:
+        if isinstance(exc, RemoteError):
+            raise
+        raise RemoteError(f"{where(board)}: SFTP failed: {getattr(exc, 'reason', None) or exc}") from None
     steps = [f"mkdir -p {quote_path(board_path(board, 'logs'))} {quote_path(board_path(board, 'run'))}"]
     if wheels_todo and env:
         wd = board_path(board, "wheels")
