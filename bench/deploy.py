@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
     first, last = rows[0], rows[-1]
     parallel_ratio = round(last["cold_s"] / first["cold_s"], 2)
+    # the same ratio for scp: what the machine's shared CPUs allow (every board's sshd runs here)
+    scp_parallel_ratio = round(last["scp_s"] / first["scp_s"], 2)
     print()
     print("cold = with Boards(...) (connections counted) + push_board (state, one SFTP session, one finishing script);")
     print("scp = scp -r of the wheel and the staged folder, one process per board, all at once; medians of reps")
@@ -351,9 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"parallel  cold {last['cold_s']:.3f} s at {last['boards']} boards | baseline cold {first['cold_s']:.3f} s "
           f"at 1 board | ratio {parallel_ratio:.2f} (target <= {TARGETS['parallel_ratio']}: {ok}) | "
           f"load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
+    print(f"parallel  scp  {last['scp_s']:.3f} s at {last['boards']} boards | baseline scp {first['scp_s']:.3f} s "
+          f"at 1 board | ratio {scp_parallel_ratio:.2f} (every board's sshd shares this machine's "
+          f"{os.cpu_count()} cores)")
     print(f"took {time.perf_counter() - started:.1f} s")
     if args.json:
-        print(json.dumps({"rows": rows, "parallel_ratio": parallel_ratio, "load_avg": list(la),
+        print(json.dumps({"rows": rows, "parallel_ratio": parallel_ratio, "scp_parallel_ratio": scp_parallel_ratio,
+                          "load_avg": list(la),
                           "clean_login": bool(args.clean_login),
                           "cpus": os.cpu_count(), "reps": reps, "wheel_bytes": wheel.stat().st_size,
                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
