@@ -43,12 +43,14 @@ def ssh_names(inv: Inventory, names: list[str] | None) -> list[str]:
     return list(names)
 
 
-def doctor_command(*, inventory: Path, names: list[str] | None = None, as_json: bool = False) -> int:
+def doctor_command(*, inventory: Path, names: list[str] | None = None, as_json: bool = False,
+                   cache: Path | None = None) -> int:
+    from testbed.orchestrator import default_cache_dir
     from testbed.remote.doctor import as_json as to_json
     from testbed.remote.doctor import doctor, render_table, summary_line
 
     inv = load_inventory(inventory)
-    reports = doctor(inv, names=ssh_names(inv, names))
+    reports = doctor(inv, names=ssh_names(inv, names), cache_dir=cache or default_cache_dir())
     console = _console(stderr=as_json)
     console.print(render_table(reports))
     console.print(summary_line(reports))

@@ -276,7 +276,8 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from testbed.benchcmd import doctor_command
-    return doctor_command(inventory=Path(args.inventory), names=args.board, as_json=args.json)
+    return doctor_command(inventory=Path(args.inventory), names=args.board, as_json=args.json,
+                          cache=Path(args.cache) if args.cache else None)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -314,8 +315,10 @@ def _add_bench_commands(sub: Any) -> None:
         p.add_argument("--inventory", default="inventory.yaml")
         p.set_defaults(func=func)
         return p
-    p = cmd("doctor", "preflight every ssh board (changes nothing)", cmd_doctor)
+    p = cmd("doctor", "preflight every ssh board (changes nothing on them)", cmd_doctor)
     p.add_argument("--board", action="append", help="only this board (repeatable)")
+    p.add_argument("--cache", help="where each board group's wheelhouse is built and cached (default "
+                                   "$HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
     p = cmd("deploy", "put each ssh board's environment and files on it (only what changed)", cmd_deploy)
     p.add_argument("experiment")

@@ -298,8 +298,10 @@ def test_a_pi_like_board_gets_a_venv_from_the_laptops_wheelhouse_without_interne
     pin_all(inv_path, bench)
     inv = load_inventory(inv_path)
     with Boards(inv, ["wrist"]) as boards:
-        rep = doctor(inv, names=["wrist"], boards=boards)["wrist"]
+        rep = doctor(inv, names=["wrist"], boards=boards, cache_dir=model_cache)["wrist"]
         assert rep.python is not None and rep.ok, [c for c in rep.checks if not c.ok]
+        wheels = {c.name: c for c in rep.checks}["wheels"]
+        assert wheels.ok and "cpython-3.11-x86_64" in wheels.detail, wheels
         env = env_for(inv.boards["wrist"], rep.python, cache_dir=model_cache)
         assert any(n.startswith("ai_edge_litert") for n in env.wheels) and "ai-edge-litert" in " ".join(env.requirements)
         first = boards.call(push_env(boards.session("wrist"), env))
@@ -311,3 +313,25 @@ def test_a_pi_like_board_gets_a_venv_from_the_laptops_wheelhouse_without_interne
                                      "import sys; print(sys.prefix)"])
     assert done.returncode == 0, done.stderr
     assert str(bench.board("wrist").workdir) in done.stdout
+
+
+def test_doctor_refuses_a_board_group_no_wheel_fits(tmp_path):
+    """A 32-bit Pi OS board (armv7l userland; modelled by its probe record, no such board here)
+    running CPython 3.13: LiteRT ships no wheel for it, and doctor says so in one line."""
+    import asyncio
+
+    from test_wheelhouse import ARMHF, fake_probe
+    from testbed.config import BoardSpec
+    from testbed.remote.boardpython import BoardPython
+    from testbed.remote.doctor import BoardReport, _Wheels
+
+    pi32 = BoardPython.from_probe(fake_probe(version=[3, 13, 5], machine="armv7l", platform="linux-armv7l",
+                                             pointer_bits=32, elf=ARMHF, glibc="2.41"))
+    board = BoardSpec(name="wrist", role="wearable", kind="rpi4", connect="ssh", runtime="tflite", host="h",
+                      env="venv")
+    rep = BoardReport("wrist")
+    asyncio.run(_Wheels(tmp_path).check(board, pi32, rep))
+    (check,) = rep.checks
+    assert not check.ok and check.name == "wheels" and not rep.ok
+    assert "CPython 3.13 on armv7l" in check.detail and "\n" not in check.detail, check.detail
+    assert "64-bit" in check.fix

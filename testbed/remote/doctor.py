@@ -6,8 +6,9 @@ and ``doctor``, which connects to every board (host key pinned) and checks what 
 inventory entry needs: Python (>= 3.10) and its path, ``uname -m`` and glibc, the wheel tags it
 accepts, free disk in its workdir, the clock offset to the laptop, the serial ports of its links
 (present and writable), its Bluetooth adapter (BLE links), its I2C bus (power meters), ``tc`` and
-``nft`` and which qdiscs its kernel has, ``sudo -n`` where it needs root, and its runtime (the
-vendor's torch where the board keeps it). ``render_table`` and ``as_json`` present the result.
+``nft`` and which qdiscs its kernel has, ``sudo -n`` where it needs root, its runtime (the
+vendor's torch where the board keeps it), and, given a cache folder, that its group's wheelhouse
+can be built on the laptop (the wheel tags it accepts against the wheels that exist). ``render_table`` and ``as_json`` present the result.
 
 It must not change a board: no file written, no package installed, no qdisc left behind.
 """
@@ -19,6 +20,7 @@ import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -26,6 +28,7 @@ import asyncssh
 from linkemu.errors import LinkError
 from linkemu.tc import probe
 from nodes.transport_settings import end_settings
+from testbed.remote.wheelhouse import WheelhouseError, build_wheelhouse, requirements_for
 from testbed.config import BoardSpec, Inventory
 from testbed.remote.boardpython import PROBE_SCRIPT, BoardPython
 from testbed.remote.ssh import Boards, Session, board_path, quote_path
@@ -95,13 +98,17 @@ def board_needs(inventory: Inventory, board: BoardSpec) -> Needs:
                  i2c=board.energy in ("ina219", "ina226", "ina260"), kernel_shaping=kernel, sudo=kernel)
 
 
-def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: Boards | None = None) -> dict[str, BoardReport]:
-    """Check every (named) ssh board; one report per board, unreachable ones included."""
+def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: Boards | None = None,
+           cache_dir: Path | None = None) -> dict[str, BoardReport]:
+    """Check every (named) ssh board; one report per board, unreachable ones included. With
+    ``cache_dir``, also build (or find cached) each board group's wheelhouse on the laptop: a
+    board whose Python and platform no wheel fits is refused with the package and the reason."""
     if boards is None:
         with Boards(inventory, names) as b:
-            return doctor(inventory, names=names, boards=b)
+            return doctor(inventory, names=names, boards=b, cache_dir=cache_dir)
     limit = inventory.ssh.max_clock_offset_ms if inventory.ssh else 100.0
-    outcomes = boards.each(lambda s: _check_board(s, inventory, limit, boards), names=names)
+    wheels = _Wheels(cache_dir) if cache_dir is not None else None
+    outcomes = boards.each(lambda s: _check_board(s, inventory, limit, boards, wheels), names=names)
     reports: dict[str, BoardReport] = {}
     for name, o in outcomes.items():
         if o.ok:
@@ -116,11 +123,14 @@ def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: 
     return reports
 
 
-async def _check_board(s: Session, inventory: Inventory, limit_ms: float, boards: Boards) -> BoardReport:
+async def _check_board(s: Session, inventory: Inventory, limit_ms: float, boards: Boards,
+                       wheels: _Wheels | None) -> BoardReport:
     board = s.board
     r = BoardReport(board.name)
     r.add("ssh", True, f"{board.user or ''}{'@' if board.user else ''}{board.host}:{board.port or 22}, host key pinned")
     await _python(s, r)
+    if wheels is not None and r.python is not None and not r.problems():
+        await wheels.check(board, r.python, r)
     await _disk(s, r)
     await _clock(s, r, limit_ms)
     needs = board_needs(inventory, board)
@@ -158,6 +168,33 @@ async def _python(s: Session, r: BoardReport) -> None:
         r.add("venv", bp.has_venv, "venv and ensurepip present" if bp.has_venv else "venv or ensurepip missing",
               None if bp.has_venv else "sudo apt install python3-venv")
     r.facts["python"] = asdict(bp) if hasattr(bp, "__dataclass_fields__") else str(bp)
+
+
+class _Wheels:
+    """Each board group's wheelhouse, built once on the laptop (beside the event loop, one build
+    per group at a time) and cached by content hash for deploy."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def check(self, board: BoardSpec, python: BoardPython, r: BoardReport) -> None:
+        if board.env == "python":
+            r.add("wheels", True, "env: python: only this project's wheel goes to the board")
+            return
+        reqs = requirements_for(runtime=board.runtime, env=str(board.env))
+        lock = self.locks.setdefault(python.group_key, asyncio.Lock())
+        async with lock:
+            try:
+                house = await asyncio.get_running_loop().run_in_executor(None, lambda: build_wheelhouse(
+                    board=python, requirements=reqs, cache_dir=self.cache_dir))
+            except WheelhouseError as exc:
+                r.add("wheels", False, str(exc), "use a 64-bit OS image (Pi OS Bookworm 64-bit, JetPack 6), or "
+                      "another python: on the board")
+                return
+        mb = sum((Path(house.path) / n).stat().st_size for n in house.files) / 1e6
+        r.add("wheels", True, f"{len(house.files)} wheels for {python.group_key} ({mb:.1f} MB, "
+                              f"{'cached' if house.cached else 'built'} on this machine)")
 
 
 async def _disk(s: Session, r: BoardReport) -> None:

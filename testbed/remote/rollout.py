@@ -75,7 +75,7 @@ def rollout(boards: Boards, inventory: Inventory, staged: Mapping[str, Path], *,
     """Doctor (unless ``reports`` are given), then environment and bundle for every staged board."""
     names = list(staged)
     if reports is None:
-        reports = doctor(inventory, names=names, boards=boards)
+        reports = doctor(inventory, names=names, boards=boards, cache_dir=cache_dir)
     out: dict[str, Outcome[Rolled]] = {}
     envs: dict[str, EnvSpec] = {}
     for name in names:
