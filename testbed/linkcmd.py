@@ -2,8 +2,9 @@
 
 Holds `link_command`, which shapes the sending end of every link that `testbed.shaping`'s one
 rule (`shaper_for`, the same rule `testbed run` uses) gives the kernel: MQTT links from
-`connect: netns` boards inside their namespace, from `connect: ssh` boards over SSH (dry run
-only in this step). On a dry run it prints the exact commands and touches nothing. The other
+`connect: netns` boards inside their namespace, from `connect: ssh` boards over SSH (host key
+pinned, ``sudo -n``, on the board's interface toward the broker, only TCP to the data port a run
+uses; the clear commands recorded on the board for `testbed stop`). On a dry run it prints the exact commands and touches nothing. The other
 links are listed with the rule's reason. It never calls exit(); errors are TestbedError or a
 LinkError naming its link (the CLI prints either on one line, exit 2).
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 import shlex
 import signal
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from linkemu.tc import BACKENDS, KernelLink, Plan, Runner, choose_backend, plan, probe
 from testbed.config import BoardSpec, LinkSpec, load_inventory
@@ -40,6 +43,9 @@ class LinkCommandError(TestbedError):
 class _Target:
     choice: ShaperChoice
     runner: Runner
+    board_dev: str | None = None   # an ssh board's interface toward the broker (found on the board)
+    mtu: int = 1500
+    dport: int | None = None       # an ssh board: only its data plane (TCP to the run's data port)
 
     @property
     def link(self) -> LinkSpec:
@@ -52,7 +58,7 @@ class _Target:
     @property
     def dev(self) -> str:
         assert self.choice.dev is not None
-        return self.choice.dev
+        return self.board_dev or self.choice.dev
 
 
 def _targets(inventory_path: Path, link: str | None, *,
@@ -78,7 +84,32 @@ def _backend(target: _Target, backend: str | None, *, dry_run: bool) -> str:
                                f"{', '.join(BACKENDS)}")
     if dry_run:
         return backend or "netem"  # a dry run probes nothing: the kernels of Pi OS and JetPack
-    return choose_backend(probe(), prefer=backend)
+    caps = probe(runner=target.runner) if target.runner.remote else probe()   # the board's kernel, or this one
+    return choose_backend(caps, prefer=backend)
+
+
+def _on_boards(stack: ExitStack, inv: Any, targets: list[_Target]) -> list[_Target]:
+    """ssh targets with a session: their runner goes over SSH (host key pinned, ``sudo -n``), their
+    device is the board's interface toward the broker."""
+    from testbed.remote.rollout import board_route, broker_address_for, ssh_data_port
+    from testbed.remote.ssh import Boards, RemoteError, check_pinned
+
+    names = sorted({t.board.name for t in targets if t.board.connect == "ssh"})
+    if not names:
+        return targets
+    check_pinned(inv, names)
+    boards = stack.enter_context(Boards(inv, names))
+    if boards.failed:
+        raise RemoteError("; ".join(str(o.error) for o in boards.failed.values()))
+    out = []
+    for t in targets:
+        if t.board.connect != "ssh":
+            out.append(t)
+            continue
+        runner = boards.runner(t.board.name)
+        dev, mtu = board_route(runner, broker_address_for(inv, t.board))
+        out.append(_Target(t.choice, runner, board_dev=dev, mtu=mtu, dport=ssh_data_port(inv)))
+    return out
 
 
 def _print_plan(target: _Target, p: Plan, commands: list[list[str]]) -> None:
@@ -88,6 +119,14 @@ def _print_plan(target: _Target, p: Plan, commands: list[list[str]]) -> None:
         print(f"#   {note}")
     for argv in commands:
         print(shlex.join(target.runner.full(argv)))
+
+
+def _remember_clear(target: _Target, p: Plan) -> None:
+    """On an ssh board, record the clear commands there (``testbed stop`` runs them)."""
+    boards = getattr(target.runner, "boards", None)
+    if boards is not None:
+        from testbed.remote.agents import record_shaping
+        boards.call(record_shaping(boards.live(target.board.name), p.clear))
 
 
 def _apply(target: _Target, p: Plan, *, dry_run: bool) -> None:
@@ -109,17 +148,14 @@ def _apply(target: _Target, p: Plan, *, dry_run: bool) -> None:
 
 
 def _one(action: str, target: _Target, backend: str | None, *, dry_run: bool) -> None:
-    if target.board.connect == "ssh" and not dry_run:
-        raise LinkCommandError(f"link {target.link.name}: board {target.board.name} is reached "
-                               "over SSH, which `testbed link` only prints in this version; "
-                               "run with --dry-run and apply the commands yourself")
     chosen = _backend(target, backend, dry_run=dry_run)
-    p = plan(target.link.profile, target.dev, backend=chosen)
+    p = plan(target.link.profile, target.dev, backend=chosen, mtu=target.mtu, dport=target.dport)
     commands = {"apply": p.apply, "clear": p.clear, "show": p.show}[action]
     if dry_run:
         _print_plan(target, p, commands)
         return
     if action == "apply":
+        _remember_clear(target, p)
         _apply(target, p, dry_run=dry_run)
     elif action == "clear":
         for argv in p.clear:
@@ -137,9 +173,12 @@ def link_command(action: str, *, inventory_path: Path, dry_run: bool, link: str 
     targets, skipped = _targets(Path(inventory_path), link, dry_run=dry_run)
     for line in skipped:
         print(f"# {line}")
-    for target in targets:
-        with naming_link(target.link.name):   # a LinkError: one line naming the link, exit 2
-            _one(action, target, backend, dry_run=dry_run)
+    with ExitStack() as stack:   # ssh boards: sessions for the whole command, closed at its end
+        if not dry_run:
+            targets = _on_boards(stack, load_inventory(Path(inventory_path)), targets)
+        for target in targets:
+            with naming_link(target.link.name):   # a LinkError: one line naming the link, exit 2
+                _one(action, target, backend, dry_run=dry_run)
     if not targets:
         print("# no link is shaped by the kernel backend (MQTT links from netns or ssh boards)")
     return 0

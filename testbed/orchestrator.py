@@ -45,9 +45,8 @@ from testbed.config import BoardSpec, Experiment, Inventory, LinkSpec, check_com
 from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.remote.agents import RemoteAgent, pull_log, record_shaping
-from testbed.remote.rollout import laptop_address, rollout
-from testbed.remote.hostkeys import KnownHosts
-from testbed.remote.ssh import Boards, HostKeyError
+from testbed.remote.rollout import MQTT_PORT, board_route, broker_address_for, rollout, ssh_data_port
+from testbed.remote.ssh import Boards, check_pinned
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultSchedule, RunClock
@@ -55,7 +54,6 @@ from testbed.runstate import EventLog, RunState
 from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
-MQTT_PORT = 1883   # an embedded broker's port on a physical bench (the inventory's broker.port wins)
 
 
 def default_cache_dir() -> Path:
@@ -158,20 +156,6 @@ def check_runnable(inventory: Inventory) -> None:
                                f"edge_port: /dev/ttyTHS1)")
     check_pinned(inventory)
     check_netns(inventory)
-
-
-def check_pinned(inventory: Inventory) -> None:
-    """Every ssh board has a host key pinned in the bench's known_hosts (read only, no network)."""
-    names = ssh_boards(inventory)
-    if not names or inventory.ssh is None:
-        return
-    known = KnownHosts(inventory.ssh.known_hosts)
-    for name in names:
-        b = inventory.boards[name]
-        if not known.keys_for(str(b.host), b.port or 22):
-            raise HostKeyError(f"{inventory.path}:{inventory.line_of(f'boards.{name}.host') or '?'}: boards.{name}: "
-                               f"no host key pinned for {b.host}:{b.port or 22} in {inventory.ssh.known_hosts}; "
-                               f"check the board, then pin it: testbed trust {name}")
 
 
 def ssh_boards(inventory: Inventory) -> list[str]:
@@ -372,7 +356,7 @@ class Orchestrator:
         if not kernel:
             return None
         if any(k.choice.kind == KERNEL_SSH for k in kernel.values()):
-            return (self.inventory.broker.port or MQTT_PORT) + 1
+            return ssh_data_port(self.inventory)
         return free_port()
 
     def _kernel_where(self, k: KernelShaped, spaces: BoardNamespaces) -> str:
@@ -387,12 +371,7 @@ class Orchestrator:
                               dport=data_port, mtu=BOARD_MTU, drive=False)
         assert self._remote is not None
         runner = self._remote.runner(k.board)
-        to = self._broker_host(k.board, spaces, broker)
-        route = runner.run(["ip", "-o", "route", "get", to]).split()
-        if "dev" not in route:
-            raise LinkError(f"board {k.board}: no route to the broker at {to}")
-        dev = route[route.index("dev") + 1]
-        mtu = int(runner.run(["cat", f"/sys/class/net/{dev}/mtu"]).strip() or 1500)
+        dev, mtu = board_route(runner, self._broker_host(k.board, spaces, broker))
         link = KernelLink(k.profile, dev, backend=k.backend, runner=runner, dport=data_port, mtu=mtu, drive=False)
         self._remote.call(record_shaping(self._remote.session(k.board), link.plan.clear))
         return link
@@ -402,10 +381,10 @@ class Orchestrator:
         inventory's broker host or this machine's address on the route to the board; for a netns
         board its veth's host side; else the broker's own host."""
         spec, b = self.inventory.broker, self.inventory.boards[board]
+        if b.connect == "ssh":
+            return broker_address_for(self.inventory, b)
         if spec.mode == "external":
             return str(spec.host)
-        if b.connect == "ssh":
-            return spec.host or laptop_address(str(b.host), port=b.port or 22)
         return spaces.address(board, broker.host if broker is not None else "127.0.0.1")
 
     def _start_agents(self, stack: ExitStack, broker: Any, profiles: dict[str, LinkProfile],

@@ -8,6 +8,7 @@ import pytest
 
 from linkemu.errors import LinkError
 from testbed.linkcmd import LinkCommandError, link_command
+from testbed.remote.ssh import HostKeyError
 
 INVENTORY = """\
 bench: lab
@@ -47,8 +48,8 @@ def test_dry_run_clear_with_tbf(inventory, capsys):
 
 
 def test_refusals(inventory):
-    with pytest.raises(LinkCommandError, match="only prints"):
-        link_command("apply", inventory_path=inventory, dry_run=False, link="wrist-edge")
+    with pytest.raises(HostKeyError, match="boards.wrist: no host key pinned .* testbed trust wrist"):
+        link_command("apply", inventory_path=inventory, dry_run=False, link="wrist-edge")   # before any connection
     with pytest.raises(LinkCommandError, match="no link named 'nope'"):
         link_command("show", inventory_path=inventory, dry_run=True, link="nope")
     with pytest.raises(LinkCommandError, match="unknown action"):

@@ -335,3 +335,22 @@ def test_doctor_refuses_a_board_group_no_wheel_fits(tmp_path):
     assert not check.ok and check.name == "wheels" and not rep.ok
     assert "CPython 3.13 on armv7l" in check.detail and "\n" not in check.detail, check.detail
     assert "64-bit" in check.fix
+
+
+def test_link_apply_on_an_ssh_board_shapes_its_data_plane_and_stop_clears_it(two_boards, tmp_path, model_cache):
+    bench, inv = two_boards
+    pin_all(inv, bench)
+    inv.write_text(inv.read_text().replace("profile: ideal", "profile: hbc-328k"))
+    wrist = bench.board("wrist")
+    applied = run_cli("link", "apply", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    qdisc = wrist.run(["tc", "qdisc", "show", "dev", "tbs0"]).stdout
+    assert "htb" in qdisc and ("tbf" in qdisc or "netem" in qdisc), qdisc   # classified: the data plane only
+    filters = wrist.run(["tc", "filter", "show", "dev", "tbs0"]).stdout
+    assert "match" in filters and f"{1884:04x}" in filters, filters   # TCP to the run's data port (1883 + 1)
+    shown = run_cli("link", "show", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert shown.returncode == 0 and "htb" in shown.stdout
+    assert "htb" not in bench.board("edge").run(["tc", "qdisc", "show"]).stdout   # the edge sends nothing
+    stop = run_cli("stop", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert stop.returncode == 0 and "cleared: tc qdisc del dev tbs0 root" in stop.stdout, stop.stdout
+    assert "htb" not in wrist.run(["tc", "qdisc", "show", "dev", "tbs0"]).stdout

@@ -1,7 +1,9 @@
 """Rolling a bench out: doctor first, then each board's environment, then its bundle; all boards at once.
 
 Holds ``laptop_address`` (the laptop's own address on the route to a board: where an embedded
-broker listens for it; never 0.0.0.0), ``env_for`` (a board's wheels: its group's wheelhouse,
+broker listens for it; never 0.0.0.0), ``broker_address_for`` (where a board reaches the broker),
+``board_route`` (the board's interface and MTU toward an address: where its kernel shapes),
+``env_for`` (a board's wheels: its group's wheelhouse,
 built on the laptop and cached by content hash, or just this project's wheel for ``env:
 python``) and ``rollout`` (for every named board in parallel: refuse what doctor refused, push
 the environment, push the staged bundle; one ``Outcome`` per board with what was transferred).
@@ -15,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from linkemu.errors import LinkError
+from linkemu.tc import Runner
 from testbed.bundle import sha256_file
 from testbed.config import BoardSpec, Inventory
 from testbed.errors import TestbedError
@@ -24,7 +28,7 @@ from testbed.remote.doctor import BoardReport, doctor, summary_line
 from testbed.remote.ssh import Boards, Outcome, RemoteError, Session
 from testbed.remote.wheelhouse import build_wheelhouse, project_wheel, requirements_for
 
-__all__ = ["laptop_address", "env_for", "rollout", "Rolled"]
+__all__ = ["MQTT_PORT", "ssh_data_port", "laptop_address", "board_route", "broker_address_for", "env_for", "rollout", "Rolled"]
 
 
 def laptop_address(host: str, *, port: int = 22) -> str:
@@ -37,6 +41,35 @@ def laptop_address(host: str, *, port: int = 22) -> str:
     except OSError as exc:
         raise RemoteError(f"{host}: no route from this machine ({exc.strerror or exc}); expected a board "
                           f"address on the bench LAN") from None
+
+
+def board_route(runner: Runner, to: str) -> tuple[str, int]:
+    """The interface a board sends to ``to`` through (``ip route get``), and its MTU: where the
+    board's kernel shapes its traffic toward the broker."""
+    route = runner.run(["ip", "-o", "route", "get", to]).split()
+    if "dev" not in route:
+        raise LinkError(f"board {getattr(runner, 'name', '?')}: no route to {to}")
+    dev = route[route.index("dev") + 1]
+    mtu = runner.run(["cat", f"/sys/class/net/{dev}/mtu"]).strip()
+    return dev, int(mtu) if mtu.isdigit() else 1500
+
+
+MQTT_PORT = 1883   # an embedded broker's port on a physical bench (the inventory's broker.port wins)
+
+
+def ssh_data_port(inventory: Inventory) -> int:
+    """The broker port that kernel-shaped senders on ssh boards publish to (the board's kernel
+    classifies their data plane by it): the broker's port + 1, fixed, so agent.json stays the same."""
+    return (inventory.broker.port or MQTT_PORT) + 1
+
+
+def broker_address_for(inventory: Inventory, board: BoardSpec) -> str:
+    """Where an ssh board reaches the broker: the external broker's host, the inventory's
+    embedded broker host, or this machine's address on the route to the board."""
+    spec = inventory.broker
+    if spec.mode == "external" or spec.host:
+        return str(spec.host)
+    return laptop_address(str(board.host), port=board.port or 22)
 
 
 def env_for(board: BoardSpec, python: BoardPython, *, cache_dir: Path) -> EnvSpec:

@@ -30,7 +30,7 @@ from testbed.errors import TestbedError
 from testbed.remote.hostkeys import KnownHosts, fingerprint
 
 __all__ = ["RemoteError", "HostKeyError", "Completed", "Session", "Outcome", "Boards", "RemoteRunner",
-           "connect", "offered_host_key", "SUDO_PASSWORD_HINT"]
+           "connect", "offered_host_key", "check_pinned", "SUDO_PASSWORD_HINT"]
 
 T = TypeVar("T")
 
@@ -84,6 +84,21 @@ def _options(inventory: Inventory, board: BoardSpec, **extra: Any) -> dict[str, 
                 kbdint_auth=False, password_auth=False, x11_forwarding=False,
                 connect_timeout=ssh.connect_timeout_s if ssh else 10.0, keepalive_interval=5,
                 keepalive_count_max=3, **extra)
+
+
+def check_pinned(inventory: Inventory, names: Iterable[str] | None = None) -> None:
+    """Every (named) ssh board has a host key pinned in the bench's known_hosts: read only, no
+    network, so a bench nobody pinned yet is refused before anything is trained or contacted."""
+    if inventory.ssh is None:
+        return
+    chosen = list(names) if names is not None else [b.name for b in inventory.boards.values() if b.connect == "ssh"]
+    known = KnownHosts(inventory.ssh.known_hosts)
+    for name in chosen:
+        b = inventory.boards[name]
+        if not known.keys_for(str(b.host), b.port or 22):
+            raise HostKeyError(f"{inventory.path}:{inventory.line_of(f'boards.{name}.host') or '?'}: boards.{name}: "
+                               f"no host key pinned for {b.host}:{b.port or 22} in {inventory.ssh.known_hosts}; "
+                               f"check the board, then pin it: {_trust_hint(b)}")
 
 
 def _trust_hint(board: BoardSpec) -> str:
