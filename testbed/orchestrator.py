@@ -352,10 +352,11 @@ class Orchestrator:
 
     def _data_port(self, kernel: dict[str, KernelShaped]) -> int | None:
         """The broker port that kernel-shaped senders publish to (the kernel classifies by it):
-        on a physical bench the broker's port + 1, fixed, so a board's agent.json stays the same."""
+        with ssh boards or an external broker, ``ssh_data_port`` (fixed, so a board's agent.json
+        stays the same); else a free port the embedded broker also listens on."""
         if not kernel:
             return None
-        if any(k.choice.kind == KERNEL_SSH for k in kernel.values()):
+        if self.inventory.broker.mode == "external" or any(k.choice.kind == KERNEL_SSH for k in kernel.values()):
             return ssh_data_port(self.inventory)
         return free_port()
 

@@ -271,6 +271,7 @@ class SshBoard:
     ns: str
     host: str
     workdir: Path
+    laptop_addr: str
     host_key: Path
     config: Path
     log: Path
@@ -501,12 +502,16 @@ class SshBench:
         space = BoardNetns(ns, host_dev=f"tbsh{self.tag}{i}", inner_dev=INNER_DEV, subnet=subnet, mtu=self.mtu,
                            runner=runner)
         self._stack.enter_context(space)
+        # as on a LAN: every address of this machine (the laptop) is reachable from the board,
+        # e.g. a broker on another board's veth address (broker.mode: external)
+        runner.run(["ip", "-n", ns, "route", "add", "default", "via", space.host_addr.split("/")[0]])
         self._stack.callback(_kill_namespace_leftovers, ns, runner)   # runs before the namespace goes
         etc = self.root / name / "etc"
         workdir = self.root / name / "work"
         etc.mkdir(parents=True, exist_ok=False)
         workdir.mkdir(parents=True, exist_ok=False)
-        board = SshBoard(name=name, ns=ns, host=space.ns_addr, workdir=workdir, host_key=etc / "ssh_host_ed25519_key",
+        board = SshBoard(name=name, ns=ns, host=space.ns_addr, laptop_addr=space.host_addr.split("/")[0],
+                         workdir=workdir, host_key=etc / "ssh_host_ed25519_key",
                          config=etc / "sshd_config", log=etc / "sshd.log", start_timeout=self.start_timeout)
         board.make_host_key()
         assert self.authorized_keys is not None

@@ -354,3 +354,32 @@ def test_link_apply_on_an_ssh_board_shapes_its_data_plane_and_stop_clears_it(two
     stop = run_cli("stop", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
     assert stop.returncode == 0 and "cleared: tc qdisc del dev tbs0 root" in stop.stdout, stop.stdout
     assert "htb" not in wrist.run(["tc", "qdisc", "show", "dev", "tbs0"]).stdout
+
+
+@pytest.mark.slow
+def test_run_with_an_external_broker_on_the_bench_lan(ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    """broker.mode: external (mosquitto run by the lab, here on the first board's LAN address):
+    every agent and the laptop reach it; the kernel-shaped senders publish to its one port."""
+    from conftest import digits_experiment
+    from testbed.broker import EmbeddedBroker, free_port
+
+    bench = ssh_bench(names=["wrist", "chest", "ankle", "edge"])
+    host = bench.boards[0].laptop_addr
+    port = free_port(host)
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    inv.write_text(inv.read_text().replace("broker: {mode: embedded}",
+                                           f"broker: {{mode: external, host: {host}, port: {port}}}"))
+    pin_all(inv, bench)
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=30, output=tmp_path / "runs")
+    with EmbeddedBroker(workdir=tmp_path / "lab-broker", host=host, port=port) as lab:
+        assert lab.kind == "mosquitto"
+        run = run_cli("run", str(exp), "--inventory", str(inv), "--headless", "--json", cache=model_cache,
+                      cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["complete"] == 30, summary
+    doc = json.loads(next((tmp_path / "runs").glob("*/run.json")).read_text())
+    assert doc["broker"]["kind"] == "external" and doc["broker"]["port"] == port
+    assert f"TCP to port {port}" in doc["shaping"]["wrist-edge"]["where"]
+    agent = json.loads((bench.board("wrist").workdir / "current" / "agent.json").read_text())
+    assert agent["broker"] == {"host": host, "port": port}

@@ -59,7 +59,11 @@ MQTT_PORT = 1883   # an embedded broker's port on a physical bench (the inventor
 
 def ssh_data_port(inventory: Inventory) -> int:
     """The broker port that kernel-shaped senders on ssh boards publish to (the board's kernel
-    classifies their data plane by it): the broker's port + 1, fixed, so agent.json stays the same."""
+    classifies their data plane by it): an embedded broker's port + 1 (it listens there too),
+    fixed, so agent.json stays the same; an external broker has only its own port, which the
+    sender's control plane then shares (its telemetry is shaped with the data)."""
+    if inventory.broker.mode == "external":
+        return inventory.broker.port or MQTT_PORT
     return (inventory.broker.port or MQTT_PORT) + 1
 
 
