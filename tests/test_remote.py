@@ -149,6 +149,7 @@ def _board_processes(bench) -> list[str]:
 def test_deploy_twice_then_run_the_demo_on_four_ssh_boards_then_stop(four_boards, tmp_path, model_cache):
     from conftest import digits_experiment
     bench, inv = four_boards
+    inv.write_text(inv.read_text().replace("profile: ideal", "profile: hbc-1312k"))   # the boards' kernels shape
     exp = digits_experiment(tmp_path / "exp.yaml", samples=30, output=tmp_path / "runs")
     first = run_cli("deploy", str(exp), "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -177,7 +178,9 @@ def test_deploy_twice_then_run_the_demo_on_four_ssh_boards_then_stop(four_boards
         assert not [e for e in events if e["type"] == "error" and e.get("board") == name], name
     doc = json.loads((run_dir / "run.json").read_text())
     assert doc["shaping"]["wrist-edge"]["shaper"].startswith("kernel:")
-    assert doc["kernel_stats"]["wrist-edge"]["dev"] == "tbs0"   # found on the board: its route toward the broker
+    stats = doc["kernel_stats"]["wrist-edge"]
+    assert stats["dev"] == "tbs0"   # found on the board: its route toward the broker
+    assert stats["shaped_packets"] > 0 and stats["apply"]   # the data plane went through the board's qdisc
     assert _board_processes(bench) == [], "agents exit after the run"
 
     stop = run_cli("stop", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
@@ -383,3 +386,34 @@ def test_run_with_an_external_broker_on_the_bench_lan(ssh_bench, ssh_session_key
     assert f"TCP to port {port}" in doc["shaping"]["wrist-edge"]["where"]
     agent = json.loads((bench.board("wrist").workdir / "current" / "agent.json").read_text())
     assert agent["broker"] == {"host": host, "port": port}
+
+
+def test_doctor_checks_what_each_entry_needs(ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    """A serial link's two ports (a pty pair: one end each), a BLE link's BlueZ adapter and an
+    INA219's I2C bus: this machine has the ptys but no Bluetooth controller and no I2C."""
+    from testbed.fabric import socat_pty_pair
+
+    bench = ssh_bench(names=["wrist", "chest", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    with socat_pty_pair(tmp_path / "ptys") as (a, b):
+        text = inv.read_text()
+        text = text.replace("  - {from: wrist, to: edge, transport: mqtt, profile: ideal}",
+                            f"  - {{from: wrist, to: edge, transport: {{type: serial, port: {a}, edge_port: {b}, "
+                            f"baud: 115200}}, profile: ideal}}")
+        text = text.replace("  - {from: chest, to: edge, transport: mqtt, profile: ideal}",
+                            "  - {from: chest, to: edge, transport: {type: ble, stack: bluez, adapter: hci0, "
+                            "address: 'AA:BB:CC:DD:EE:01'}, profile: ideal}")
+        text = text.replace("  wrist:\n    role: wearable", "  wrist:\n    role: wearable\n    energy: ina219")
+        inv.write_text(text)
+        pin_all(inv, bench)
+        proc = run_cli("doctor", "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    checks = {n: {c["name"]: c for c in doc["boards"][n]["checks"]} for n in ("wrist", "chest", "edge")}
+    assert checks["wrist"][f"serial {a}"]["ok"] and checks["edge"][f"serial {b}"]["ok"]   # each end its own port
+    assert f"serial {b}" not in checks["wrist"] and f"serial {a}" not in checks["edge"]
+    i2c = checks["wrist"]["i2c"]
+    assert not i2c["ok"] and "raspi-config" in i2c["fix"]
+    bt = checks["chest"]["bluetooth hci0"]
+    assert not bt["ok"] and bt["detail"] == "no such adapter" and "bluetooth hci0" in checks["edge"]
+    assert proc.returncode == 1 and not doc["ok"]
+    assert "tc/nft" in checks["wrist"] and checks["wrist"]["tc/nft"]["required"] is False   # serial: user space

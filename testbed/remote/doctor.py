@@ -90,8 +90,7 @@ def board_needs(inventory: Inventory, board: BoardSpec) -> Needs:
         s = end_settings(link.transport.type, dict(link.transport.settings), end)
         if link.transport.type == "serial" and s.get("port") and s["port"] != "pty":
             ports.append(str(s["port"]))
-        if link.transport.type == "ble" and str(s.get("hci", "")) in ("", "bluez") or (
-                link.transport.type == "ble" and s.get("stack") == "bluez"):
+        if link.transport.type == "ble" and s.get("stack") == "bluez":   # bumble brings its own controller
             adapters.append(str(s.get("adapter") or "hci0"))
     kernel = any(c.kind == KERNEL_SSH and c.board.name == board.name for c in shaper_choices(inventory).values())
     return Needs(serial_ports=tuple(dict.fromkeys(ports)), ble_adapters=tuple(dict.fromkeys(adapters)),
