@@ -115,8 +115,13 @@ def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: 
         else:
             r = BoardReport(name)
             fix = None
+            b = inventory.boards[name]
             if o.error and "testbed trust" in o.error:
                 fix = f"testbed trust {name}"
+            elif o.error and "unreachable" in o.error:
+                fix = f"is {name} on and on the bench LAN? ping {b.host}; check host: and port: (docs/hardware.md)"
+            elif o.error and "login refused" in o.error:
+                fix = f"ssh-copy-id {b.user + '@' if b.user else ''}{b.host}; check user: and key:"
             r.add("ssh", False, o.error or "unreachable", fix)
             reports[name] = r
     return reports
