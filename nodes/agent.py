@@ -478,12 +478,16 @@ def main(argv: list[str] | None = None, *, install_signals: bool = True,
             if install_signals:
                 signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
                 signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+            # one line each way in the agent's log: a board's log says when it ran and with what
+            print(f"agent {cfg.board}: ready ({cfg.role}, runtime {cfg.runtime}, pid {os.getpid()}, "
+                  f"config {args.config})", file=sys.stderr, flush=True)
             if on_ready:
                 on_ready(agent)
             agent.serve()
     except NodeError as exc:
         print(f"agent {cfg.board}: {exc}", file=sys.stderr)
         return exc.exit_code
+    print(f"agent {cfg.board}: stopped", file=sys.stderr, flush=True)
     return 0
 
 

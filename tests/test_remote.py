@@ -173,9 +173,15 @@ def test_deploy_twice_then_run_the_demo_on_four_ssh_boards_then_stop(four_boards
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     deploys = [e for e in events if e["type"] == "deploy"]
     assert {e["board"] for e in deploys} == {"wrist", "chest", "ankle", "edge"} and all(e["bytes"] == 0 for e in deploys)
-    for name in ("wrist", "chest", "ankle", "edge"):   # each board's log pulled into the run (quiet when all went well)
-        assert (run_dir / "boards" / name / "agent.log").is_file()
+    for name in ("wrist", "chest", "ankle", "edge"):   # each board's log pulled into the run
+        log = (run_dir / "boards" / name / "agent.log").read_text()
+        assert f"agent {name}: ready" in log and f"agent {name}: stopped" in log, log
         assert not [e for e in events if e["type"] == "error" and e.get("board") == name], name
+    logs = run_cli("logs", "wrist", "--run", run_dir.name, "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert logs.returncode == 0 and "agent wrist: ready" in logs.stdout, logs.stdout + logs.stderr
+    status = run_cli("status", "--inventory", str(inv), "--json", cache=model_cache, cwd=tmp_path)
+    st = json.loads(status.stdout.strip().splitlines()[-1])["boards"]
+    assert st["wrist"]["run"] == run_dir.name and not st["wrist"]["alive"] and st["wrist"]["bundle"] == cold["wrist"]["bundle"]
     doc = json.loads((run_dir / "run.json").read_text())
     assert doc["shaping"]["wrist-edge"]["shaper"].startswith("kernel:")
     stats = doc["kernel_stats"]["wrist-edge"]
