@@ -94,7 +94,7 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) 
         how = f"bundle {args.bundle} ({prepared.manifest.get('method')})"
     console.print(f"model: {how}, offline test accuracy {tr['test_accuracy']:.4f}")
     run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
-    orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir)
+    orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir, cache_dir=cache)
     if args.headless:
         summary = orch.run()
     else:
