@@ -8,6 +8,7 @@ and, for deploy, the orchestrator (which stages each board's files exactly as a 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def logs_command(*, inventory: Path, board: str, run_id: str | None = None, foll
         path = boards.call(_log_path(session, run_id))
 
         async def follow_log() -> None:
-            async with session.conn.create_process(f"tail -n {int(lines)} -F {path}") as proc:
+            async with session.conn.create_process(shlex.join(["tail", "-n", str(int(lines)), "-F", path])) as proc:
                 async for line in proc.stdout:
                     sys.stdout.write(line)
                     sys.stdout.flush()
