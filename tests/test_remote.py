@@ -423,3 +423,31 @@ def test_doctor_checks_what_each_entry_needs(ssh_bench, ssh_session_keys, tmp_pa
     assert not bt["ok"] and bt["detail"] == "no such adapter" and "bluetooth hci0" in checks["edge"]
     assert proc.returncode == 1 and not doc["ok"]
     assert "tc/nft" in checks["wrist"] and checks["wrist"]["tc/nft"]["required"] is False   # serial: user space
+
+
+def test_logs_follow_prints_new_lines_as_the_board_writes_them(two_boards, tmp_path, model_cache):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+    bench, inv = two_boards
+    pin_all(inv, bench)
+    wrist = bench.board("wrist")
+    log = wrist.workdir / "logs" / "r1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("agent wrist: ready\n")
+    (wrist.workdir / "run").mkdir()
+    (wrist.workdir / "run" / "agent.json").write_text(json.dumps({"run": "r1", "log": str(log), "pid": None}))
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "logs", "wrist", "--follow", "--inventory", str(inv)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "agent wrist: ready\n"
+        with log.open("a") as fh:
+            fh.write("agent wrist: stopped\n")
+        assert proc.stdout.readline() == "agent wrist: stopped\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bad = run_cli("logs", "wrist", "--run", "../../etc/passwd", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert bad.returncode == 1 and "bad run id" in bad.stderr and "Traceback" not in bad.stderr
