@@ -451,3 +451,40 @@ def test_logs_follow_prints_new_lines_as_the_board_writes_them(two_boards, tmp_p
         proc.wait(timeout=30)
     bad = run_cli("logs", "wrist", "--run", "../../etc/passwd", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
     assert bad.returncode == 1 and "bad run id" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_stops_the_boards_agents_and_clears_their_shaping(ssh_bench, ssh_session_keys, tmp_path,
+                                                                          model_cache):
+    import os
+    import signal as _signal
+    import subprocess
+    import time as _time
+
+    from conftest import ROOT, digits_experiment
+    bench = ssh_bench(names=["wrist", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    inv.write_text(inv.read_text().replace("profile: ideal", "profile: hbc-1312k"))
+    pin_all(inv, bench)
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=400, rate_hz=20, output=tmp_path / "runs")
+    exp.write_text(exp.read_text().replace("assignment: {wrist: 0, chest: 1, ankle: 2, edge: merge}",
+                                           "assignment: {wrist: 0, edge: merge}").replace("students: 3", "students: 1"))
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(inv), "--headless"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not any('"type": "result"' in p.read_text() or '"type":"result"' in p.read_text()
+                      for p in (tmp_path / "runs").glob("*/events.jsonl")):
+            assert proc.poll() is None, proc.communicate()
+            _time.sleep(0.05)
+        assert "htb" in bench.board("wrist").run(["tc", "qdisc", "show", "dev", "tbs0"]).stdout   # shaping on
+        proc.send_signal(_signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert _board_processes(bench) == [], "our agents are stopped on the boards"
+    assert "htb" not in bench.board("wrist").run(["tc", "qdisc", "show", "dev", "tbs0"]).stdout
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["samples"] == 400   # what was logged is kept
