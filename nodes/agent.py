@@ -306,7 +306,10 @@ class WearableAgent(Agent):
         cfg = self.wcfg
         self._check_codec()
         self._runtime = self._open_runtime(cfg.shard)
-        self._samples = np.load(cfg.path(cfg.samples), mmap_mode="r")
+        try:
+            self._samples = np.load(cfg.path(cfg.samples), mmap_mode="r")
+        except (OSError, ValueError) as exc:   # missing, or not a .npy array: one line, not a traceback
+            raise AgentConfigError(f"{cfg.source}: samples: cannot load {cfg.path(cfg.samples)}: {exc}") from None
         self._runtime.run(np.asarray(self._samples[:1]))  # warm-up, so the first sample is not an outlier
         self._open_transport(cfg.link.transport, receive=False)
         self._resources.callback(self._sender.close)
@@ -314,7 +317,7 @@ class WearableAgent(Agent):
     def _check_codec(self) -> None:
         """A bad compression level or a missing zstandard/lz4 fails here, once, not on every frame."""
         try:
-            encode_frame(np.zeros(1, np.float32), run_id=0, sample_id=0, shard=0, seq=0, send_ts_ns=0,
+            encode_frame(np.zeros(1, np.float32), run_id=0, sample_id=0, shard=self.wcfg.shard_index, seq=0, send_ts_ns=0,
                          encoding=self._encoding, compression=self._compression,
                          compression_level=self._compression_level)
         except (ValueError, ModuleNotFoundError) as exc:

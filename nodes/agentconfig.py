@@ -30,12 +30,14 @@ from nodes.errors import AgentConfigError
 from nodes.merge import MERGE_RULES
 from nodes.runtime import RUNTIMES
 from nodes.transport import TRANSPORTS
+from nodes.transport_settings import shown   # one way to show a refused value, file or board
 from nodes.vocab import COMPRESSIONS, ENCODINGS
 
 __all__ = ["FORMAT", "AgentConfig", "WearableConfig", "EdgeConfig", "BoardConfig", "Broker", "TransportEnd",
            "WearableLink", "MergeSpec", "InboundLink", "RunStart", "from_dict", "load"]
 
 FORMAT = 1
+MAX_PART_DIM = 1 << 20   # values per student output: far above any model, low enough to allocate
 """The layout version of agent.json this code writes and reads. Bump it on any change of layout."""
 
 ROLES = ("wearable", "edge")
@@ -296,7 +298,7 @@ class _Reader:
     def __init__(self, data: Any, *, source: str, path: str, keys: Collection[str]) -> None:
         self.source, self.path = source, path
         if not isinstance(data, Mapping):
-            raise AgentConfigError(f"{source}: {path or 'top level'}: expected a JSON object; got {_show(data)}")
+            raise AgentConfigError(f"{source}: {path or 'top level'}: expected a JSON object; got {shown(data)}")
         self.data: Mapping[str, Any] = data
         unknown = sorted(str(k) for k in data if k not in keys)
         if unknown:
@@ -308,7 +310,7 @@ class _Reader:
         return f"{self.path}.{key}" if self.path else key
 
     def bad(self, key: str, expected: str, value: Any) -> AgentConfigError:
-        return AgentConfigError(f"{self.source}: {self.name(key)}: expected {expected}; got {_show(value)}")
+        return AgentConfigError(f"{self.source}: {self.name(key)}: expected {expected}; got {shown(value)}")
 
     def field(self, key: str, convert: Callable[[Any], T], *, default: Any = ...) -> T:
         if key not in self.data:
@@ -332,11 +334,6 @@ class _Reader:
         return [(f"{self.name(key)}[{i}]", item) for i, item in enumerate(value)]
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _Expected("a non-empty string")
@@ -355,8 +352,8 @@ def _integer(minimum: int | None = None, maximum: int | None = None) -> Callable
 
 
 def _epoch_ns(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Expected("an integer >= 0 (the orchestrator's time.time_ns() at the run's time zero)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:   # a frame's u64 stamp
+        raise _Expected("an integer in 0..2**64-1 (the orchestrator's time.time_ns() at the run's time zero)")
     return value
 
 
@@ -415,15 +412,15 @@ _MERGE = ("shard", "parts", "student_part", "part_dim", "deadline_ms", "rule")
 def _check_format(data: Any, source: str) -> None:
     """One line naming both versions when the file is not of this code's format."""
     if not isinstance(data, Mapping):
-        raise AgentConfigError(f"{source}: top level: expected a JSON object; got {_show(data)}")
+        raise AgentConfigError(f"{source}: top level: expected a JSON object; got {shown(data)}")
     advice = "deploy with the same hbc-testbed version on both ends"
     if "format" not in data:
         raise AgentConfigError(f"{source}: no format field (written before formats were numbered), not a format "
                                f"this agent reads (it reads format {FORMAT}); {advice}")
     version = data["format"]
     if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT:   # 1.0 is not format 1
-        shown = version if isinstance(version, int) and not isinstance(version, bool) else _show(version)
-        raise AgentConfigError(f"{source}: format {shown} is not a format this agent reads (it reads format "
+        seen = version if isinstance(version, int) and not isinstance(version, bool) else shown(version)
+        raise AgentConfigError(f"{source}: format {seen} is not a format this agent reads (it reads format "
                                f"{FORMAT}); {advice}")
 
 
@@ -431,7 +428,7 @@ def _transport(r: _Reader, key: str) -> TransportEnd:
     value = r.field(key, lambda v: v)
     path = r.name(key)
     if not isinstance(value, Mapping):
-        raise AgentConfigError(f"{r.source}: {path}: expected a JSON object with 'type'; got {_show(value)}")
+        raise AgentConfigError(f"{r.source}: {path}: expected a JSON object with 'type'; got {shown(value)}")
     t = _Reader(value, source=r.source, path=path, keys=tuple(value))
     kind = t.field("type", _one_of(TRANSPORTS.names()))
     return TransportEnd(type=kind, settings={k: v for k, v in value.items() if k != "type"})
@@ -442,7 +439,7 @@ def _profile(r: _Reader, key: str) -> LinkProfile:
     path = r.name(key)
     if not isinstance(value, Mapping):
         raise AgentConfigError(f"{r.source}: {path}: expected a JSON object (LinkProfile.as_dict); "
-                               f"got {_show(value)}")
+                               f"got {shown(value)}")
     try:
         return LinkProfile.from_dict(value)
     except ProfileError as exc:
@@ -465,7 +462,7 @@ def _link(r: _Reader) -> WearableLink:
 def _merge(r: _Reader) -> MergeSpec:
     m = r.nested("merge", _MERGE)
     return MergeSpec(shard=m.field("shard", _text), parts=m.field("parts", _int_list(minimum=0, non_empty=True)),
-                     part_dim=m.field("part_dim", _integer(1)), deadline_ms=m.field("deadline_ms", _positive),
+                     part_dim=m.field("part_dim", _integer(1, MAX_PART_DIM)), deadline_ms=m.field("deadline_ms", _positive),
                      rule=m.field("rule", _one_of(MERGE_RULES), default="concat"),
                      student_part=m.field("student_part", _optional(_int_list(minimum=0, non_empty=True)),
                                           default=None))
@@ -485,7 +482,7 @@ def from_dict(data: Any, *, source: str = "agent.json", folder: Path | None = No
     _check_format(data, source)
     role = data.get("role")
     if role not in ROLES:
-        raise AgentConfigError(f"{source}: role: expected one of {', '.join(ROLES)}; got {_show(role)}")
+        raise AgentConfigError(f"{source}: role: expected one of {', '.join(ROLES)}; got {shown(role)}")
     r = _Reader(data, source=source, path="", keys=_COMMON + (_WEARABLE if role == "wearable" else _EDGE))
     b = r.nested("broker", ("host", "port"))
     common: dict[str, Any] = dict(
@@ -495,7 +492,7 @@ def from_dict(data: Any, *, source: str = "agent.json", folder: Path | None = No
         telemetry_hz=r.field("telemetry_hz", _positive, default=2.0),
         clock_probes=r.field("clock_probes", _integer(0), default=8), folder=folder, source=source)
     if role == "wearable":
-        return WearableConfig(**common, shard=r.field("shard", _text), shard_index=r.field("shard_index", _integer(0)),
+        return WearableConfig(**common, shard=r.field("shard", _text), shard_index=r.field("shard_index", _integer(0, 0xFFFF)),
                               samples=r.field("samples", _text), link=_link(r))
     return EdgeConfig(**common, merge=_merge(r), inbound=_inbound(r))
 

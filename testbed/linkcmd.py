@@ -91,7 +91,7 @@ def _backend(target: _Target, backend: str | None, *, dry_run: bool) -> str:
 def _on_boards(stack: ExitStack, inv: Any, targets: list[_Target]) -> list[_Target]:
     """ssh targets with a session: their runner goes over SSH (host key pinned, ``sudo -n``), their
     device is the board's interface toward the broker."""
-    from testbed.remote.rollout import board_route, broker_address_for, ssh_data_port
+    from testbed.remote.network import board_route, broker_address_for, ssh_data_port
     from testbed.remote.ssh import Boards, RemoteError, check_pinned
 
     names = sorted({t.board.name for t in targets if t.board.connect == "ssh"})

@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,14 +44,15 @@ from testbed.bundle import export_bundle, load_manifest
 from testbed.config import BoardSpec, Experiment, Inventory, LinkSpec, check_compatible
 from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
-from testbed.remote.agents import RemoteAgent, pull_log, record_shaping
-from testbed.remote.rollout import MQTT_PORT, board_route, broker_address_for, rollout, ssh_data_port
-from testbed.remote.ssh import Boards, check_pinned
+from testbed.remote.network import MQTT_PORT, board_route, broker_address_for, ssh_data_port
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultSchedule, RunClock
 from testbed.runstate import EventLog, RunState
 from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
+
+if TYPE_CHECKING:
+    from testbed.remote.ssh import Boards
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -154,7 +155,9 @@ def check_runnable(inventory: Inventory) -> None:
                                f"links[{i}].transport.{key}: {local!r} ({what}) is made on this machine and cannot reach "
                                f"ssh board {end}; expected the board's device (e.g. port: /dev/ttyAMA0, "
                                f"edge_port: /dev/ttyTHS1)")
-    check_pinned(inventory)
+    if ssh_boards(inventory):
+        from testbed.remote.ssh import check_pinned   # asyncssh: only for benches with ssh boards
+        check_pinned(inventory)
     check_netns(inventory)
 
 
@@ -236,11 +239,11 @@ class Orchestrator:
         k = kernel.get(name)
         if k is None:
             return {"shaper": "user", "where": "the sending agent's egress (linkemu shaper)"}
-        p = plan(k.profile, NETNS_DEV, backend=k.backend, dport=data_port, mtu=BOARD_MTU)
         if k.choice.kind == KERNEL_SSH:   # the board's interface is found at apply time: kernel_stats has it
             return {"shaper": k.shaper, "where": f"board {k.board}'s interface toward the broker, TCP to port "
                                                  f"{data_port} (kernel_stats: dev, apply, clear)",
                     "board": k.board, "agent_profile": "ideal (the user-space shaper is off for this link)"}
+        p = plan(k.profile, NETNS_DEV, backend=k.backend, dport=data_port, mtu=BOARD_MTU)
         return {"shaper": k.shaper, "where": f"{NETNS_DEV} egress of the sender's namespace, TCP to port {data_port}",
                 "board": k.board, "apply": p.apply, "clear": p.clear, "notes": p.notes,
                 "agent_profile": "ideal (the user-space shaper is off for this link)"}
@@ -341,6 +344,7 @@ class Orchestrator:
         names = ssh_boards(self.inventory)
         if not names:
             return
+        from testbed.remote.ssh import Boards
         self._remote = stack.enter_context(Boards(self.inventory, names))
         if self._remote.failed:
             raise RunError("; ".join(o.error or o.board for o in self._remote.failed.values()))
@@ -370,6 +374,7 @@ class Orchestrator:
         if k.choice.kind != KERNEL_SSH:
             return KernelLink(k.profile, NETNS_DEV, backend=k.backend, runner=spaces.runner_for(k.board),
                               dport=data_port, mtu=BOARD_MTU, drive=False)
+        from testbed.remote.agents import record_shaping
         assert self._remote is not None
         runner = self._remote.runner(k.board)
         dev, mtu = board_route(runner, self._broker_host(k.board, spaces, broker))
@@ -425,6 +430,8 @@ class Orchestrator:
         names = names or ssh_boards(inv)
         x, _, _ = select_samples(self.prepared.dataset, exp.run.samples, seed=exp.seed)
         profiles = FaultSchedule.build(inv, exp).profiles
+        from testbed.remote.rollout import rollout
+        from testbed.remote.ssh import Boards
         with ExitStack() as stack:
             self._remote = stack.enter_context(Boards(inv, ssh_boards(inv)))
             reachable = [n for n in names if n in self._remote.sessions]
@@ -450,6 +457,8 @@ class Orchestrator:
     def _deploy_remote(self, stack: ExitStack, staged: dict[str, Path]) -> None:
         """Doctor, environment and bundle on every ssh board (only what changed is sent), then
         their agents, started detached on the boards."""
+        from testbed.remote.agents import RemoteAgent
+        from testbed.remote.rollout import rollout
         assert self._remote is not None
         rolled = rollout(self._remote, self.inventory, staged, cache_dir=self.cache_dir)
         bad = [o.error for o in rolled.values() if not o.ok]
@@ -471,6 +480,7 @@ class Orchestrator:
         """Each ssh board's agent log into runs/<id>/boards/<name>/agent.log."""
         if self._remote is None:
             return
+        from testbed.remote.agents import pull_log
         names = [n for n in ssh_boards(self.inventory) if n in self._remote.sessions]
         dests = {n: self.run_dir / "boards" / n / "agent.log" for n in names}
         try:

@@ -488,3 +488,18 @@ def test_ctrl_c_mid_run_stops_the_boards_agents_and_clears_their_shaping(ssh_ben
     assert "htb" not in bench.board("wrist").run(["tc", "qdisc", "show", "dev", "tbs0"]).stdout
     run_dir = next((tmp_path / "runs").iterdir())
     assert json.loads((run_dir / "summary.json").read_text())["samples"] == 400   # what was logged is kept
+
+
+def test_a_corrupt_agent_record_on_a_board_is_left_alone(two_boards, tmp_path, model_cache):
+    """run/agent.json on the board is the board's file: a pid that is not a number, a config that
+    is not a string, or no JSON at all makes stop and status act on nothing, without a traceback."""
+    bench, inv = two_boards
+    pin_all(inv, bench)
+    run_dir = bench.board("wrist").workdir / "run"
+    run_dir.mkdir()
+    for text in ('{"pid": "1; reboot", "config": 5, "unit": ["x"]}', '{"pid": 1}', "not json", "[1, 2]"):
+        (run_dir / "agent.json").write_text(text)
+        stop = run_cli("stop", "wrist", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+        assert stop.returncode == 0 and "nothing of ours was running" in stop.stdout, (text, stop.stdout, stop.stderr)
+        status = run_cli("status", "wrist", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+        assert status.returncode == 0 and "stopped" in status.stdout and "Traceback" not in status.stderr, text

@@ -95,7 +95,13 @@ async def _record(s: Session) -> dict[str, Any] | None:
         rec = json.loads(done.stdout) if done.stdout.strip() else None
     except ValueError:
         return None
-    return rec if isinstance(rec, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    # the board's file: a pid that is not a positive int, or a path that is not a string, is dropped
+    # (we then act on nothing rather than on a wrong process)
+    pid = rec.get("pid")
+    return {**{k: v for k, v in rec.items() if isinstance(v, str) and k in ("run", "log", "config", "unit")},
+            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 1 << 22 else None}
 
 
 def _ours(rec: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import asyncssh
 
 from linkemu.errors import LinkError
-from linkemu.tc import probe
+from linkemu.tc import BACKENDS as QDISCS, probe
 from nodes.transport_settings import end_settings
 from testbed.remote.wheelhouse import WheelhouseError, build_wheelhouse, requirements_for
 from testbed.config import BoardSpec, Inventory
@@ -38,7 +38,6 @@ __all__ = ["Check", "BoardReport", "doctor", "render_table", "as_json", "MIN_FRE
 
 MIN_FREE_MB = 300            # a wheelhouse (numpy, LiteRT) plus a bundle, with room to spare
 CLOCK_SAMPLES = 5
-QDISCS = ("netem", "tbf", "htb")
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ async def _python(s: Session, r: BoardReport) -> None:
     if board.env in ("venv", "venv-system"):
         r.add("venv", bp.has_venv, "venv and ensurepip present" if bp.has_venv else "venv or ensurepip missing",
               None if bp.has_venv else "sudo apt install python3-venv")
-    r.facts["python"] = asdict(bp) if hasattr(bp, "__dataclass_fields__") else str(bp)
+    r.facts["python"] = asdict(bp)
 
 
 class _Wheels:
@@ -280,14 +279,11 @@ async def _i2c(s: Session, r: BoardReport) -> None:
 
 
 async def _shaping(s: Session, r: BoardReport, needs: Needs, boards: Boards) -> None:
-    done = await s.run("for t in tc nft; do command -v $t >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin "
-                       "command -v $t >/dev/null 2>&1 && echo $t; done; "
-                       "for q in " + " ".join(f"sch_{q}" for q in QDISCS) + "; do "
-                       "if grep -qs \"/$q.ko\" /lib/modules/$(uname -r)/modules.builtin || "
-                       "modinfo -n $q >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin modinfo -n $q >/dev/null 2>&1 "
-                       "|| [ -e /lib/modules/$(uname -r)/kernel/net/sched/$q.ko ] "
-                       "|| ls /lib/modules/$(uname -r)/kernel/net/sched/$q.ko* >/dev/null 2>&1; then echo $q; fi; done",
-                       check=False)
+    modules = " ".join(f"sch_{q}" for q in QDISCS)
+    done = await s.run("PATH=$PATH:/usr/sbin:/sbin; for t in tc nft; do command -v $t >/dev/null && echo $t; done; "
+                       "m=/lib/modules/$(uname -r); for q in " + modules + "; do "
+                       "{ grep -qs \"/$q.ko\" $m/modules.builtin || modinfo -n $q || ls $m/kernel/net/sched/$q.ko*; } "
+                       ">/dev/null 2>&1 && echo $q; done", check=False)
     seen = set(done.stdout.split())
     tools = [t for t in ("tc", "nft") if t in seen]
     qdiscs = [q for q in QDISCS if f"sch_{q}" in seen]
