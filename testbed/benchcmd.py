@@ -60,12 +60,18 @@ def doctor_command(*, inventory: Path, names: list[str] | None = None, as_json: 
     return 0 if all(r.ok for r in reports.values()) else 1
 
 
-def deploy_command(*, inventory: Path, experiment: Path, names: list[str] | None = None, bundle: Path | None = None,
-                   cache: Path | None = None, as_json: bool = False) -> int:
+def deploy_command(*, inventory: Path, experiment: Path | None, names: list[str] | None = None,
+                   bundle: Path | None = None, cache: Path | None = None, as_json: bool = False) -> int:
+    """Deploy ``experiment`` (or the experiment a ``bundle`` carries) to the chosen ssh boards."""
+    from testbed.bundle import bundle_experiment
     from testbed.config import load_experiment
     from testbed.orchestrator import Orchestrator, check_runnable, default_cache_dir, prepare_bundle
 
     inv = load_inventory(inventory)
+    if experiment is None:
+        if bundle is None:
+            raise ConfigError("give EXPERIMENT.yaml or --bundle DIR", file="testbed deploy")
+        experiment = bundle_experiment(bundle)
     exp = load_experiment(experiment)
     chosen = ssh_names(inv, names)
     check_runnable(inv)

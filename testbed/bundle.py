@@ -26,16 +26,32 @@ from testbed.errors import TestbedError
 from testbed.model import StudentsConfig, UnifiedStudents
 
 MANIFEST = "manifest.json"
+EXPERIMENT_COPY = "experiment.yaml"   # the experiment a partition bundle was built from, copied into it
 FORMAT = 1
 PARITY_TOLERANCE = 1e-4   # max |traced shard - torch module| on real inputs
 
 
 class BundleError(TestbedError):
-    """A bundle is incomplete, tampered with, or of an unknown format."""
+    """A bundle is incomplete, tampered with, or of an unknown format (input: exit 2)."""
+
+    exit_code = 2
 
 
 class ExportParityError(TestbedError):
     """A traced shard does not reproduce the torch module within the tolerance."""
+
+
+def bundle_experiment(bundle_dir: Path) -> Path:
+    """The experiment file ``bundle_dir`` carries (``testbed partition`` copies it in), so a bundle
+    passed between people deploys without the file it was built from; a plain file inside the
+    bundle, else ``BundleError`` in one line."""
+    path = Path(bundle_dir) / EXPERIMENT_COPY
+    if not (Path(bundle_dir) / MANIFEST).is_file():
+        raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST})")
+    if path.is_symlink() or not path.is_file():
+        raise BundleError(f"{bundle_dir}: the bundle carries no {EXPERIMENT_COPY} (bundles from before it did); "
+                          f"give the experiment file: testbed deploy EXPERIMENT.yaml --bundle {bundle_dir}")
+    return path
 
 
 def sha256_file(path: Path) -> str:

@@ -282,7 +282,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from testbed.benchcmd import deploy_command
-    return deploy_command(inventory=Path(args.inventory), experiment=Path(args.experiment), names=args.board,
+    return deploy_command(inventory=Path(args.inventory), names=args.board,
+                          experiment=Path(args.experiment) if args.experiment else None,
                           bundle=Path(args.bundle) if args.bundle else None,
                           cache=Path(args.cache) if args.cache else None, as_json=args.json)
 
@@ -321,7 +322,8 @@ def _add_bench_commands(sub: Any) -> None:
                                    "$HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
     p = cmd("deploy", "put each ssh board's environment and files on it (only what changed)", cmd_deploy)
-    p.add_argument("experiment")
+    p.add_argument("experiment", nargs="?", help="the experiment (optional with --bundle: the bundle carries the "
+                                                 "one it was built from)")
     p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
     p.add_argument("--board", action="append", help="only this board (repeatable)")
     p.add_argument("--cache", help="model and wheelhouse cache (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")

@@ -128,6 +128,8 @@ def test_partition_writes_a_verified_bundle(tmp_path: Path, model_cache: Path) -
     assert m["merge_rule"] == "average" and m["student_part"] == [0, 1, 0, 1] and m["bundle_key"]
     assert [r["k"] for r in m["evaluation"]["resilience"]] == [0, 1, 2, 3]
     assert "shard student_0" in proc.stderr and "k = 3 failed" in proc.stderr  # --json: the report goes to stderr
+    assert (tmp_path / "b" / "experiment.yaml").read_text() == path.read_text()   # the bundle carries its experiment
+    assert m["experiment"] == {"name": "tiny-part", "file": str(path), "copy": "experiment.yaml"}
 
 
 def test_compare_writes_table_plot_and_both_bundles(tmp_path: Path, model_cache: Path) -> None:

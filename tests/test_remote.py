@@ -197,6 +197,37 @@ def test_deploy_twice_then_run_the_demo_on_four_ssh_boards_then_stop(four_boards
     assert _board_processes(bench) == []
 
 
+@pytest.mark.slow
+def test_deploy_a_bundle_alone_uses_the_experiment_it_carries(ssh_bench, ssh_session_keys, tmp_path, model_cache):
+    """`testbed deploy --bundle DIR` with no experiment file: a bundle passed between people
+    deploys as it was built; a bundle without its experiment is refused in one line."""
+    from test_partition_cli import experiment
+
+    bench = ssh_bench(names=["a", "b", "c", "d", "edge"])
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    pin_all(inv, bench)
+    (tmp_path / "gone").mkdir()
+    exp = experiment(tmp_path / "gone" / "e.yaml", method="nonn")
+    built = run_cli("partition", str(exp), "--out", str(tmp_path / "bundle"), "--threads", "1",
+                    cache=model_cache, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    exp.unlink()   # the file it was built from is not on this laptop
+    proc = run_cli("deploy", "--bundle", str(tmp_path / "bundle"), "--inventory", str(inv), "--json",
+                   cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["boards"]
+    assert sorted(rows) == ["a", "b", "c", "d", "edge"] and all(r["ok"] and r["bytes"] > 0 for r in rows.values())
+    config = json.loads((bench.board("c").workdir / "current" / "agent.json").read_text())
+    assert config["board"] == "c" and config["shard_index"] == 2, config
+
+    (tmp_path / "bundle" / "experiment.yaml").unlink()
+    proc = run_cli("deploy", "--bundle", str(tmp_path / "bundle"), "--inventory", str(inv),
+                   cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 2 and "carries no experiment.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("deploy", "--inventory", str(inv), cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 2 and "give EXPERIMENT.yaml or --bundle DIR" in proc.stderr, proc.stderr
+
+
 def test_sshd_killed_mid_transfer_leaves_the_previous_bundle_and_a_rerun_completes(
         ssh_bench, ssh_session_keys, tmp_path):
     import threading

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from testbed.bundle import MANIFEST, BundleError, load_manifest, shard_for
+from testbed.bundle import EXPERIMENT_COPY, MANIFEST, BundleError, load_manifest, shard_for
 from testbed.config import Experiment, Inventory, PartitionSpec
 from testbed.data import Dataset, load_dataset
 from testbed.errors import TestbedError
@@ -105,7 +105,8 @@ def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: 
         modules["merge"] = result.model.merge
         cached = bool(manifest.get("students_cached"))
     manifest["bundle_key"] = bundle_key(exp, inventory=inventory)
-    manifest["experiment"] = {"name": exp.name, "file": str(exp.path)}
+    manifest["experiment"] = {"name": exp.name, "file": str(exp.path), "copy": EXPERIMENT_COPY}
+    shutil.copyfile(exp.path, out_dir / EXPERIMENT_COPY)  # the bundle carries what it was built from
     if "tflite" in spec.runtimes:
         _add_litert(manifest, modules, out_dir=out_dir, data=data, quantize=spec.quantize)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
