@@ -154,26 +154,22 @@ SCHEMAS: Mapping[str, Mapping[str, Setting]] = MappingProxyType({
         "rate_hz": _rate(50.0)}),
 })
 
-# Filled in by the harness, never by a file: the fake bus or sysfs root of a test, the vcgencmd
-# to run, the model's board kind and sources.
+# Given to a backend's constructor by the harness as keywords, never by a file: a test's fake bus
+# or sysfs root, the vcgencmd to run, the model's board kind, link profile and clocks.
 HARNESS_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "ina219": ("smbus",), "ina226": ("smbus",), "ina260": ("smbus",), "jetson": ("root",), "rapl": ("root",),
-    "pi5-pmic": ("vcgencmd",), "model": ("kind",),
+    "pi5-pmic": ("vcgencmd",), "model": ("kind", "radio"),
 })
 
 
-def check_meter_settings(meter: str, settings: Mapping[str, Any], *, harness: bool = False) -> dict[str, Any]:
+def check_meter_settings(meter: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` checked against ``meter``'s schema, defaults filled in; ``MeterSettingError``
-    names the first key that is unknown or wrong. ``harness=True`` lets the harness-only keys through."""
+    names the first key that is unknown or wrong."""
     if meter not in SCHEMAS:
         raise MeterSettingError(meter, None, f"unknown meter; expected one of {', '.join(sorted(SCHEMAS))}")
     schema = SCHEMAS[meter]
-    allowed_extra = HARNESS_KEYS[meter] if harness else ()
     out: dict[str, Any] = {}
     for key, value in settings.items():
-        if key in allowed_extra:
-            out[key] = value
-            continue
         if key not in schema:
             raise MeterSettingError(meter, str(key), f"unknown setting; expected one of {', '.join(schema)}")
         try:

@@ -59,6 +59,7 @@ from torch import nn
 from linkemu.profile import PRESETS, LinkProfile
 from nodes import vocab
 from nodes.codec import Encoding, encode_frame
+from nodes.energy.model import POWER_W, RADIO_W
 from nodes.vocab import ENCODINGS
 from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityError, check_parity, sha256_file,
                             trace_shard)
@@ -99,14 +100,9 @@ DEFAULT_SCALE: dict[str, float] = {
 
 # Watts. Board kinds: the whole board's draw while it computes (the wearable's compute energy is
 # this times its compute time). Link kinds (a profile's name, or the part before its first "-"):
-# the sender's radio while it transmits (times the frame's airtime). ASSUMPTIONS from datasheets
-# and published measurements (Pi 4 ~5 W loaded, HBC transceivers in the 1-10 mW range, a BLE
-# SoC at 0 dBm ~15-20 mW); measure and pass ``power=`` to override.
-DEFAULT_POWER: dict[str, float] = {
-    "sim": 5.0, "rpi5": 7.0, "rpi4": 5.0, "rpi3": 3.7, "rpi-zero2w": 2.0,
-    "jetson-nano": 7.5, "jetson-xavier-nx": 12.0, "jetson-orin-nano": 10.0,
-    "hbc": 0.01, "ble": 0.02, "uart": 0.05, "ideal": 0.0,
-}
+# the sender's radio while it transmits (times the frame's airtime). One table for the planner and
+# the board's model meter: nodes.energy.model (its sources there); pass ``power=`` to override.
+DEFAULT_POWER: dict[str, float] = {**{kind: active for kind, (_idle, active) in POWER_W.items()}, **RADIO_W}
 
 
 class LayerSplitError(TestbedError):
