@@ -35,7 +35,7 @@ def boards_table(inv: Inventory) -> Table:
         else:
             host = "-"
         role = f"[bold]{b.role}[/bold]" if b.role == "edge" else b.role
-        table.add_row(b.name, role, b.kind, b.connect, host, b.runtime, b.energy)
+        table.add_row(b.name, role, b.kind, b.connect, host, b.runtime, b.energy.meter if b.energy else "none")
     return table
 
 

@@ -175,7 +175,7 @@ def test_minimal_files_and_defaults(tmp_path: Path) -> None:
         inv.link("nope")
     b = inv.boards["wrist"]
     assert (b.connect, b.runtime, b.energy, b.python, b.host) == \
-        ("local", "torch", "none", "python3", None)
+        ("local", "torch", None, "python3", None)
 
     exp = load_experiment(write(tmp_path, GOOD_EXPERIMENT, "experiment.yaml"))
     assert isinstance(exp, Experiment)
@@ -214,6 +214,32 @@ def test_with_overrides() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     expect_error(load_inventory, tmp_path / "nope.yaml", line=None, key=None,
                  phrase="file not found; expected an inventory")
+
+
+def test_energy_a_name_or_a_mapping_checked_by_the_meter_rules(tmp_path: Path) -> None:
+    text = GOOD_INVENTORY.replace("    role: wearable\n    kind: sim\n  chest:",
+                                  "    role: wearable\n    kind: sim\n    energy: model\n  chest:")
+    text = text.replace("    role: edge\n", "    role: edge\n    energy: {meter: ina226, address: 0x41, "
+                                            "shunt_ohms: 0.01, averaging: 4}\n")
+    inv = load_inventory(write(tmp_path, text))
+    wrist, edge = inv.boards["wrist"].energy, inv.boards["edge"].energy
+    assert wrist.meter == "model" and wrist.modelled and wrist.settings["rate_hz"] == 50.0
+    assert edge.meter == "ina226" and not edge.modelled
+    assert (edge.settings["address"], edge.settings["shunt_ohms"], edge.settings["conversion_us"]) == (0x41, 0.01, 1100)
+    assert inv.boards["chest"].energy is None
+
+    bad = text.replace("address: 0x41", "address: 0x20")
+    expect_error(load_inventory, write(tmp_path, bad), line=line_of(bad, "0x20"), key="boards.edge.energy.address",
+                 phrase="expected a 7-bit I2C address from 0x40 to 0x4F")
+    bad = text.replace("averaging: 4", "averaging: 1024")
+    expect_error(load_inventory, write(tmp_path, bad), line=line_of(bad, "averaging"),
+                 key="boards.edge.energy.rate_hz", phrase="expected at most 0.443892")
+    bad = text.replace("meter: ina226", "meter: ina3221")
+    expect_error(load_inventory, write(tmp_path, bad), line=line_of(bad, "ina3221"), key="boards.edge.energy.meter",
+                 phrase="expected one of ina219, ina226, ina260, jetson, model, pi5-pmic, rapl")
+    bad = text.replace("energy: model", "energy: [model]")
+    expect_error(load_inventory, write(tmp_path, bad), line=line_of(bad, "[model]"), key="boards.wrist.energy",
+                 phrase="expected none, a meter name")
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:

@@ -21,12 +21,12 @@ from testbed.config.experiment import (DATASETS, DEFAULT_FASHION_MNIST_PATH, FAU
                                        FaultSpec, ModelSpec, PartitionSpec, RunSpec, TrainSpec, check_compatible,
                                        load_experiment, with_overrides)
 from testbed.config.inventory import (BOARD_ENVS, BROKER_MODES, DEFAULT_KNOWN_HOSTS, SshSpec, COMPRESSIONS, CONNECTS, DEFAULT_WORKDIR, ENCODINGS,
-                                      ENERGY_METERS, KINDS, ROLES, RUNTIMES, TRANSPORTS, BoardSpec, BrokerSpec,
+                                      ENERGY_METERS, KINDS, ROLES, RUNTIMES, TRANSPORTS, BoardSpec, BrokerSpec, EnergySpec,
                                       Inventory, LinkSpec, TransportSpec, load_inventory)
 
 __all__ = [
     "ROLES", "KINDS", "CONNECTS", "RUNTIMES", "ENERGY_METERS", "BROKER_MODES", "TRANSPORTS", "ENCODINGS",
-    "COMPRESSIONS", "DEFAULT_WORKDIR", "BOARD_ENVS", "DEFAULT_KNOWN_HOSTS", "SshSpec",
+    "COMPRESSIONS", "DEFAULT_WORKDIR", "BOARD_ENVS", "DEFAULT_KNOWN_HOSTS", "SshSpec", "EnergySpec",
     "DATASETS", "MODEL_FAMILIES", "PARTITION_METHODS", "SPLIT_OBJECTIVES", "QUANTIZE", "FAULT_KINDS", "MERGE",
     "DEFAULT_FASHION_MNIST_PATH",
     "BrokerSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory",

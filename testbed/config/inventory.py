@@ -23,6 +23,8 @@ from nodes import agentconfig
 from nodes import vocab as _vocab
 from nodes.runtime import RUNTIMES as runtime_registry
 from nodes.codec import LZ4_HC_LEVELS, ZSTD_LEVELS
+from nodes.energy import METER_NAMES
+from nodes.energy.settings import MeterSettingError, check_meter_settings
 from nodes.transport_settings import TRANSPORT_NAMES, SettingError, check_file_settings
 from testbed.config.checks import _choice, _got, _integer, _join, _number, _Reader, _string
 from testbed.config.yamlfile import nearest_line, read_yaml
@@ -30,7 +32,7 @@ from testbed.config.yamlfile import nearest_line, read_yaml
 __all__ = [
     "ROLES", "KINDS", "CONNECTS", "RUNTIMES", "ENERGY_METERS", "BROKER_MODES", "TRANSPORTS", "ENCODINGS",
     "COMPRESSIONS", "DEFAULT_WORKDIR", "BOARD_ENVS", "DEFAULT_KNOWN_HOSTS",
-    "BrokerSpec", "SshSpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory", "load_inventory",
+    "BrokerSpec", "SshSpec", "EnergySpec", "BoardSpec", "TransportSpec", "LinkSpec", "Inventory", "load_inventory",
 ]
 
 ROLES = agentconfig.ROLES                   # one list: the roles an agent plays (nodes.agentconfig)
@@ -38,7 +40,7 @@ KINDS = ("rpi3", "rpi4", "rpi5", "rpi-zero2w", "jetson-nano", "jetson-orin-nano"
          "jetson-xavier-nx", "sim")
 CONNECTS = ("ssh", "local", "netns")
 RUNTIMES = tuple(runtime_registry.names())  # one list: the runtimes a board can open (nodes.runtime)
-ENERGY_METERS = ("none", "ina219", "ina260", "model")
+ENERGY_METERS = ("none", *METER_NAMES)     # one list: nodes.energy's backends
 BROKER_MODES = ("embedded", "external")
 TRANSPORTS = TRANSPORT_NAMES               # one list: nodes.transport_settings
 ENCODINGS = tuple(_vocab.ENCODINGS)        # one vocabulary: nodes.vocab
@@ -87,6 +89,19 @@ class SshSpec:
 
 
 @dataclass(frozen=True)
+class EnergySpec:
+    """A board's power meter: the backend's name and its settings, checked and with defaults
+    (``nodes.energy.settings``, the rule the agent applies again on the board)."""
+
+    meter: str
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def modelled(self) -> bool:
+        return self.meter == "model"
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board of the bench. ``host``/``user``/``port`` are only set for ``connect: ssh``."""
 
@@ -100,7 +115,7 @@ class BoardSpec:
     port: int | None = None
     python: str = "python3"
     workdir: str | None = None
-    energy: str = "none"
+    energy: EnergySpec | None = None     # None: no energy figures for this board
     compute_scale: float | None = None   # compute time relative to the laptop's (layer split); None: per kind
     key: Path | None = None              # ssh: this board's private key (None: the ssh section's, or the agent)
     env: str | None = None               # ssh: how its Python environment is made (BOARD_ENVS)
@@ -276,10 +291,7 @@ def _boards(r: _Reader, value: Any) -> dict[str, BoardSpec]:
                        default="python3")
         workdir = r.get(m, key, "workdir", _string(desc="a directory on the board"),
                         default=workdir_default)
-        energy = r.get(m, key, "energy", _choice(ENERGY_METERS), default="none")
-        if kind == "sim" and energy in ("ina219", "ina260"):
-            raise r.error(f"{key}.energy", f"a sim board has no power meter; expected none or "
-                                           f"model; got {energy!r}")
+        energy = _energy(r, m.get("energy"), f"{key}.energy")
         compute_scale = r.get(m, key, "compute_scale", _number(gt=0), default=None)
         env = None
         if connect == "ssh":  # a vendor's torch (a Jetson's) is kept: system site packages by default
@@ -364,6 +376,27 @@ def _links(r: _Reader, value: Any, boards: Mapping[str, BoardSpec]) -> list[Link
         raise r.error("links", "expected exactly one link from every wearable to the edge; "
                                f"none from {', '.join(repr(x) for x in missing)}")
     return links
+
+
+_ENERGY_DESC = ("none, a meter name (" + ", ".join(METER_NAMES) + ") or a mapping with meter and its settings "
+                "(e.g. {meter: ina226, address: 0x41, shunt_ohms: 0.1})")
+
+
+def _energy(r: _Reader, value: Any, key: str) -> EnergySpec | None:
+    """A board's ``energy:``: none, a meter's name (its default settings), or ``{meter: NAME, ...}``
+    with the settings ``nodes.energy.settings`` checks (the same check the agent makes)."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        value = {"meter": value}
+    if not isinstance(value, dict):
+        raise r.error(key, f"expected {_ENERGY_DESC}; got {_got(value)}")
+    meter = r.get(value, key, "meter", _choice(METER_NAMES))
+    try:
+        settings = check_meter_settings(meter, {k: v for k, v in value.items() if k != "meter"})
+    except MeterSettingError as exc:
+        raise r.error(_join(key, exc.key) if exc.key else key, exc.detail) from None
+    return EnergySpec(meter=meter, settings=MappingProxyType(settings))
 
 
 def _transport(r: _Reader, value: Any, key: str) -> TransportSpec:

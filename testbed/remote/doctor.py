@@ -93,7 +93,7 @@ def board_needs(inventory: Inventory, board: BoardSpec) -> Needs:
             adapters.append(str(s.get("adapter") or "hci0"))
     kernel = any(c.kind == KERNEL_SSH and c.board.name == board.name for c in shaper_choices(inventory).values())
     return Needs(serial_ports=tuple(dict.fromkeys(ports)), ble_adapters=tuple(dict.fromkeys(adapters)),
-                 i2c=board.energy in ("ina219", "ina226", "ina260"), kernel_shaping=kernel, sudo=kernel)
+                 i2c=board.energy is not None and board.energy.meter.startswith("ina"), kernel_shaping=kernel, sudo=kernel)
 
 
 def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: Boards | None = None,
