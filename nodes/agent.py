@@ -44,6 +44,8 @@ from nodes import agentconfig
 from nodes.agentconfig import AgentConfig, BoardConfig, EdgeConfig, RunStart, WearableConfig
 from nodes.clocksync import ClockEstimate, ClockSyncClient
 from nodes.codec import Decoder, encode_frame, run_id_hash, use_f16_backend
+from nodes.energy.attribution import InferenceEnergy, Mark
+from nodes.energy.board import BoardEnergy
 from nodes.errors import AgentConfigError, NodeError
 from nodes.merge import Merged, Merger
 from nodes.mqtt import MqttClient, Will, topic
@@ -88,6 +90,7 @@ class _SampleTag:
     nbytes: int
     submitted: float  # monotonic
     at_s: float       # when it was offered to the link emulator, in seconds of the run clock
+    compute: tuple[Mark, Mark] | None = None   # the compute window's energy marks (a board with a meter)
 
     def fields(self) -> dict[str, Any]:
         return {"sample": self.sample, "compute_ms": self.compute_ms, "encode_ms": self.encode_ms,
@@ -110,6 +113,7 @@ class Agent(ABC):
         self._t0: float | None = None  # the run's time zero on this board's monotonic clock
         self._clock: ClockEstimate | None = None
         self._clock_sync = ClockSyncClient(lambda p: self._ctl.publish(self._topic("time"), p, qos=0))
+        self._energy: BoardEnergy | None = None   # the board's power meter, when its inventory names one
         self._ctl = MqttClient(
             host=cfg.broker.host, port=cfg.broker.port, client_id=f"agent-{self.bench}-{self.board}",
             will=Will(self._topic("status"), self._status_payload("offline")),
@@ -140,6 +144,13 @@ class Agent(ABC):
 
     def _tick(self, now: float) -> None:
         """Called on every turn of the serve loop."""
+
+    def _radio(self) -> str:
+        """The link profile whose radio this board keys (the model meter's radio power)."""
+        return "ideal"
+
+    def _energy_ready(self, energy: InferenceEnergy | None, payload: Any) -> None:
+        """An inference filed with ``_energy.add`` has its energy (None: no reading came near it)."""
 
     # -- plumbing --------------------------------------------------------------------------
     def _topic(self, plane: str) -> str:
@@ -190,6 +201,8 @@ class Agent(ABC):
         self._ctl.subscribe(self._topic("ctl"), qos=1)
         try:
             self._clock = self._clock_sync.run(probes=self.cfg.clock_probes)
+            if self.cfg.energy is not None:   # first in, so last out: it measures the final sends too
+                self._energy = self._resources.enter_context(BoardEnergy(self.cfg.energy, radio=self._radio()))
             self._load()
             self._wait_links_up()
         except Exception as exc:
@@ -199,12 +212,16 @@ class Agent(ABC):
             finally:
                 self._ctl.close()
             raise
-        self.status("ready", runtime=self.cfg.runtime, clock=self._clock.as_dict() if self._clock else None)
+        if self._energy is not None:
+            self._energy.ready_at()
+        self.status("ready", runtime=self.cfg.runtime, clock=self._clock.as_dict() if self._clock else None,
+                    energy=self._energy.meter.describe() if self._energy and self._energy.meter else None)
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self._resources.close()  # the shaper drains before its transport closes
+            self._resources.close()  # the shaper drains before its transport closes; the meter closes last
+            self._flush_energy(flush=True)
             self._report()
             # wait for the PUBACK: disconnecting before it makes the broker publish the last will
             self.status("stopped", wait=2.0)
@@ -241,9 +258,21 @@ class Agent(ABC):
             elif item is not None:
                 self._on_inbox(item)
             self._tick(time.monotonic())
+            self._flush_energy()
             if time.monotonic() >= next_tele:
                 next_tele += period
                 self._report()
+
+    def _flush_energy(self, *, flush: bool = False) -> None:
+        if self._energy is not None:
+            for energy, payload in self._energy.ready(flush=flush):
+                self._energy_ready(energy, payload)
+
+    def _report_power(self) -> None:
+        """The meter's readings since the last report, in one message (never one per reading)."""
+        batch = self._energy.batch() if self._energy is not None else None
+        if batch is not None:
+            self.tele("power", **batch)
 
     def _command(self, msg: dict[str, Any]) -> bool:
         """Obey one command; False means stop serving. A malformed one is reported, not fatal."""
@@ -285,6 +314,8 @@ class Agent(ABC):
                                                max_skew_s=MAX_T0_SKEW_S)
             if problem:
                 self.tele("error", error=problem)
+        if self._energy is not None:
+            self._energy.begin()
         self._begin(self._t0)
 
 
@@ -332,9 +363,11 @@ class WearableAgent(Agent):
         if not 0 <= sample < len(self._samples):
             self.tele("error", error=f"sample {sample} out of range 0..{len(self._samples) - 1}")
             return
+        m0 = self._energy.mark() if self._energy is not None else None
         t0 = time.perf_counter()
         out = self._runtime.run(np.asarray(self._samples[sample:sample + 1]))
         t1 = time.perf_counter()
+        m1 = self._energy.mark() if self._energy is not None else None
         self._seq += 1
         frame = encode_frame(out[0], run_id=self._run_hash, sample_id=sample, shard=self.wcfg.shard_index,
                              seq=self._seq, send_ts_ns=time.time_ns(), encoding=self._encoding,
@@ -343,21 +376,39 @@ class WearableAgent(Agent):
         now = time.monotonic()
         assert self._t0 is not None, "the run clock starts before the first trigger"
         tag = _SampleTag(sample=sample, compute_ms=_ms(t1 - t0), encode_ms=_ms(t2 - t1), nbytes=len(frame),
-                         submitted=now, at_s=now - self._t0)
+                         submitted=now, at_s=now - self._t0, compute=None if m0 is None else (m0, m1))
         verdict = self._sender.submit(frame, tag=tag)
         if not verdict.accepted:
-            self.tele("sample", **tag.fields(), verdict=verdict.reason)
+            self._sample_tele(tag, None, **tag.fields(), verdict=verdict.reason)
 
     def _deliver(self, frame: bytes, tag: _SampleTag | None) -> None:
         """Called by the shaper's worker at each frame's delivery time, with that frame's tag."""
         assert tag is not None, "every frame is submitted with its sample's tag"
+        m2 = self._energy.mark() if self._energy is not None else None
         t0 = time.monotonic()
         ok = self._transports[0].send(frame)
         t1 = time.monotonic()
-        self.tele("sample", **tag.fields(), shaping_ms=_ms(t0 - tag.submitted), send_ms=_ms(t1 - t0),
-                  verdict="sent" if ok else "send_failed")
+        if self._energy is not None:   # the model meter's radio: the frame's airtime on the emulated link
+            self._energy.credit_airtime(self.wcfg.link.profile.airtime_s(len(frame)))
+        m3 = self._energy.mark() if self._energy is not None else None
+        self._sample_tele(tag, None if m2 is None else (m2, m3), **tag.fields(), shaping_ms=_ms(t0 - tag.submitted),
+                          send_ms=_ms(t1 - t0), verdict="sent" if ok else "send_failed")
+
+    def _sample_tele(self, tag: _SampleTag, transmit: tuple[Mark, Mark] | None, **fields: Any) -> None:
+        """The sample's telemetry: now, or once its energy is known when the board has a meter."""
+        if self._energy is None or tag.compute is None:
+            self.tele("sample", **fields)
+        else:
+            self._energy.add(tag.sample, compute=tag.compute, transmit=transmit, payload=fields)
+
+    def _energy_ready(self, energy: InferenceEnergy | None, payload: Any) -> None:
+        self.tele("sample", **payload, **(energy.fields() if energy is not None else {"energy_mj": None}))
+
+    def _radio(self) -> str:
+        return self.wcfg.link.profile.name
 
     def _report(self) -> None:
+        self._report_power()
         link = self.wcfg.link
         self.tele("link", link=link.name, **self._sender.snapshot(), shaper=link.shaper,
                   transport=_transport_stats(self._transports[0]))
@@ -413,16 +464,24 @@ class EdgeAgent(Agent):
 
     def _emit(self, merged: Merged) -> None:
         assert self._merge_rt is not None, "merge before load"
+        m0 = self._energy.mark() if self._energy is not None else None
         t0 = time.perf_counter()
         logits = self._merge_rt.run(merged.inputs)[0]
         t1 = time.perf_counter()
+        if self._energy is not None and m0 is not None:
+            self._energy.add(merged.sample_id, compute=(m0, self._energy.mark()), payload=merged.sample_id)
         transit = {str(p): self._frame_ts.pop((merged.sample_id, p)) for p in merged.arrived
                    if (merged.sample_id, p) in self._frame_ts}
         self.tele("result", sample=merged.sample_id, pred=int(np.argmax(logits)), arrived=list(merged.arrived),
                   missing=list(merged.missing), merge_ms=_ms(t1 - t0), waited_ms=_ms(merged.waited_s),
                   transit=transit)
 
+    def _energy_ready(self, energy: InferenceEnergy | None, payload: Any) -> None:
+        """The merge's energy, after its result went out (a result never waits for a reading)."""
+        self.tele("energy", sample=payload, **(energy.fields() if energy is not None else {"energy_mj": None}))
+
     def _report(self) -> None:
+        self._report_power()
         self.tele("edge", decode=self._decoder.stats.as_dict(), merge=self._merger.stats.as_dict(),
                   transports={lk.name: _transport_stats(tr) for lk, tr in zip(self.ecfg.inbound, self._transports)})
 

@@ -26,6 +26,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from linkemu.errors import ProfileError, as_float
 from linkemu.profile import LinkProfile
+from nodes.energy import METER_NAMES
+from nodes.energy.settings import MeterSettingError, check_meter_settings
 from nodes.errors import AgentConfigError
 from nodes.merge import MERGE_RULES
 from nodes.runtime import RUNTIMES
@@ -33,10 +35,10 @@ from nodes.transport import TRANSPORTS
 from nodes.transport_settings import shown   # one way to show a refused value, file or board
 from nodes.vocab import COMPRESSIONS, ENCODINGS
 
-__all__ = ["FORMAT", "AgentConfig", "WearableConfig", "EdgeConfig", "BoardConfig", "Broker", "TransportEnd",
+__all__ = ["FORMAT", "AgentConfig", "EnergyConfig", "WearableConfig", "EdgeConfig", "BoardConfig", "Broker", "TransportEnd",
            "WearableLink", "MergeSpec", "InboundLink", "RunStart", "from_dict", "load"]
 
-FORMAT = 1
+FORMAT = 2   # 2: the energy section
 MAX_PART_DIM = 1 << 20   # values per student output: far above any model, low enough to allocate
 """The layout version of agent.json this code writes and reads. Bump it on any change of layout."""
 
@@ -132,10 +134,26 @@ class MergeSpec:
                 "part_dim": self.part_dim, "deadline_ms": self.deadline_ms, "rule": self.rule}
 
 
+@dataclass(frozen=True)
+class EnergyConfig:
+    """The board's power meter: the backend (``nodes.energy.METERS``), its settings (checked by
+    ``nodes.energy.settings`` on both ends) and the board's kind (the model meter's table row)."""
+
+    meter: str
+    settings: Mapping[str, Any]
+    kind: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meter": self.meter, "settings": dict(self.settings), "kind": self.kind}
+
+
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     """What every board's agent needs: bench and board names, the broker, the shard runtime,
-    the telemetry rate and the number of clock-sync probes. ``folder`` is where relative file
+    the telemetry rate, the number of clock-sync probes and its power meter (None: none). ``folder`` is where relative file
     names resolve (the config file's folder) and ``source`` names the file in errors; neither
     is part of the file."""
 
@@ -147,6 +165,7 @@ class AgentConfig:
     runtime: str
     telemetry_hz: float = 2.0
     clock_probes: int = 8
+    energy: EnergyConfig | None = None
     folder: Path | None = field(default=None, compare=False)
     source: str = field(default="agent.json", compare=False)
 
@@ -168,7 +187,8 @@ class AgentConfig:
         """The JSON form, ``format`` first; ``from_dict`` is its inverse."""
         return {"format": FORMAT, "bench": self.bench, "board": self.board, "role": self.role,
                 "broker": self.broker.to_dict(), "runtime": self.runtime, "telemetry_hz": self.telemetry_hz,
-                "clock_probes": self.clock_probes, **self._role_dict()}
+                "clock_probes": self.clock_probes, "energy": self.energy.to_dict() if self.energy else None,
+                **self._role_dict()}
 
     def _role_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -334,6 +354,12 @@ class _Reader:
         return [(f"{self.name(key)}[{i}]", item) for i, item in enumerate(value)]
 
 
+def _object(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _Expected("a JSON object")
+    return value
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _Expected("a non-empty string")
@@ -402,7 +428,7 @@ def _int_list(*, minimum: int, non_empty: bool) -> Callable[[Any], tuple[int, ..
     return convert
 
 
-_COMMON = ("format", "bench", "board", "role", "broker", "runtime", "telemetry_hz", "clock_probes")
+_COMMON = ("format", "bench", "board", "role", "broker", "runtime", "telemetry_hz", "clock_probes", "energy")
 _WEARABLE = ("shard", "shard_index", "samples", "link")
 _EDGE = ("merge", "inbound")
 _LINK = ("name", "transport", "profile", "encoding", "compression", "compression_level", "shaper")
@@ -449,6 +475,20 @@ def _profile(r: _Reader, key: str) -> LinkProfile:
         raise AgentConfigError(f"{r.source}: {path}: not a link profile ({exc})") from None
 
 
+def _energy(r: _Reader) -> EnergyConfig | None:
+    if r.data.get("energy") is None:
+        return None
+    e = r.nested("energy", ("meter", "settings", "kind"))
+    meter = e.field("meter", _one_of(METER_NAMES))
+    raw = e.field("settings", _object, default={})
+    try:
+        settings = check_meter_settings(meter, raw)
+    except MeterSettingError as exc:
+        where = e.name("settings") + (f".{exc.key}" if exc.key else "")
+        raise AgentConfigError(f"{r.source}: {where}: {exc.detail}") from None
+    return EnergyConfig(meter=meter, settings=settings, kind=e.field("kind", _text))
+
+
 def _link(r: _Reader) -> WearableLink:
     lk = r.nested("link", _LINK)
     return WearableLink(
@@ -490,7 +530,8 @@ def from_dict(data: Any, *, source: str = "agent.json", folder: Path | None = No
         broker=Broker(host=b.field("host", _text), port=b.field("port", _integer(1, 65535))),
         runtime=r.field("runtime", _one_of(RUNTIMES.names())),
         telemetry_hz=r.field("telemetry_hz", _positive, default=2.0),
-        clock_probes=r.field("clock_probes", _integer(0), default=8), folder=folder, source=source)
+        clock_probes=r.field("clock_probes", _integer(0), default=8), energy=_energy(r), folder=folder,
+        source=source)
     if role == "wearable":
         return WearableConfig(**common, shard=r.field("shard", _text), shard_index=r.field("shard_index", _integer(0, 0xFFFF)),
                               samples=r.field("samples", _text), link=_link(r))

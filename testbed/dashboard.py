@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from testbed.runstate import RunState, percentile, read_events
+from testbed.runstate import BoardState, RunState, percentile, read_events
 
 _STATUS_STYLE = {"ready": "green", "running": "green", "starting": "yellow", "stopped": "dim",
                  "offline": "bold red", "error": "bold red"}
@@ -54,16 +54,29 @@ def _header(st: RunState) -> Table:
 def _boards(st: RunState) -> Table:
     t = Table(title="boards", expand=True, title_justify="left")
     for col, just in (("board", "left"), ("role", "left"), ("status", "left"), ("samples", "right"),
-                      ("compute p50", "right"), ("sent", "right"), ("dropped", "right"), ("clock", "right")):
+                      ("compute p50", "right"), ("sent", "right"), ("dropped", "right"), ("clock", "right"),
+                      ("power", "right"), ("mJ/inf p50", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for b in st.boards.values():
         style = _STATUS_STYLE.get(b.status, "")
+        power, per_inference = _energy_cells(b)
         t.add_row(b.name, b.role, Text(b.status, style=style), str(b.samples),
                   _fmt(percentile(b.compute_ms, 50), ".2f", " ms") if b.role == "wearable" else "–",
                   _bytes(b.bytes_sent) if b.role == "wearable" else "–", str(b.dropped),
                   "–" if b.clock_uncertainty_ms is None
-                  else f"{b.clock_offset_ms:+.2f} ±{b.clock_uncertainty_ms:.2f} ms")
+                  else f"{b.clock_offset_ms:+.2f} ±{b.clock_uncertainty_ms:.2f} ms", power, per_inference)
     return t
+
+
+def _energy_cells(b: BoardState) -> tuple[Text, Text]:
+    """Watts now and mJ per inference (p50), each marked when the figure is modelled, not measured."""
+    if b.meter is None:
+        return Text("–"), Text("–")
+    modelled = bool(b.meter.get("modelled"))
+    mark = Text(" modelled", style="dim italic") if modelled else Text("")
+    power = Text(_fmt(b.power_w, ".2f", " W")) + mark
+    per = Text(_fmt(percentile(b.mj_per_inference, 50), ".2f", " mJ")) + mark
+    return power, per
 
 
 def _links(st: RunState) -> Table:
@@ -100,7 +113,22 @@ def _figures(st: RunState) -> Table:
     t.add_row("partial", f"{pct(s['accuracy_partial'])} of {s['partial']}", "timed out", str(s["timed_out"]))
     t.add_row("during outage", f"{pct(s['accuracy_during_outage'])} of {s['samples_during_outage']}",
               "complete", str(s["complete"]))
+    bench_mj, modelled = _bench_energy(st)
+    if bench_mj is not None:
+        t.add_row(Text("energy / inference", style="bold"),
+                  Text(f"{bench_mj:.2f} mJ") + (Text(" modelled", style="dim italic") if modelled else Text("")),
+                  "", "")
     return t
+
+
+def _bench_energy(st: RunState) -> tuple[float | None, bool]:
+    """The whole bench's energy per inference: the sum over boards of each board's p50 (None
+    before any), and whether any of it is modelled."""
+    metered = [b for b in st.boards.values() if b.meter is not None and b.mj_per_inference]
+    if not metered:
+        return None, False
+    return (sum(percentile(b.mj_per_inference, 50) or 0.0 for b in metered),
+            any(bool(b.meter and b.meter.get("modelled")) for b in metered))
 
 
 def render(st: RunState) -> Group:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from linkemu.profile import LinkProfile
-from nodes.agentconfig import (BoardConfig, Broker, EdgeConfig, InboundLink, MergeSpec, TransportEnd,
+from nodes.agentconfig import (BoardConfig, Broker, EdgeConfig, EnergyConfig, InboundLink, MergeSpec, TransportEnd,
                                WearableConfig, WearableLink)
 from testbed.bundle import BundleError, sha256_file, shard_for
 from testbed.config import BoardSpec, Inventory, LinkSpec
@@ -41,8 +41,11 @@ def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, 
     ``shapers`` says which shaper each link uses (default "user"; reported in the link
     telemetry). The shard file is the one the board's runtime loads (``quantize``: which
     LiteRT variant ``tflite`` boards get)."""
+    energy = None if board.energy is None else EnergyConfig(meter=board.energy.meter, settings=board.energy.settings,
+                                                            kind=board.kind)
     common: dict[str, Any] = dict(bench=inventory.bench, board=board.name, runtime=board.runtime,
-                                  broker=Broker(host=broker_host, port=broker_port), telemetry_hz=telemetry_hz)
+                                  broker=Broker(host=broker_host, port=broker_port), telemetry_hz=telemetry_hz,
+                                  energy=energy)
     if board.role == "wearable":
         shard = shard_for(manifest, role="student", index=int(assignment), runtime=board.runtime,
                           quantize=quantize)

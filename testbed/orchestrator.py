@@ -48,6 +48,7 @@ from testbed.remote.network import MQTT_PORT, board_route, broker_address_for, s
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultSchedule, RunClock
+from testbed.powerlog import PowerLog
 from testbed.runstate import EventLog, RunState
 from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
 
@@ -188,6 +189,7 @@ class Orchestrator:
     _ctl: MqttClient | None = field(default=None, init=False)
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     _remote: Boards | None = field(default=None, init=False)
+    _power: PowerLog | None = field(default=None, init=False)
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, event_type: str, /, **fields: Any) -> None:
@@ -260,6 +262,7 @@ class Orchestrator:
         profiles = schedule.profiles
         with ExitStack() as stack:
             self._log = stack.enter_context(EventLog(self.run_dir / "events.jsonl"))
+            self._power = stack.enter_context(PowerLog(self.run_dir / "power", boards=inv.boards))
             self._log.subscribe(self.state.apply)
             if self.on_log:
                 self.on_log(self._log)
@@ -546,14 +549,18 @@ class Orchestrator:
             return
         if plane == "status":
             self._event("status", board=board, state=msg.get("state"),
-                        **{k: msg[k] for k in ("pid", "error", "clock", "net_ns") if msg.get(k) is not None})
+                        **{k: msg[k] for k in ("pid", "error", "clock", "net_ns", "energy") if msg.get(k) is not None})
         elif plane == "tele":
             kind = msg.pop("kind", None)
             msg.pop("board", None)
             if kind == "result" and on_result is not None:
                 on_result(msg, at)
-            elif kind in ("sample", "link", "edge", "error"):
+            elif kind in ("sample", "link", "edge", "error", "energy"):
                 self._event(kind, board=board, **msg)
+            elif kind == "power" and self._power is not None:   # the rows go to power/<board>.csv
+                fields = self._power.add(board, msg)
+                if fields is not None:
+                    self._event("power", board=board, **fields)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

@@ -96,6 +96,26 @@ class BoardState:
     clock_offset_ms: float = 0.0
     clock_uncertainty_ms: float | None = None
     error: str = ""
+    meter: dict[str, Any] | None = None    # the board's power meter (meter, rail, modelled, ...); None: none
+    power_w: float | None = None           # the mean power of its latest batch of readings
+    idle_w: float | None = None
+    energy_mj: float = 0.0                 # over every reading so far
+    energy_span_s: float = 0.0
+    mj_per_inference: list[float] = field(default_factory=list)
+    energy_flagged: int = 0                # inferences shorter than a few reading periods
+    meter_rate_hz: float | None = None
+
+    def energy_summary(self) -> dict[str, Any] | None:
+        """The board's ``summary.json`` energy entry (None without a meter)."""
+        if self.meter is None:
+            return None
+        mj = self.mj_per_inference
+        return {"meter": self.meter.get("meter"), "rail": self.meter.get("rail"),
+                "modelled": bool(self.meter.get("modelled")), "rate_hz": self.meter_rate_hz,
+                "joules": _r(self.energy_mj / 1e3, 4),
+                "mean_w": _r(self.energy_mj / 1e3 / self.energy_span_s, 4) if self.energy_span_s else None,
+                "idle_w": _r(self.idle_w, 4), "inferences": len(mj), "flagged": self.energy_flagged,
+                "mj_per_inference": {"p50": _r(percentile(mj, 50), 4), "p95": _r(percentile(mj, 95), 4)}}
 
 
 @dataclass
@@ -188,6 +208,8 @@ class RunState:
             b.status = str(ev.get("state", "?"))
             if ev.get("error"):
                 b.error = str(ev["error"])
+            if isinstance(ev.get("energy"), dict):
+                b.meter = ev["energy"]
             clock = ev.get("clock")
             if isinstance(clock, dict):
                 b.clock_offset_ms = float(clock.get("offset_ms", 0.0))
@@ -207,6 +229,31 @@ class RunState:
             b.dropped += 1
         if ev.get("compute_ms") is not None:
             b.compute_ms.append(float(ev["compute_ms"]))
+        self._on_energy(ev)
+
+    def _on_energy(self, ev: dict[str, Any]) -> None:
+        """An inference's energy on its board (a wearable's ``sample``, the edge's ``energy``)."""
+        b = self.boards.get(ev.get("board", ""))
+        mj = ev.get("energy_mj")
+        if b is None or isinstance(mj, bool) or not isinstance(mj, (int, float)) or not math.isfinite(mj):
+            return
+        b.mj_per_inference.append(float(mj))
+        b.energy_flagged += bool(ev.get("energy_flagged"))
+
+    def _on_power(self, ev: dict[str, Any]) -> None:
+        b = self.boards.get(ev.get("board", ""))
+        if b is None:
+            return
+        if isinstance(ev.get("meter"), dict) and ev["meter"]:
+            b.meter = ev["meter"]
+        b.energy_mj += float(ev.get("mj") or 0.0)
+        b.energy_span_s += float(ev.get("span_s") or 0.0)
+        if ev.get("mean_w") is not None:
+            b.power_w = float(ev["mean_w"])
+        if ev.get("idle_w") is not None:
+            b.idle_w = float(ev["idle_w"])
+        if ev.get("rate_hz") is not None:
+            b.meter_rate_hz = float(ev["rate_hz"])
 
     def _on_link(self, ev: dict[str, Any]) -> None:
         lk = self.links.get(ev.get("link", ""))
@@ -305,6 +352,7 @@ class RunState:
                                "max": _r(max(lat)) if lat else None},
                 "late_results": self.late_results,
                 "boards": boards, "links": links,
+                "energy": {b.name: e for b in self.boards.values() if (e := b.energy_summary()) is not None},
                 "broker": self.broker.get("kind"), "edge": self.edge_stats,
                 "duration_s": _r(self.t, 2),
             }

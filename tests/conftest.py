@@ -41,7 +41,8 @@ run:
 
 
 def run_cli(*args: str, cache: Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HBC_TESTBED_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(cache), "PYTHONPATH": path}
     return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

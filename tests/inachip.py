@@ -374,3 +374,9 @@ class SMBusModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def bench_ina260_bus() -> SMBusModel:
+    """Bus 1 with an INA260 at 0x40 on a steady 5.0 V, 0.6 A load (3.0 W), on the real monotonic
+    clock: what a simulated board's agent opens through ``HBC_TESTBED_METER_BUS`` in the run test."""
+    return SMBusModel(1, {0x40: Ina260Model(constant(5.0, 0.6))})

@@ -23,7 +23,7 @@ import pytest
 from linkemu.outage import Outage
 from linkemu.profile import PRESETS, LinkProfile
 from nodes import agent as agent_mod
-from nodes.agentconfig import (FORMAT, Broker, EdgeConfig, InboundLink, MergeSpec, RunStart, TransportEnd,
+from nodes.agentconfig import (FORMAT, Broker, EdgeConfig, EnergyConfig, InboundLink, MergeSpec, RunStart, TransportEnd,
                                WearableConfig, WearableLink, from_dict, load)
 from nodes.codec import Decoder, run_id_hash
 from nodes.errors import AgentConfigError, NodeError
@@ -57,11 +57,26 @@ def edge(**overrides: Any) -> EdgeConfig:
 # ------------------------------------------------------------------------------ round trips
 
 
+def test_energy_section_round_trips_and_is_checked_by_the_meter_rules(tmp_path: Path) -> None:
+    cfg = wearable(energy=EnergyConfig(meter="ina260", settings={"address": 0x44, "averaging": 4}, kind="rpi4"))
+    back = from_dict(cfg.to_dict())
+    assert back.energy is not None and back.energy.meter == "ina260" and back.energy.kind == "rpi4"
+    assert back.energy.settings["address"] == 0x44 and back.energy.settings["conversion_us"] == 1100
+    data = cfg.to_dict()
+    data["energy"]["settings"]["address"] = 0x10
+    with pytest.raises(AgentConfigError, match=r"energy.settings.address: expected a 7-bit I2C address"):
+        from_dict(data)
+    data["energy"] = {"meter": "watt-o-meter", "kind": "rpi4"}
+    with pytest.raises(AgentConfigError, match=r"energy.meter: expected one of ina219, .*rapl"):
+        from_dict(data)
+    assert from_dict({**cfg.to_dict(), "energy": None}).energy is None
+
+
 @pytest.mark.parametrize("make", [wearable, edge], ids=["wearable", "edge"])
 def test_round_trip_through_dict_and_file(make: Any, tmp_path: Path) -> None:
     cfg = make()
     data = cfg.to_dict()
-    assert data["format"] == FORMAT == 1 and data["role"] == cfg.role
+    assert data["format"] == FORMAT == 2 and data["role"] == cfg.role
     assert json.loads(json.dumps(data)) == data, "plain JSON"
     assert from_dict(data) == cfg
     path = cfg.write(tmp_path / "agent.json")
@@ -196,14 +211,14 @@ def _write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("version", "shown"), [(2, "format 2"), (0, "format 0"), ("1", "format '1'")])
+@pytest.mark.parametrize(("version", "shown"), [(3, "format 3"), (1, "format 1"), ("2", "format '2'")])
 def test_agent_refuses_another_format_in_one_line(version: Any, shown: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, {**wearable().to_dict(), "format": version, "link": "from the future"})
     assert agent_mod.main(["--config", str(path)], install_signals=False) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (f"agent: {path}: {shown} is not a format this agent reads (it reads format 1); "
+    assert err == (f"agent: {path}: {shown} is not a format this agent reads (it reads format 2); "
                    f"deploy with the same hbc-testbed version on both ends\n")
 
 
@@ -212,7 +227,7 @@ def test_agent_refuses_a_config_without_format(tmp_path: Path, capsys: pytest.Ca
     del data["format"]
     assert agent_mod.main(["--config", str(_write(tmp_path, data))], install_signals=False) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no format field" in err and "it reads format 1" in err
+    assert err.count("\n") == 1 and "no format field" in err and "it reads format 2" in err
 
 
 @pytest.mark.parametrize(("text", "needle"), [("{not json", "not valid JSON"), (None, "cannot read")])
@@ -236,12 +251,12 @@ def test_merge_rule_checks_of_the_merger_refuse_at_load(tmp_path: Path, capsys: 
 
 
 def test_python_m_nodes_agent_prints_one_line_and_exits_2(tmp_path: Path) -> None:
-    path = _write(tmp_path, {**wearable().to_dict(), "format": 2})
+    path = _write(tmp_path, {**wearable().to_dict(), "format": 3})
     proc = subprocess.run([sys.executable, "-m", "nodes.agent", "--config", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "format 2 is not a format this agent reads (it reads format 1)" in proc.stderr
+    assert "format 3 is not a format this agent reads (it reads format 2)" in proc.stderr
 
 
 # ------------------------------------------------------------------------------ the start command

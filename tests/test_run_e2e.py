@@ -65,6 +65,28 @@ def test_demo_headless_json(tmp_path: Path, model_cache: Path) -> None:
     assert {k: again[k] for k in ("completed", "partial", "timed_out", "accuracy")} == \
         {k: s[k] for k in ("completed", "partial", "timed_out", "accuracy")}
     assert "wrist-edge" in replay.stdout and "accuracy" in replay.stdout
+    _check_modelled_energy(s, Path(s["run_dir"]), n, replay=again)
+
+
+def _check_modelled_energy(s: dict, run_dir: Path, n: int, *, replay: dict) -> None:
+    """The demo bench models every board's energy: per board in the summary, per inference in the
+    events, every raw reading in power/<board>.csv, and all of it labelled modelled."""
+    assert set(s["energy"]) == {"wrist", "chest", "ankle", "edge"} and replay["energy"] == s["energy"]
+    for name, e in s["energy"].items():
+        assert e["meter"] == "model" and e["modelled"] is True and e["rate_hz"] == 50.0, (name, e)
+        assert e["inferences"] == n and 0 < e["mj_per_inference"]["p50"] <= e["mj_per_inference"]["p95"]
+        assert 2.0 < e["idle_w"] < 5.0 and 2.0 < e["mean_w"] < 5.0      # between sim's idle 2.7 W and active 5 W
+        rows = (run_dir / "power" / f"{name}.csv").read_text().splitlines()
+        assert rows[0] == "t_ns,rail,mV,mA,mW" and len(rows) > 10
+        t = [int(r.split(",")[0]) for r in rows[1:]]
+        assert t == sorted(t)
+        span_s = (t[-1] - t[0]) / 1e9
+        assert e["joules"] == pytest.approx(e["mean_w"] * span_s, rel=0.05)
+    samples = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "sample"]
+    assert len(samples) == 3 * n and all(e["energy_mj"] > 0 and e["compute_mj"] > 0 for e in samples)
+    assert all(e["energy_mj"] == pytest.approx(e["compute_mj"] + e["transmit_mj"], abs=2e-4) for e in samples)
+    edge = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "energy"]
+    assert sorted(e["sample"] for e in edge) == list(range(n)) and all(e["board"] == "edge" for e in edge)
 
 
 def test_outage_makes_samples_partial_and_reports_them_separately(tmp_path: Path, model_cache: Path) -> None:

@@ -21,6 +21,7 @@ It is pure arithmetic over readings (numpy only) and never imports ``testbed``.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,9 @@ import numpy as np
 
 from nodes.energy import PowerSample
 
-__all__ = ["MIN_PERIODS", "WindowEnergy", "window_energy", "IdleBaseline", "InferenceEnergy", "Attributor"]
+__all__ = ["MIN_PERIODS", "WindowEnergy", "window_energy", "IdleBaseline", "InferenceEnergy", "Attributor", "Mark"]
 
+Mark = tuple[int, "float | None"]   # a window's edge: now_ns() and, for a counter meter, its reading in uJ
 MIN_PERIODS = 3   # a window shorter than this many reading periods gets the surrounding mean power
 
 
@@ -137,15 +139,19 @@ class Attributor:
         self._between, self._latest, self._counter = between, latest, counter
         self.baseline = baseline or IdleBaseline()
         self._pending: dict[int, _Pending] = {}
+        self._payloads: dict[int, Any] = {}
+        self._token = 0
+        self._lock = threading.Lock()   # add() runs on the agent's worker and the shaper's sender
 
-    def mark(self) -> tuple[int, float | None]:
+    def mark(self) -> Mark:
         """A window's edge now: the time and, for a counter meter, the counter's reading."""
         from nodes.energy import now_ns
         return now_ns(), (self._counter() if self._counter is not None else None)
 
-    def add(self, sample: int, *, compute: tuple[tuple[int, float | None], tuple[int, float | None]],
-            transmit: tuple[tuple[int, float | None], tuple[int, float | None]] | None = None) -> None:
-        """Inference ``sample``'s compute window (and transmit window, if it sent), each as two marks."""
+    def add(self, sample: int, *, compute: tuple[Mark, Mark], transmit: tuple[Mark, Mark] | None = None,
+            payload: Any = None) -> None:
+        """Inference ``sample``'s compute window (and transmit window, if it sent), each as two
+        ``mark()``s; ``payload`` comes back with its energy from ``ready``."""
         p = _Pending(sample)
         for w in (compute, transmit):
             if w is None:
@@ -155,21 +161,27 @@ class Attributor:
             (a, ea), (b, eb) = w
             p.windows.append((a, b))
             p.counter.extend((ea or 0.0, eb or 0.0))
-        self._pending[sample] = p
+        with self._lock:
+            self._token += 1
+            self._pending[self._token] = p
+            self._payloads[self._token] = payload
 
-    def ready(self, *, flush: bool = False) -> list[InferenceEnergy]:
-        """Inferences whose windows the readings now cover (all of them with ``flush``)."""
+    def ready(self, *, flush: bool = False) -> list[tuple[InferenceEnergy | None, Any]]:
+        """Inferences whose windows the readings now cover (all of them with ``flush``), each with
+        the payload given to ``add``; the energy is None where no reading came near a window."""
         latest = self._latest()
-        out = []
-        for sample, p in list(self._pending.items()):
-            end = max(b for _a, b in p.windows)
-            if self._counter is None and not flush and (latest is None or latest < end + self.period_ns):
-                continue
-            del self._pending[sample]
-            energy = self._energy(p)
-            if energy is not None:
-                out.append(energy)
-        return out
+        due = []
+        with self._lock:
+            for token, p in list(self._pending.items()):
+                end = max(b for _a, b in p.windows)
+                if self._counter is None and not flush and (latest is None or latest < end + self.period_ns):
+                    continue
+                due.append((self._pending.pop(token), self._payloads.pop(token)))
+        return [(self._energy(p), payload) for p, payload in due]
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
     def _energy(self, p: _Pending) -> InferenceEnergy | None:
         parts: list[WindowEnergy] = []

@@ -147,7 +147,7 @@ SCHEMAS: Mapping[str, Mapping[str, Setting]] = MappingProxyType({
         "zone": Setting(_text("a powercap zone such as intel-rapl:0"), "a powercap zone", "intel-rapl:0"),
         "rate_hz": _rate(DEFAULT_RATE_HZ)}),
     "pi5-pmic": MappingProxyType({
-        "rail": Setting(_text("a PMIC rail such as EXT5V, or total (the sum of every rail)"), "a rail", "total"),
+        "rail": Setting(_text("a PMIC rail such as VDD_CORE, or total (the sum of every rail)"), "a rail", "total"),
         "rate_hz": _rate(PI5_PMIC_RATE_HZ)}),
     "model": MappingProxyType({
         "active_w": _watts(None), "idle_w": _watts(None), "radio_w": _watts(None),
@@ -172,6 +172,9 @@ def check_meter_settings(meter: str, settings: Mapping[str, Any]) -> dict[str, A
     for key, value in settings.items():
         if key not in schema:
             raise MeterSettingError(meter, str(key), f"unknown setting; expected one of {', '.join(schema)}")
+        if value is None and schema[key].default is None:   # unset: the backend decides (the model's table)
+            out[key] = None
+            continue
         try:
             out[key] = schema[key].check(value)
         except _Invalid as exc:
