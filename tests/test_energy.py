@@ -129,7 +129,7 @@ def test_idle_baseline_and_active_energy() -> None:
     att = Attributor(period_ns=period, between=lambda a, b: [r for r in readings if a <= r.t_ns <= b],
                      latest=lambda: readings[-1].t_ns, baseline=base)
     att.add(7, compute=((50 * MS, None), (60 * MS, None)), transmit=((60 * MS, None), (70 * MS, None)))
-    (e,) = att.ready()
+    ((e, _),) = att.ready()
     assert e.sample == 7 and not e.flagged
     assert e.compute_mj == pytest.approx(40.0) and e.transmit_mj == pytest.approx(40.0)
     assert e.total_mj == pytest.approx(80.0) and e.active_mj == pytest.approx(80.0 - 1.0 * 20)
@@ -143,7 +143,7 @@ def test_attributor_waits_until_readings_cover_the_window() -> None:
     att.add(1, compute=((8 * MS, None), (12 * MS, None)))
     assert att.ready() == []                        # the newest reading (10 ms) is before the window's end
     readings += _readings(lambda t: 1.0, period_ns=MS, count=4, t0=10 * MS)
-    (e,) = att.ready()
+    ((e, _),) = att.ready()
     assert e.total_mj == pytest.approx(4.0) and e.transmit_mj == 0.0
 
 
@@ -158,7 +158,7 @@ def test_counter_meters_are_read_at_the_window_edges() -> None:
     c.cpu += 0.002
     b = (c.t_ns, m.energy_uj())
     att.add(3, compute=(a, b))
-    (e,) = att.ready()
+    ((e, _),) = att.ready()
     assert e.method == "counter" and not e.flagged
     assert e.total_mj == pytest.approx(3.0 * 2) and e.active_mj == pytest.approx(2.0 * 2)
 
