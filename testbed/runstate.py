@@ -102,6 +102,7 @@ class BoardState:
     energy_mj: float = 0.0                 # over every reading so far
     energy_span_s: float = 0.0
     mj_per_inference: list[float] = field(default_factory=list)
+    active_mj_per_inference: list[float] = field(default_factory=list)
     energy_flagged: int = 0                # inferences shorter than a few reading periods
     meter_rate_hz: float | None = None
 
@@ -115,7 +116,9 @@ class BoardState:
                 "joules": _r(self.energy_mj / 1e3, 4),
                 "mean_w": _r(self.energy_mj / 1e3 / self.energy_span_s, 4) if self.energy_span_s else None,
                 "idle_w": _r(self.idle_w, 4), "inferences": len(mj), "flagged": self.energy_flagged,
-                "mj_per_inference": {"p50": _r(percentile(mj, 50), 4), "p95": _r(percentile(mj, 95), 4)}}
+                "mj_per_inference": {"p50": _r(percentile(mj, 50), 4), "p95": _r(percentile(mj, 95), 4)},
+                "active_mj_per_inference": {"p50": _r(percentile(self.active_mj_per_inference, 50), 4),
+                                            "p95": _r(percentile(self.active_mj_per_inference, 95), 4)}}
 
 
 @dataclass
@@ -238,6 +241,9 @@ class RunState:
         if b is None or isinstance(mj, bool) or not isinstance(mj, (int, float)) or not math.isfinite(mj):
             return
         b.mj_per_inference.append(float(mj))
+        active = ev.get("active_mj")
+        if isinstance(active, (int, float)) and not isinstance(active, bool) and math.isfinite(active):
+            b.active_mj_per_inference.append(float(active))
         b.energy_flagged += bool(ev.get("energy_flagged"))
 
     def _on_power(self, ev: dict[str, Any]) -> None:

@@ -132,7 +132,8 @@ def test_sudo_that_needs_a_password_is_refused_at_once(ssh_bench, ssh_session_ke
 @pytest.fixture
 def four_boards(ssh_bench, ssh_session_keys, tmp_path):
     bench = ssh_bench(names=["wrist", "chest", "ankle", "edge"])
-    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private,
+                          extra_board="    energy: model")
     pin_all(inv, bench)
     return bench, inv
 
@@ -170,6 +171,10 @@ def test_deploy_twice_then_run_the_demo_on_four_ssh_boards_then_stop(four_boards
     assert summary["samples"] == 30 and summary["complete"] == 30, summary
     assert summary["accuracy"] > 0.5
     run_dir = next((tmp_path / "runs").iterdir())
+    for name in ("wrist", "chest", "ankle", "edge"):   # each board's energy, modelled on the board, reaches the run
+        e = summary["energy"][name]
+        assert e["modelled"] and e["inferences"] == 30 and e["joules"] > 0, (name, e)
+        assert len((run_dir / "power" / f"{name}.csv").read_text().splitlines()) > 2
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     deploys = [e for e in events if e["type"] == "deploy"]
     assert {e["board"] for e in deploys} == {"wrist", "chest", "ankle", "edge"} and all(e["bytes"] == 0 for e in deploys)
