@@ -43,6 +43,7 @@ def test_one_board_measured_by_an_ina260_on_a_fake_bus(tmp_path: Path, model_cac
         assert abs(float(mv) - 5000) <= 1.25 and abs(float(ma) - 600) <= 1.25 and abs(float(mw) - 3000) <= 10
     samples = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "sample" and e["board"] == "wrist"]
     for e in samples:   # a steady 3 W: each window's energy is 3 W x its length; short ones are flagged
+        assert e["energy_modelled"] is False
         assert e["energy_mj"] > 0 and e["active_mj"] == pytest.approx(0.0, abs=0.05 * e["energy_mj"] + 0.01)
     status = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "status" and e["board"] == "wrist"
               and e.get("energy")]

@@ -84,6 +84,7 @@ def _check_modelled_energy(s: dict, run_dir: Path, n: int, *, replay: dict) -> N
         assert e["joules"] == pytest.approx(e["mean_w"] * span_s, rel=0.05)
     samples = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "sample"]
     assert len(samples) == 3 * n and all(e["energy_mj"] > 0 and e["compute_mj"] > 0 for e in samples)
+    assert all(e["energy_modelled"] is True for e in samples)
     assert all(e["energy_mj"] == pytest.approx(e["compute_mj"] + e["transmit_mj"], abs=2e-4) for e in samples)
     edge = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "energy"]
     assert sorted(e["sample"] for e in edge) == list(range(n)) and all(e["board"] == "edge" for e in edge)

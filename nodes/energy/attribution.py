@@ -113,12 +113,13 @@ class InferenceEnergy:
     total_mj: float
     flagged: bool
     method: str
+    modelled: bool = False
 
     def fields(self) -> dict[str, Any]:
-        """What a ``sample`` or ``result`` telemetry carries."""
+        """What a ``sample`` or ``energy`` telemetry carries (``energy_modelled``: from the model meter)."""
         return {"energy_mj": round(self.total_mj, 4), "active_mj": round(self.active_mj, 4),
                 "compute_mj": round(self.compute_mj, 4), "transmit_mj": round(self.transmit_mj, 4),
-                "energy_flagged": self.flagged}
+                "energy_flagged": self.flagged, "energy_modelled": self.modelled}
 
 
 @dataclass
@@ -134,10 +135,11 @@ class Attributor:
 
     def __init__(self, *, period_ns: int, between: Callable[[int, int], list[PowerSample]],
                  latest: Callable[[], int | None], counter: Callable[[], float | None] | None = None,
-                 baseline: IdleBaseline | None = None) -> None:
+                 baseline: IdleBaseline | None = None, modelled: bool = False) -> None:
         self.period_ns = period_ns
         self._between, self._latest, self._counter = between, latest, counter
         self.baseline = baseline or IdleBaseline()
+        self.modelled = modelled
         self._pending: dict[int, _Pending] = {}
         self._payloads: dict[int, Any] = {}
         self._token = 0
@@ -203,4 +205,5 @@ class Attributor:
         methods = sorted({w.method for w in parts if w.method != "none"})
         return InferenceEnergy(sample=p.sample, compute_mj=parts[0].mj, transmit_mj=parts[1].mj,
                                active_mj=max(total - idle_w * busy_s * 1e3, 0.0), total_mj=total,
-                               flagged=any(w.flagged for w in parts), method="+".join(methods) or "none")
+                               flagged=any(w.flagged for w in parts), method="+".join(methods) or "none",
+                               modelled=self.modelled)

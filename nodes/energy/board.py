@@ -67,7 +67,8 @@ class BoardEnergy:
             self.sampler = Sampler(self.meter, rate_hz=float(self.cfg.settings["rate_hz"])).start()
             counter = self.meter.energy_uj if self.meter.energy_uj() is not None else None
             self.attributor = Attributor(period_ns=self.sampler.period_ns, between=self.sampler.between,
-                                         latest=self.sampler.latest_ns, counter=counter, baseline=self.baseline)
+                                         latest=self.sampler.latest_ns, counter=counter, baseline=self.baseline,
+                                         modelled=self.meter.modelled)
         except BaseException:
             self.meter.close()
             raise
