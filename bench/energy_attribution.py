@@ -17,14 +17,15 @@ exact. Each repetition draws a random phase (seeded) of the chip's conversion gr
 sampler's grid and of the windows against both. Per (meter, config, window) the row gives the worst
 error over the repetitions (error_pct), the mean |error| and the mean signed error (bias_pct).
 I2C transfers take no simulated time unless --i2c-us says how long each takes (a 2-byte register
-read at 400 kHz is ~0.11 ms; the driver reads four registers per reading, stamping before the first).
+read at 400 kHz is ~0.11 ms; the driver reads four registers per reading, stamping at the current's).
 
-`--rule` also measures a proposed rule beside the production one on the same readings (the
-production rows are always the ones in `rows`): `lagged` shifts each window later by the driver's
-conversion lag before attributing it (see `conversion_lag_ns`); `sync` also paces the readings on
+The production rule is the Attributor with the driver's `content_lag_ns` (an INA chip's registers
+hold its last completed cycle, so a window's readings are looked for that much later). `--rule`
+also measures other rules on the same readings (the production rows are always the ones in
+`rows`): `unlagged` is the rule before that correction (lag 0); `sync` also paces the readings on
 the conversion-ready flag (the reading taken within 10 us of a conversion's end, as a sampler
-polling CVRF/CNVR would, every k-th conversion, k the fewest within max_rate_hz) with the same,
-now smaller, shift; `edges` (a prototype outside the Attributor) also takes a window's energy only
+polling CVRF/CNVR would, every k-th conversion, k the fewest within max_rate_hz) with the lag of
+such a reading; `edges` (a prototype outside the Attributor) also takes a window's energy only
 from the readings whose shifted step centre lies inside it, held out to its edges: it assumes the
 power changes where the window starts and ends, which this waveform does by construction.
 
@@ -39,7 +40,7 @@ sampler_cpu_pct = the model meter's figure.
 
 Every figure is printed with the 1-minute load average beside it (os.getloadavg()).
 
-Usage: python bench/energy_attribution.py [--quick] [--json] [--reps N] [--seed S] [--rule steps|lagged|sync|edges|all]
+Usage: python bench/energy_attribution.py [--quick] [--json] [--reps N] [--seed S] [--rule production|unlagged|sync|edges|all]
            [--i2c-us US] [--cpu-seconds D]
 With --json the last line of stdout is {"rows": [{"meter", "window_ms", "rate_hz", "error_pct", ...}],
 "max_error_pct_10_periods", "sampler_cpu_pct", ...}.
@@ -67,7 +68,7 @@ import nodes.energy.ina as ina_mod  # noqa: E402
 from inachip import FakeClock, Ina219Model, Ina226Model, Ina260Model, SMBusModel, constant  # noqa: E402
 from nodes.energy import PowerSample  # noqa: E402
 from nodes.energy.attribution import MIN_PERIODS, Attributor  # noqa: E402
-from nodes.energy.settings import check_meter_settings  # noqa: E402
+from nodes.energy.settings import check_meter_settings, conversion_cycle_us  # noqa: E402
 
 VOLTS, IDLE_A, PULSE_A = 5.0, 0.3, 0.9
 WINDOWS_MS = (2, 5, 10, 20, 50, 100, 200)
@@ -129,35 +130,18 @@ QUICK_CONFIGS = (CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[5])
 
 
 def cycle_ns(cfg: Config) -> int:
-    """One conversion cycle (shunt + bus, averaging included), from the datasheets' tables."""
-    s = cfg.settings
-    if cfg.meter == "ina219":
-        from nodes.energy.settings import INA219_ADC_SAMPLES, INA219_CONVERSION_US
-        return 2 * INA219_CONVERSION_US[INA219_ADC_SAMPLES.index(s["adc_samples"])] * 1000
-    return 2 * s["conversion_us"] * s["averaging"] * 1000
+    """One conversion cycle (shunt + bus, averaging included): the settings' one rule."""
+    cycle_us = conversion_cycle_us(cfg.meter, cfg.settings)
+    assert cycle_us is not None
+    return int(round(cycle_us * 1000))
 
 
-def current_centre_before_end_ns(cfg: Config) -> float:
-    """How long before a conversion cycle's end the middle of its current measurement lies: the
-    shunt is converted first, then the bus (with averaging, shunt/bus pairs in turn), so the
-    current's samples sit in the first half of each pair. INA219: C - ct/2 (= 0.75 C);
-    INA226/INA260 with N averages: C (2N + 1) / (4N)."""
-    c = cycle_ns(cfg)
-    if cfg.meter == "ina219":
-        return 0.75 * c
-    n = cfg.settings["averaging"]
-    return c * (2 * n + 1) / (4 * n)
-
-
-def conversion_lag_ns(cfg: Config, period_ns: int, *, synced: bool) -> float:
-    """The proposed correction: how much later than the production rule assumes a reading's
-    content really lies. The production rule takes a reading stamped t as the mean over
-    (t - period, t], centred at t - period/2. A chip's register holds its last completed cycle,
-    which ended u before the read (u uniform over [0, C) for a sampler not locked to the chip,
-    mean C/2; ~0 for one paced by the ready flag), and measured the current centred
-    `current_centre_before_end_ns` before that end. Shift = E[u] + centre - period/2."""
-    u = SYNC_POLL_NS / 2 if synced else cycle_ns(cfg) / 2
-    return u + current_centre_before_end_ns(cfg) - period_ns / 2
+def meter_lag_ns(cfg: Config, period_ns: int, *, synced: bool = False) -> int:
+    """The production driver's ``content_lag_ns`` (the correction the Attributor applies); for
+    --rule sync the same with a reading's age at the conversion's end (SYNC_POLL_NS/2) instead of
+    the C/2 of a sampler not locked to the chip."""
+    lag = cfg.driver(cfg.checked(), None, FakeClock()).content_lag_ns(period_ns)
+    return lag - cycle_ns(cfg) // 2 + SYNC_POLL_NS // 2 if synced else lag
 
 
 def pulse_waveform(windows_ns: list[tuple[int, int]]):
@@ -261,18 +245,17 @@ def one_rep(cfg: Config, rng: random.Random, *, synced: bool, i2c_ns: int = 0) -
     return samples, windows, period
 
 
-def attribute(samples: list[PowerSample], windows: list[tuple[int, int]], period: int, shift_ns: float) -> list[float]:
-    """mJ per window by the production Attributor (its between/latest over the readings), each
-    window moved ``shift_ns`` later (0: the production rule as it stands)."""
-    shift = int(round(shift_ns))
+def attribute(samples: list[PowerSample], windows: list[tuple[int, int]], period: int, lag_ns: int) -> list[float]:
+    """mJ per window by the production Attributor (its between/latest over the readings), with the
+    meter's content lag ``lag_ns`` (production: the driver's; 0: the rule before that correction)."""
     ts = [s.t_ns for s in samples]
 
     def between(a: int, b: int) -> list[PowerSample]:
         return samples[bisect.bisect_left(ts, a):bisect.bisect_right(ts, b)]
 
-    att = Attributor(period_ns=period, between=between, latest=lambda: ts[-1] if ts else None)
+    att = Attributor(period_ns=period, between=between, latest=lambda: ts[-1] if ts else None, lag_ns=int(lag_ns))
     for i, (a, b) in enumerate(windows):
-        att.add(i, compute=((a + shift, None), (b + shift, None)), payload=i)
+        att.add(i, compute=((a, None), (b, None)), payload=i)
     out = [0.0] * len(windows)
     for energy, i in att.ready(flush=True):
         assert energy is not None, "no reading near a window"
@@ -320,7 +303,7 @@ def measure_attribution(configs, reps: int, seed: int, rules: list[str], *, i2c_
                 synced = rule == "sync"
                 samples, windows, period = one_rep(cfg, rng, synced=synced, i2c_ns=i2c_ns)
                 rates[rule] = 1e9 / period
-                shift = 0.0 if rule == "steps" else conversion_lag_ns(cfg, period, synced=synced)
+                shift = 0 if rule == "unlagged" else meter_lag_ns(cfg, period, synced=synced)
                 if rule == "edges":
                     got = attribute_edges(samples, windows, period, shift)
                 else:
@@ -450,8 +433,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     ap.add_argument("--reps", type=int, default=None, help="random phases per configuration (default 20; quick 5)")
     ap.add_argument("--seed", type=int, default=12)
-    ap.add_argument("--rule", choices=("steps", "lagged", "sync", "edges", "all"), default="all",
-                    help="proposed rules measured beside the production one (steps); default all")
+    ap.add_argument("--rule", choices=("production", "unlagged", "sync", "edges", "all"), default="all",
+                    help="other rules measured beside the production one; default all")
     ap.add_argument("--i2c-us", type=float, default=0.0,
                     help="simulated time per register transfer (default 0; ~110 for 2 bytes at 400 kHz)")
     ap.add_argument("--cpu-seconds", type=float, default=None, help="each CPU run's length (default 10; quick 2)")
@@ -459,7 +442,7 @@ def main() -> int:
     reps = args.reps or (5 if args.quick else 20)
     seconds = args.cpu_seconds or (2.0 if args.quick else 10.0)
     configs = QUICK_CONFIGS if args.quick else CONFIGS
-    rules = ["steps"] + ({"steps": [], "all": ["lagged", "sync", "edges"]}.get(args.rule, [args.rule]))
+    rules = ["production"] + ({"production": [], "all": ["unlagged", "sync", "edges"]}.get(args.rule, [args.rule]))
     started = time.perf_counter()
     print(f"energy attribution bench: {len(configs)} chip configs x {len(WINDOWS_MS)} windows x {reps} phases, "
           f"rules {rules}; CPU runs {seconds:g} s; load {load():.2f} on {os.cpu_count()} CPU(s)", flush=True)
@@ -476,8 +459,8 @@ def main() -> int:
     by_rule = {}
     for rule in rules:
         rows = results[rule]
-        name = {"steps": "production rule (steps, as attribution.py does)",
-                "lagged": "proposed: windows shifted by the conversion lag",
+        name = {"production": "production rule (attribution.py: steps, windows moved by the meter's content lag)",
+                "unlagged": "the rule before the content-lag correction (steps only)",
                 "sync": "proposed: readings paced by the ready flag + shift",
                 "edges": "prototype: shift + only the readings inside the window, held to its edges"}[rule]
         print(f"== {name}")
@@ -516,19 +499,19 @@ def main() -> int:
     cpu_pct = cpu["model"]["cpu_pct"]
     print(f"sampler_cpu_pct (model meter) = {cpu_pct:.3f} % (target <= {TARGET_CPU_PCT:g} %: "
           f"{'target met' if cpu_pct <= TARGET_CPU_PCT else 'NOT met'}) | load {load():.2f}")
-    w10 = by_rule["steps"]
+    w10 = by_rule["production"]
     print(f"max_error_pct_10_periods = {w10:.3f} % (target <= {TARGET_ERROR_PCT:g} %: "
           f"{'target met' if w10 <= TARGET_ERROR_PCT else 'NOT met'}) | load {load():.2f}")
     print(f"took {time.perf_counter() - started:.1f} s")
     if args.json:
-        out = {"rows": results["steps"], "max_error_pct_10_periods": w10, "sampler_cpu_pct": cpu_pct,
+        out = {"rows": results["production"], "max_error_pct_10_periods": w10, "sampler_cpu_pct": cpu_pct,
                "sampler_cpu_pct_ina260_model": cpu["ina260_model"]["cpu_pct"],
                "sampler_achieved_hz": cpu["model"]["achieved_hz"], "sampler_cpu_us_per_call": parts,
                "sampler_cpu_runs": cpu,
                "sampler_achieved_hz_ina260_model": cpu["ina260_model"]["achieved_hz"],
                "targets": {"error_pct_10_periods": TARGET_ERROR_PCT, "sampler_cpu_pct": TARGET_CPU_PCT},
                "proposed": {rule: {"max_error_pct_10_periods": by_rule[rule], "rows": results[rule]}
-                            for rule in rules if rule != "steps"},
+                            for rule in rules if rule != "production"},
                "reps": reps, "seed": args.seed, "i2c_us": args.i2c_us, "load_avg": list(os.getloadavg())}
         print(json.dumps(out))
     return 0

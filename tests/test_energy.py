@@ -205,3 +205,34 @@ def test_sampler_counts_failed_readings_and_stops_with_the_reason() -> None:
     assert "readings failed in a row" in st["failure"] and "Remote I/O error" in st["failure"]
     assert s.wait_for(1, timeout=1) is False
     assert math.isfinite(st["rate_hz"])
+
+
+def test_a_meters_content_lag_moves_where_a_window_is_looked_for() -> None:
+    """Readings that report what happened LAG ns before their stamp (an INA chip's last completed
+    conversion): with the meter's lag the window's energy is exact again; without it, it is not."""
+    lag = 3 * MS
+    truth = _readings(lambda t: 3.0 if 20 * MS <= t < 60 * MS else 1.0, period_ns=MS, count=100)
+    late = [PowerSample(s.t_ns + lag, s.rail, s.mv, s.ma, s.mw) for s in truth]
+
+    def attribute(lag_ns: int) -> float:
+        att = Attributor(period_ns=MS, between=lambda a, b: [r for r in late if a <= r.t_ns <= b],
+                         latest=lambda: late[-1].t_ns, lag_ns=lag_ns)
+        att.add(0, compute=((20 * MS, None), (60 * MS, None)))
+        ((e, _),) = att.ready()
+        return e.total_mj
+    assert attribute(lag) == pytest.approx(120.0)
+    assert attribute(0) == pytest.approx(120.0 - 3 * 2.0)    # 3 ms of the pulse read as idle
+
+
+def test_ina_content_lag_from_its_configuration() -> None:
+    from nodes.energy.ina import Ina219, Ina226
+    ina226 = Ina226(check_meter_settings("ina226", {"conversion_us": 1100, "averaging": 1, "rate_hz": 400}))
+    cycle = 2 * 1100_000                     # shunt then bus, 1.1 ms each
+    # last cycle ended C/2 before the read on average; its current centred 0.75 C before that end
+    assert ina226.content_lag_ns(cycle) == round(cycle / 2 + 0.75 * cycle - cycle / 2)
+    avg4 = Ina226(check_meter_settings("ina226", {"conversion_us": 140, "averaging": 4, "rate_hz": 800}))
+    c4 = 2 * 140_000 * 4
+    assert avg4.content_lag_ns(1_250_000) == round(c4 / 2 + c4 * 9 / 16 - 1_250_000 / 2)
+    assert Ina219(check_meter_settings("ina219", {"rate_hz": 900})).content_lag_ns(1_064_000) == \
+        round(532_000 + 0.75 * 1_064_000 - 532_000)
+    assert ModelMeter(check_meter_settings("model", {})).content_lag_ns(20 * MS) == 0

@@ -97,6 +97,12 @@ class PowerMeter(ABC):
     def close(self) -> None:
         """Undo ``open`` (release the bus or files)."""
 
+    def content_lag_ns(self, period_ns: int) -> int:
+        """How much earlier than the attribution's rule assumes a reading's content lies, for a
+        sampler reading every ``period_ns`` (the rule takes a reading stamped t as the mean power
+        over (t - period, t]). 0 unless the device reports an older conversion (the INA chips)."""
+        return 0
+
     def energy_uj(self) -> float | None:
         """A cumulative energy counter in uJ where the meter has one (None: integrate samples)."""
         return None

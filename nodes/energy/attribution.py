@@ -15,7 +15,9 @@ board's inferences:
 - ``IdleBaseline``: the mean power before the first trigger; ``active`` energy is the window's
   total minus ``idle_w`` x its duration (never below 0).
 - ``Attributor``: an inference's compute and transmit windows go in; once readings cover a window
-  (the newest reading is past its end), ``ready`` hands out its ``InferenceEnergy``.
+  (the newest reading is past its end), ``ready`` hands out its ``InferenceEnergy``. A meter whose
+  readings report an older conversion (an INA chip's registers hold its last completed cycle) has
+  its ``content_lag_ns``: the window's readings are looked for that much later.
 
 It is pure arithmetic over readings (numpy only) and never imports ``testbed``.
 """
@@ -135,11 +137,12 @@ class Attributor:
 
     def __init__(self, *, period_ns: int, between: Callable[[int, int], list[PowerSample]],
                  latest: Callable[[], int | None], counter: Callable[[], float | None] | None = None,
-                 baseline: IdleBaseline | None = None, modelled: bool = False) -> None:
+                 baseline: IdleBaseline | None = None, modelled: bool = False, lag_ns: int = 0) -> None:
         self.period_ns = period_ns
         self._between, self._latest, self._counter = between, latest, counter
         self.baseline = baseline or IdleBaseline()
         self.modelled = modelled
+        self.lag_ns = lag_ns   # the meter's content lag: a window's readings are looked for this much later
         self._pending: dict[int, _Pending] = {}
         self._payloads: dict[int, Any] = {}
         self._token = 0
@@ -176,7 +179,8 @@ class Attributor:
         with self._lock:
             for token, p in list(self._pending.items()):
                 end = max(b for _a, b in p.windows)
-                if self._counter is None and not flush and (latest is None or latest < end + self.period_ns):
+                if self._counter is None and not flush and \
+                        (latest is None or latest < end + self.lag_ns + self.period_ns):
                     continue
                 due.append((self._pending.pop(token), self._payloads.pop(token)))
         return [(self._energy(p), payload) for p, payload in due]
@@ -193,12 +197,12 @@ class Attributor:
             elif self._counter is not None:
                 mj = (p.counter[2 * i + 1] - p.counter[2 * i]) / 1e3
                 parts.append(WindowEnergy(mj, mj / ((b - a) / 1e9) / 1e3, False, "counter"))
-            else:
-                pad = (MIN_PERIODS + 1) * self.period_ns
-                readings = self._between(a - pad, b + pad)
+            else:   # the readings whose content is the window's: ``lag_ns`` later than it
+                a2, b2, pad = a + self.lag_ns, b + self.lag_ns, (MIN_PERIODS + 1) * self.period_ns
+                readings = self._between(a2 - pad, b2 + pad)
                 if not readings:
                     return None
-                parts.append(window_energy(readings, a, b, period_ns=self.period_ns))
+                parts.append(window_energy(readings, a2, b2, period_ns=self.period_ns))
         total = sum(w.mj for w in parts)
         busy_s = sum(max(b - a, 0) for a, b in p.windows) / 1e9
         idle_w = self.baseline.idle_w or 0.0

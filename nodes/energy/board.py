@@ -68,7 +68,8 @@ class BoardEnergy:
             counter = self.meter.energy_uj if self.meter.energy_uj() is not None else None
             self.attributor = Attributor(period_ns=self.sampler.period_ns, between=self.sampler.between,
                                          latest=self.sampler.latest_ns, counter=counter, baseline=self.baseline,
-                                         modelled=self.meter.modelled)
+                                         modelled=self.meter.modelled,
+                                         lag_ns=self.meter.content_lag_ns(self.sampler.period_ns))
         except BaseException:
             self.meter.close()
             raise

@@ -34,7 +34,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from nodes.energy import MeterError, PowerMeter, PowerSample, now_ns
-from nodes.energy.settings import INA219_ADC_SAMPLES, INA_AVERAGING, INA_CONVERSION_US, max_rate_hz
+from nodes.energy.settings import (INA219_ADC_SAMPLES, INA_AVERAGING, INA_CONVERSION_US, conversion_cycle_us,
+                                   max_rate_hz)
 
 __all__ = ["Ina219", "Ina226", "Ina260", "TI_MANUFACTURER_ID", "DIE_IDS", "INA219_POR_CONFIG",
            "INA219_PGA_MV", "ina219_config", "ina219_calibration", "ina226_config", "ina226_calibration"]
@@ -193,11 +194,24 @@ class _Ina(PowerMeter):
             bus.close()
 
     def read(self) -> PowerSample:
+        """One reading, stamped when the current register is read (the registers before it take
+        bus time: at 400 kHz about 0.1 ms each)."""
         if self._bus is None:
             raise MeterError(f"{self.where}: read before open; expected open() first")
-        t_ns = now_ns()
-        mv, ma, mw = self._measure()
+        t_ns, mv, ma, mw = self._measure()
         return PowerSample(t_ns=t_ns, rail=self.rail, mv=mv, ma=ma, mw=mw if ma >= 0 else -mw)
+
+    def content_lag_ns(self, period_ns: int) -> int:
+        """The chip's registers hold its last completed cycle C (shunt converted before bus, in
+        turn ``averaging`` times), which ended on average C/2 before a read not locked to it, and
+        whose current samples centre C(2N+1)/(4N) before that end (0.75 C for one sample); the
+        attribution takes a reading as centred period/2 before its stamp. bench/energy_attribution.py
+        measures what this correction does (docs/results/energy.md)."""
+        cycle_us = conversion_cycle_us(self.name, self.settings)
+        assert cycle_us is not None, "every INA chip has a conversion cycle"
+        c = cycle_us * 1000.0
+        n = 1 if self.name == "ina219" else int(self.settings.get("averaging", 1))
+        return int(round(c / 2 + c * (2 * n + 1) / (4 * n) - period_ns / 2))
 
     # -- the chip's own steps ------------------------------------------------------------------
 
@@ -214,8 +228,9 @@ class _Ina(PowerMeter):
         """Whether a conversion has completed since the flag was last cleared."""
 
     @abstractmethod
-    def _measure(self) -> tuple[float, float, float]:
-        """Bus voltage in mV, current in mA, |power| in mW from the chip's registers."""
+    def _measure(self) -> tuple[int, float, float, float]:
+        """When the current register was read (``now_ns``), bus voltage in mV, current in mA and
+        |power| in mW from the chip's registers."""
 
     # -- registers -----------------------------------------------------------------------------
 
@@ -304,14 +319,15 @@ class Ina226(_Ina):
     def _ready(self) -> bool:
         return bool(self._read(REG_MASK_ENABLE) & CVRF)   # reading Mask/Enable clears CVRF
 
-    def _measure(self) -> tuple[float, float, float]:
+    def _measure(self) -> tuple[int, float, float, float]:
         if self._read(REG_MASK_ENABLE) & OVF_MASK_ENABLE:
             raise self._overflow()
         bus = self._read(REG_BUS) & 0x7FFF
+        t_ns = now_ns()
         current = _signed(self._read(self._current_reg))
         power = self._read(REG_POWER)
         lsb = self._lsbs()
-        return bus * 1.25, current * lsb[0] * 1000, power * lsb[1] * 1000
+        return t_ns, bus * 1.25, current * lsb[0] * 1000, power * lsb[1] * 1000
 
     def _lsbs(self) -> tuple[float, float]:
         """Current and power LSBs in A and W: power LSB = 25 x Current_LSB (SBOS547A 7.5.1)."""
@@ -373,13 +389,14 @@ class Ina219(_Ina):
     def _ready(self) -> bool:
         return bool(self._read(REG_BUS) & INA219_CNVR)
 
-    def _measure(self) -> tuple[float, float, float]:
+    def _measure(self) -> tuple[int, float, float, float]:
         bus = self._read(REG_BUS)
         if bus & INA219_OVF:
             raise MeterError(f"{self.where}: math overflow (OVF): current or power beyond the calibrated range "
                              f"of max_current_a = {self.settings['max_current_a']:g} A; expected a larger "
                              f"max_current_a")
+        t_ns = now_ns()
         current = _signed(self._read(REG_CURRENT))
         power = self._read(REG_POWER)               # reading Power clears CNVR
         # Bus voltage: bits 15..3, 4 mV LSB; power LSB = 20 x Current_LSB (SBOS448G 8.5.1).
-        return (bus >> 3) * 4.0, current * self.current_lsb_a * 1000, power * 20 * self.current_lsb_a * 1000
+        return t_ns, (bus >> 3) * 4.0, current * self.current_lsb_a * 1000, power * 20 * self.current_lsb_a * 1000

@@ -13,6 +13,7 @@ imports ``testbed``.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -21,6 +22,7 @@ from nodes.energy import MeterError, PowerMeter, PowerSample, now_ns
 __all__ = ["Sampler", "MAX_CONSECUTIVE_ERRORS"]
 
 MAX_CONSECUTIVE_ERRORS = 50
+SHORT_PERIOD_S = 0.02      # at or below this period the sampler sleeps instead of waiting on an event
 MAX_PENDING = 200_000        # readings waiting for drain(); older ones are counted as lost beyond it
 
 
@@ -84,7 +86,16 @@ class Sampler:
             now = now_ns()
             if due < now:            # late (a stalled thread): the next reading now, no burst
                 due = now
-            self._stop.wait((due - now) / 1e9)
+            self._pause((due - now) / 1e9)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait until the next reading: a plain sleep for short periods (a timed Event.wait costs
+        more CPU per wake: docs/results/energy.md), an interruptible wait for long ones; either way
+        ``stop`` is seen within one period or SHORT_PERIOD_S."""
+        if self.period_ns <= SHORT_PERIOD_S * 1e9:
+            time.sleep(seconds)
+        else:
+            self._stop.wait(seconds)
 
     def _keep(self, sample: PowerSample) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from typing import Any
 from nodes.errors import NodeError
 
 __all__ = ["MeterSettingError", "SCHEMAS", "HARNESS_KEYS", "INA_CONVERSION_US", "INA_AVERAGING",
-           "INA219_ADC_SAMPLES", "INA219_CONVERSION_US", "check_meter_settings", "max_rate_hz",
+           "INA219_ADC_SAMPLES", "INA219_CONVERSION_US", "check_meter_settings", "max_rate_hz", "conversion_cycle_us",
            "DEFAULT_RATE_HZ", "MAX_RATE_HZ"]
 
 INA_CONVERSION_US = (140, 204, 332, 588, 1100, 2116, 4156, 8244)   # INA226/INA260 CT field, codes 0..7
@@ -188,15 +188,22 @@ def check_meter_settings(meter: str, settings: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def max_rate_hz(meter: str, settings: Mapping[str, Any]) -> float:
-    """Fresh readings per second of ``meter`` as ``settings`` configure it (both of an INA chip's
-    channels converted once, averaging included)."""
+def conversion_cycle_us(meter: str, settings: Mapping[str, Any]) -> float | None:
+    """One full conversion cycle of an INA chip as ``settings`` configure it: shunt and bus, each
+    ``averaging`` times (None for a meter without one)."""
     if meter in ("ina226", "ina260"):
-        cycle_us = 2 * int(settings.get("conversion_us", 1100)) * int(settings.get("averaging", 1))
-        return min(MAX_RATE_HZ, 1e6 / cycle_us)
+        return 2.0 * int(settings.get("conversion_us", 1100)) * int(settings.get("averaging", 1))
     if meter == "ina219":
-        idx = INA219_ADC_SAMPLES.index(int(settings.get("adc_samples", 1)))
-        return min(MAX_RATE_HZ, 1e6 / (2 * INA219_CONVERSION_US[idx]))
+        return 2.0 * INA219_CONVERSION_US[INA219_ADC_SAMPLES.index(int(settings.get("adc_samples", 1)))]
+    return None
+
+
+def max_rate_hz(meter: str, settings: Mapping[str, Any]) -> float:
+    """Fresh readings per second of ``meter`` as ``settings`` configure it (one per conversion
+    cycle of an INA chip, averaging included)."""
+    cycle = conversion_cycle_us(meter, settings)
+    if cycle is not None:
+        return min(MAX_RATE_HZ, 1e6 / cycle)
     if meter == "pi5-pmic":
         return PI5_PMIC_RATE_HZ
     return MAX_RATE_HZ
