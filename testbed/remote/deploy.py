@@ -7,14 +7,14 @@ verified wheels, whether the bundle is complete, where ``current`` points; what 
 the same session, wheels as
 ``.part`` files, bundle files into ``bundles/.partial-<key>-<nonce>``; one script then checks every
 sha256 on the board, installs the environment if it changed (``pip install --no-index`` into
-``<workdir>/venv``; for ``env: python`` this project's pure wheel unpacked into ``<workdir>/lib``),
+``<workdir>/venv``; ``env: venv-system`` keeps the system's numpy, pinned by ``system-pins.txt``; for ``env: python`` this project's pure wheel unpacked into ``<workdir>/lib``),
 renames the bundle to ``bundles/<key>`` and switches ``current`` with one rename, so an
 interrupted push leaves the previous bundle, and a board that has everything costs one SFTP
 session, no shell and no payload), ``push_bundle`` / ``push_env`` (one half of it) and ``board_python`` (the
 interpreter an agent runs with, and its PYTHONPATH).
 
 Board layout: ``<workdir>/{bundles/<key>/, current -> bundles/<key>, wheels/, venv/ | lib/,
-env.json, logs/, run/}``. Nothing is written outside the workdir.
+env.json, system-pins.txt, logs/, run/}``. Nothing is written outside the workdir.
 
 It must not start agents (``testbed.remote.agents``) or decide what a board needs (doctor).
 """
@@ -32,6 +32,7 @@ import asyncssh
 from testbed.bundle import sha256_file
 from testbed.config import BoardSpec
 from testbed.remote.ssh import RemoteError, Session, board_path, quote_path, where
+from testbed.remote.wheelhouse import system_pins_argv
 
 __all__ = ["BoardBundle", "Pushed", "push_board", "push_bundle", "push_env", "board_python", "sftp_path", "EnvSpec"]
 
@@ -173,9 +174,16 @@ def _install_script(board: BoardSpec, env: EnvSpec) -> str:
     py = f"{quote_path(venv)}/bin/python"
     system = " --system-site-packages" if board.env == "venv-system" else ""
     reqs = " ".join(shlex.quote(r) for r in env.requirements)
-    return (f"(test -x {py} || {shlex.quote(board.python)} -m venv{system} {quote_path(venv)}) && "
+    pins = ""
+    if board.env == "venv-system":   # the system's numpy stays: pinned, or refused when too old
+        path = quote_path(board_path(board, "system-pins.txt"))
+        check = " ".join([py, *map(shlex.quote, system_pins_argv(venv_python="", requirements=env.requirements)[1:])])
+        pins = f"{check} > {path} && "
+        pip_opts += f" --constraint {path}"
+    # a subshell: under `set -e` a failing command inside an && list would not stop the script
+    return (f"((test -x {py} || {shlex.quote(board.python)} -m venv{system} {quote_path(venv)}) && {pins}"
             f"{py} -m pip install {pip_opts} --find-links {quote_path(wheels)} {reqs} && "
-            f"{py} -m pip install {pip_opts} --no-deps --force-reinstall {own}")
+            f"{py} -m pip install {pip_opts} --no-deps --force-reinstall {own})")
 
 
 async def push_board(s: Session, *, env: EnvSpec | None, bundle: BoardBundle | None) -> tuple[Pushed, Pushed]:

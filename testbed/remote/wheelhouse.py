@@ -10,7 +10,9 @@ evaluates markers for this machine's Python, left out is fetched in a second rou
 dependency that ships no wheel at all is built here only when it turns out pure Python; cached
 by a hash of what went in, built in a temporary folder and renamed into place, with a
 ``wheelhouse.json`` manifest) and the pure helpers deploy uses:
-``missing`` (which wheels a board lacks), ``download_argv``, ``install_argv`` and ``venv_argv``.
+``missing`` (which wheels a board lacks), ``download_argv``, ``install_argv``, ``venv_argv`` and
+``system_pins_argv`` (env ``venv-system``: the packages the vendor's builds are compiled against,
+numpy, stay the system's: pinned as pip constraints, refused when too old, never shadowed).
 
 It must not reach a board or install anything here: it only fetches and builds wheel files
 into the cache, with this machine's pip (``sys.executable -m pip``).
@@ -36,7 +38,8 @@ from testbed.errors import TestbedError
 from testbed.remote.boardpython import ENVS, BoardPython, wheel_tags
 
 __all__ = ["WheelhouseError", "Wheelhouse", "RUNTIMES", "PROJECT", "requirements_for", "project_wheel",
-           "build_wheelhouse", "missing", "download_argv", "install_argv", "venv_argv", "MANIFEST"]
+           "build_wheelhouse", "missing", "download_argv", "install_argv", "venv_argv", "system_pins_argv",
+           "KEPT_FROM_SYSTEM", "MANIFEST"]
 
 PROJECT = "hbc-testbed"
 RUNTIMES = ("tflite", "torch")          # a runtime's extra has the runtime's name
@@ -45,6 +48,9 @@ MANIFEST = "wheelhouse.json"
 FORMAT = 1
 PIP_TIMEOUT_S = 1800.0                  # torch for a Jetson is ~1 GB
 MAX_SOURCE_BUILDS = 10
+# env venv-system: what the vendor's builds (NVIDIA's torch on a Jetson) are compiled against; the
+# venv keeps the system's copy, for pip would shadow numpy 1.x with the wheelhouse's numpy 2
+KEPT_FROM_SYSTEM = ("numpy",)
 
 
 class WheelhouseError(TestbedError):
@@ -566,14 +572,70 @@ def missing(files: Mapping[str, str], present: Mapping[str, str]) -> list[str]:
     return sorted(name for name, sha in files.items() if present.get(name) != sha)
 
 
-def install_argv(*, venv_python: str, wheel_dir: str, requirements: Sequence[str]) -> list[str]:
+def install_argv(*, venv_python: str, wheel_dir: str, requirements: Sequence[str],
+                 constraint: str | None = None) -> list[str]:
     """``pip install`` of ``requirements`` from ``wheel_dir`` only (no index: the board needs no
-    internet)."""
+    internet); ``constraint``: a pip constraints file (env venv-system: ``system_pins_argv``'s output)."""
     if not requirements:
         raise WheelhouseError("install_argv: expected at least one requirement")
     _check_requirements(requirements)
     return [venv_python, "-m", "pip", "install", "--no-index", "--find-links", wheel_dir,
-            "--disable-pip-version-check", "--no-input", "-q", *requirements]
+            "--disable-pip-version-check", "--no-input", "-q",
+            *(["--constraint", constraint] if constraint else []), *requirements]
+
+
+# Runs on the board with the venv-system venv's Python; argv: the requirements. For each package of
+# KEPT_FROM_SYSTEM that imports from outside the venv (the first on sys.path), prints `name==version`
+# (a pip constraint), or exits 4 with one line when that version does not satisfy a requirement.
+_SYSTEM_PINS = r'''
+import os, re, sys
+from importlib import metadata
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+kept = %r
+canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+venv = os.path.realpath(sys.prefix) if sys.prefix != sys.base_prefix else "\0"   # run outside a venv: all are the system's
+wanted = {}
+for line in sys.argv[1:]:
+    req = Requirement(line)
+    wanted.setdefault(canon(req.name), []).append(req)
+seen, own = set(), {}
+for dist in metadata.distributions():
+    name = canon(dist.metadata["Name"] or "")
+    if name not in kept or name in seen:
+        continue
+    where = os.path.realpath(str(dist.locate_file("")))
+    if where == venv or where.startswith(venv + os.sep):
+        own.setdefault(name, dist.version)
+        continue
+    seen.add(name)
+    if name in own:
+        sys.stderr.write("the venv at %%s has its own %%s %%s over the system's %%s (%%s), from an earlier deploy; "
+                         "remove the venv and deploy again\n" %% (venv, name, own[name], dist.version, where))
+        sys.exit(4)
+    for req in wanted.get(name, []):
+        if req.marker is None or req.marker.evaluate():
+            if not req.specifier.contains(dist.version, prereleases=True):
+                major = dist.version.split(".")[0]
+                sys.stderr.write("env venv-system keeps the system's %%s %%s (%%s): the vendor's torch is built "
+                                 "against it, but it does not satisfy %%s; upgrade it there within %%s.x "
+                                 "(pip install '%%s,<%%d'), or use env: venv\n"
+                                 %% (name, dist.version, where, req, major, req, int(major) + 1))
+                sys.exit(4)
+    print("%%s==%%s" %% (name, dist.version))
+''' % (KEPT_FROM_SYSTEM,)
+
+
+def system_pins_argv(*, venv_python: str, requirements: Sequence[str]) -> list[str]:
+    """env ``venv-system``: ``python -c`` that prints a pip constraint (``numpy==1.26.4``) for each
+    package of ``KEPT_FROM_SYSTEM`` the venv sees from the system site-packages, and exits 4 with one
+    line naming it when the system's version does not satisfy ``requirements``: pip would otherwise
+    install the wheelhouse's (numpy 2) into the venv, and the vendor's torch, compiled against the
+    system's numpy 1.x, would fail to import there. Run it in the venv before ``install_argv``."""
+    _check_requirements(requirements)
+    return [venv_python, "-c", _SYSTEM_PINS, *requirements]
 
 
 def venv_argv(*, python: str, path: str, system_site: bool) -> list[str]:
