@@ -23,18 +23,13 @@ import numpy as np
 import torch
 
 from testbed.errors import TestbedError
+from testbed.manifest import BundleError, bundle_file, check_manifest
 from testbed.model import StudentsConfig, UnifiedStudents
 
 MANIFEST = "manifest.json"
 EXPERIMENT_COPY = "experiment.yaml"   # the experiment a partition bundle was built from, copied into it
 FORMAT = 1
 PARITY_TOLERANCE = 1e-4   # max |traced shard - torch module| on real inputs
-
-
-class BundleError(TestbedError):
-    """A bundle is incomplete, tampered with, or of an unknown format (input: exit 2)."""
-
-    exit_code = 2
 
 
 class ExportParityError(TestbedError):
@@ -45,10 +40,10 @@ def bundle_experiment(bundle_dir: Path) -> Path:
     """The experiment file ``bundle_dir`` carries (``testbed partition`` copies it in), so a bundle
     passed between people deploys without the file it was built from; a plain file inside the
     bundle, else ``BundleError`` in one line."""
-    path = Path(bundle_dir) / EXPERIMENT_COPY
     if not (Path(bundle_dir) / MANIFEST).is_file():
         raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST})")
-    if path.is_symlink() or not path.is_file():
+    path = bundle_file(Path(bundle_dir), EXPERIMENT_COPY)
+    if not path.is_file():
         raise BundleError(f"{bundle_dir}: the bundle carries no {EXPERIMENT_COPY} (bundles from before it did); "
                           f"give the experiment file: testbed deploy EXPERIMENT.yaml --bundle {bundle_dir}")
     return path
@@ -124,21 +119,28 @@ def export_bundle(model: UnifiedStudents, cfg: StudentsConfig, *, out_dir: Path,
     return out_dir
 
 
+MAX_MANIFEST_BYTES = 16 << 20
+
+
 def load_manifest(bundle_dir: Path, *, verify: bool = True) -> dict[str, Any]:
-    """Read the manifest; with ``verify`` check every shard's sha256."""
+    """Read the manifest and check it (``testbed.manifest``: types, bounds, every file a plain
+    file of the bundle) before anything of the bundle is used; with ``verify`` check every
+    shard's sha256."""
     path = Path(bundle_dir) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: cannot read bundle manifest ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r}; expected {FORMAT}")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes; expected a manifest of at most "
+                              f"{MAX_MANIFEST_BYTES >> 20} MiB")
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{path}: cannot read bundle manifest ({exc})") from None
+    manifest = check_manifest(doc, source=path, bundle_dir=Path(bundle_dir), fmt=FORMAT)
     if verify:
-        for shard in manifest["shards"]:
+        for i, shard in enumerate(manifest["shards"]):
             for entry in (shard, *shard.get("alternates", ())):
-                f = Path(bundle_dir) / entry["file"]
-                if not f.exists():
-                    raise BundleError(f"{path}: shard file {entry['file']} is missing")
+                f = bundle_file(Path(bundle_dir), entry["file"])
+                if not f.is_file():
+                    raise BundleError(f"{path}: shards[{i}]: shard file {entry['file']} is missing")
                 digest = sha256_file(f)
                 if digest != entry["sha256"]:
                     raise BundleError(f"{f}: sha256 {digest[:12]}… does not match the manifest's "
