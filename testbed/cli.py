@@ -171,8 +171,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     path = Path(args.replay)
     if path.is_dir():
         path = path / "events.jsonl"
-    if not path.exists():
-        raise TestbedError(f"{path}: no such events file; expected runs/<id>/events.jsonl")
+    if not path.is_file():
+        raise ConfigError("no such events file; expected a run directory or its events.jsonl",
+                          file=f"--replay {path}")
+    from testbed.runstate import read_events
+    if not any(ev.get("type") == "run_start" for ev in read_events(path)):
+        raise ConfigError("not a run's event log (no run_start event); expected a run directory or its events.jsonl",
+                          file=f"--replay {path}")
     st = replay(path, console=_console(stderr=False), speed=args.speed)
     if args.json:
         sys.stdout.write(json.dumps(st.summary(), separators=(",", ":")) + "\n")
@@ -186,11 +191,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from testbed.zoo import ZOO
 
     if args.model not in ZOO:
-        raise TestbedError(f"unknown model {args.model!r}; expected one of {', '.join(sorted(ZOO))}")
+        raise ConfigError(f"unknown model {args.model!r}; expected one of {', '.join(sorted(ZOO))}", file="MODEL")
     try:
         shape = parse_shape(args.input)
     except ValueError as exc:
-        raise TestbedError(str(exc)) from None
+        raise ConfigError(str(exc), file="--input") from None
     real = None
     if not args.no_real and shape[1] * shape[2] <= 1024 * 1024:
         real = fashion_input(shape)

@@ -47,7 +47,7 @@ from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.remote.network import MQTT_PORT, board_route, broker_address_for, ssh_data_port
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
-from testbed.faults import FaultSchedule, RunClock
+from testbed.faults import FaultEvent, FaultSchedule, RunClock
 from testbed.powerlog import PowerLog
 from testbed.runstate import EventLog, RunState
 from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
@@ -595,7 +595,7 @@ class Orchestrator:
         period = 1.0 / exp.run.rate_hz
         timeout = exp.run.timeout_ms / 1000.0
         n = exp.run.samples
-        timeline = deque(schedule.events())
+        timeline = deque(self._log_skipped_faults(schedule.events(), last_at=(n - 1) * period))
         pending: dict[int, _Pending] = {}
         names = {int(s): b for b, s in exp.assignment.items() if s != "merge"}  # student shard -> board
 
@@ -643,9 +643,28 @@ class Orchestrator:
             wake += [p.trigger_at + timeout for p in pending.values()][:1]
             wake += [clock.at(timeline[0].at_s)] if timeline else []
             self._drain(max(0.0, min(wake, default=now + 0.05) - time.monotonic()), on_result)
-        # faults scheduled after the last sample still get their event, for an honest log
+        # the end of an outage that began before the last sample, once the run is over
         for fault in timeline:
             self._event("fault", **fault.fields(), note="after the last sample")
+
+    def _log_skipped_faults(self, events: list[FaultEvent], *, last_at: float) -> list[FaultEvent]:
+        """The schedule's events that can take effect: a kill or an outage that would start after
+        the last sample's trigger (``last_at`` s on the run clock) never fires, and is logged as
+        ``fault_skipped`` with when it was due, so no record says it happened."""
+        kept, open_outages = [], set()
+        for ev in events:   # time order; a link's outages never overlap
+            if ev.phase == "start" and ev.at_s > last_at + 1e-9:
+                self._event("fault_skipped", **ev.fields(), at_s=round(ev.at_s, 6),
+                            reason=f"due at {ev.at_s:g} s, after the last sample's trigger at {last_at:g} s")
+                continue
+            if ev.kind == "outage" and ev.phase == "start":
+                open_outages.add(ev.link)
+            elif ev.kind == "outage":
+                if ev.link not in open_outages:   # the end of a skipped outage
+                    continue
+                open_outages.discard(ev.link)
+            kept.append(ev)
+        return kept
 
     def _transit(self, transit: dict[str, Any], names: dict[int, str]) -> tuple[dict[str, float], dict[str, float]]:
         """One-way wearable -> edge times of a sample's frames, each clock mapped onto ours.

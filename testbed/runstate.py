@@ -72,7 +72,7 @@ class EventLog:
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """Events of a finished (or running) run; a torn or garbage line is skipped."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:   # a torn or foreign byte is a skipped line
         for line in fh:
             try:
                 event = json.loads(line)
@@ -303,6 +303,10 @@ class RunState:
         lk = self.links.get(ev.get("link", ""))
         if lk is not None and ev.get("kind") == "outage":
             lk.in_outage = ev.get("phase") != "end"
+
+    def _on_fault_skipped(self, ev: dict[str, Any]) -> None:
+        target = ev.get("link") or ev.get("board") or "?"
+        self.notes.append(f"skipped: {ev.get('kind')} {target} ({ev.get('reason', '')})")
 
     def _on_error(self, ev: dict[str, Any]) -> None:
         b = self.boards.get(ev.get("board", ""))
