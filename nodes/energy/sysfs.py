@@ -22,6 +22,9 @@ The board's input rail is ``VDD_IN`` on most Jetsons and ``POM_5V_IN`` on a Nano
 accepted for the other (``INPUT_RAIL_ALIASES``). Sysfs files are opened once and re-read with one
 ``pread`` at offset 0, so sampling at 1 kHz costs three syscalls a reading.
 
+The layouts' glob patterns and file names are module constants (``HWMON_GLOB``, ``IIO_VOLTAGE``...):
+``testbed doctor`` builds its stdlib probe of a board from the same ones.
+
 This module never imports ``testbed``; ``vcgencmd`` is the only process it runs.
 """
 from __future__ import annotations
@@ -43,8 +46,13 @@ __all__ = ["JetsonMeter", "RaplMeter", "Pi5PmicMeter", "JetsonRail", "INPUT_RAIL
            "find_jetson_rails", "parse_pmic_adc", "pmic_argv", "unwrap_energy"]
 
 HWMON_GLOB = "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*"
+HWMON_LABEL_GLOB, HWMON_LABEL_RE = "in*_label", r"in(\d+)_label"
+HWMON_VOLTAGE, HWMON_CURRENT = "in{n}_input", "curr{n}_input"              # mV, mA
 IIO_GLOB = "sys/bus/i2c/drivers/ina3221x/*/iio:device*"
+IIO_LABEL_GLOB, IIO_LABEL_RE = "rail_name_*", r"rail_name_(\d+)"
+IIO_VOLTAGE, IIO_CURRENT, IIO_POWER = "in_voltage{n}_input", "in_current{n}_input", "in_power{n}_input"
 POWERCAP = "sys/class/powercap"
+RAPL_ENERGY, RAPL_RANGE, RAPL_NAME = "energy_uj", "max_energy_range_uj", "name"   # in a zone's directory
 INPUT_RAIL_ALIASES: Mapping[str, str] = {"VDD_IN": "POM_5V_IN", "POM_5V_IN": "VDD_IN"}
 SUM_CHANNEL_HWMON = 7          # mainline ina3221: in7_* is the sum of the shunt voltages
 PMIC_TIMEOUT_S = 2.0
@@ -129,31 +137,31 @@ def _is_rail_label(label: str) -> bool:
 def _hwmon_rails(root: Path) -> list[JetsonRail]:
     rails: list[JetsonRail] = []
     for hwmon in sorted(glob.glob(str(root / HWMON_GLOB))):
-        for label_path in sorted(glob.glob(os.path.join(glob.escape(hwmon), "in*_label"))):
-            match = re.fullmatch(r"in(\d+)_label", os.path.basename(label_path))
+        for label_path in sorted(glob.glob(os.path.join(glob.escape(hwmon), HWMON_LABEL_GLOB))):
+            match = re.fullmatch(HWMON_LABEL_RE, os.path.basename(label_path))
             if not match or int(match.group(1)) == SUM_CHANNEL_HWMON:
                 continue
             n = match.group(1)
             label = _read_text_once(label_path, JETSON_PERMISSION_FIX)
-            current = os.path.join(hwmon, f"curr{n}_input")
+            current = os.path.join(hwmon, HWMON_CURRENT.format(n=n))
             if _is_rail_label(label) and os.path.lexists(current):
-                rails.append(JetsonRail(label, "hwmon", os.path.join(hwmon, f"in{n}_input"), current))
+                rails.append(JetsonRail(label, "hwmon", os.path.join(hwmon, HWMON_VOLTAGE.format(n=n)), current))
     return rails
 
 
 def _iio_rails(root: Path) -> list[JetsonRail]:
     rails: list[JetsonRail] = []
     for dev in sorted(glob.glob(str(root / IIO_GLOB))):
-        for label_path in sorted(glob.glob(os.path.join(glob.escape(dev), "rail_name_*"))):
-            match = re.fullmatch(r"rail_name_(\d+)", os.path.basename(label_path))
+        for label_path in sorted(glob.glob(os.path.join(glob.escape(dev), IIO_LABEL_GLOB))):
+            match = re.fullmatch(IIO_LABEL_RE, os.path.basename(label_path))
             if not match:
                 continue
             n = match.group(1)
             label = _read_text_once(label_path, JETSON_PERMISSION_FIX)
             if _is_rail_label(label):
-                rails.append(JetsonRail(label, "iio", os.path.join(dev, f"in_voltage{n}_input"),
-                                        os.path.join(dev, f"in_current{n}_input"),
-                                        os.path.join(dev, f"in_power{n}_input")))
+                rails.append(JetsonRail(label, "iio", os.path.join(dev, IIO_VOLTAGE.format(n=n)),
+                                        os.path.join(dev, IIO_CURRENT.format(n=n)),
+                                        os.path.join(dev, IIO_POWER.format(n=n))))
     return rails
 
 
@@ -285,16 +293,16 @@ class RaplMeter(PowerMeter):
             found = ", ".join(_zones(self.root)) or "none"
             raise MeterError(f"no powercap zone {self.zone!r} at {zone_dir}; zones found: {found} "
                              "(expected an x86 board with the intel_rapl_msr module loaded)")
-        self.energy_path = str(zone_dir / "energy_uj")
+        self.energy_path = str(zone_dir / RAPL_ENERGY)
         fix = RAPL_PERMISSION_FIX.format(path=self.energy_path)
-        range_path = str(zone_dir / "max_energy_range_uj")
+        range_path = str(zone_dir / RAPL_RANGE)
         try:
             self.range_uj = int(_read_text_once(range_path, fix))
         except ValueError:
             self.range_uj = 0
         if self.range_uj <= 0:
             raise MeterError(f"{range_path}: expected a positive integer range in uJ (the counter's wrap point)")
-        zone_name = zone_dir / "name"
+        zone_name = zone_dir / RAPL_NAME
         self.rail = _read_text_once(str(zone_name), fix) if zone_name.exists() else self.zone
         self.close()
         self._fd = _open_or_fail(self.energy_path, fix)

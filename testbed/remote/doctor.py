@@ -5,17 +5,25 @@ Holds ``Check`` (one named finding: ok or not, what was seen, how to fix it), ``
 and ``doctor``, which connects to every board (host key pinned) and checks what the board's
 inventory entry needs: Python (>= 3.10) and its path, ``uname -m`` and glibc, the wheel tags it
 accepts, free disk in its workdir, the clock offset to the laptop, the serial ports of its links
-(present and writable), its Bluetooth adapter (BLE links), its I2C bus (power meters), ``tc`` and
+(present and writable), its Bluetooth adapter (BLE links), its power meter as the entry's ``energy:``
+names it (``energy_checks``: the I2C bus and the chip's ID registers of an INA219/226/260, a Jetson's
+INA3221 rail files, a RAPL zone's counter, the Pi 5's ``vcgencmd pmic_read_adc``), ``tc`` and
 ``nft`` and which qdiscs its kernel has, ``sudo -n`` where it needs root, its runtime (the
 vendor's torch where the board keeps it), and, given a cache folder, that its group's wheelhouse
 can be built on the laptop (the wheel tags it accepts against the wheels that exist). ``render_table`` and ``as_json`` present the result.
 
-It must not change a board: no file written, no package installed, no qdisc left behind.
+It must not change a board: no file written, no package installed, no qdisc left behind (the
+INA probe writes only the chip's register pointer, as every register read does).
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import fnmatch
+import glob
 import json
+import os
+import re
 import shlex
 import time
 from collections.abc import Iterable
@@ -27,14 +35,17 @@ import asyncssh
 
 from linkemu.errors import LinkError
 from linkemu.tc import BACKENDS as QDISCS, probe
+from nodes.energy import sysfs
+from nodes.energy.ina import DIE_IDS, INA219_POR_CONFIG, REG_CONFIG, REG_DIE_ID, REG_MANUFACTURER_ID, TI_MANUFACTURER_ID
 from nodes.transport_settings import end_settings
 from testbed.remote.wheelhouse import WheelhouseError, build_wheelhouse, requirements_for
-from testbed.config import BoardSpec, Inventory
+from testbed.config import BoardSpec, EnergySpec, Inventory
 from testbed.remote.boardpython import PROBE_SCRIPT, BoardPython
 from testbed.remote.ssh import Boards, Session, board_path, quote_path
 from testbed.shaping import KERNEL_SSH, shaper_choices
 
-__all__ = ["Check", "BoardReport", "doctor", "render_table", "as_json", "MIN_FREE_MB", "board_needs"]
+__all__ = ["Check", "BoardReport", "doctor", "render_table", "as_json", "MIN_FREE_MB", "board_needs",
+           "energy_checks", "energy_probe_spec", "judge_energy", "ENERGY_PROBE"]
 
 MIN_FREE_MB = 300            # a wheelhouse (numpy, LiteRT) plus a bundle, with room to spare
 CLOCK_SAMPLES = 5
@@ -141,8 +152,8 @@ async def _check_board(s: Session, inventory: Inventory, limit_ms: float, boards
         await _serial(s, r, port)
     for adapter in needs.ble_adapters:
         await _bluetooth(s, r, adapter)
-    if needs.i2c:
-        await _i2c(s, r)
+    if board.energy is not None:
+        await energy_checks(s, r, board.energy)
     await _shaping(s, r, needs, boards)
     await _runtime(s, r)
     return r
@@ -271,11 +282,413 @@ async def _bluetooth(s: Session, r: BoardReport, adapter: str) -> None:
            "down": f"sudo rfkill unblock bluetooth && sudo hciconfig {adapter} up"}.get(state))
 
 
-async def _i2c(s: Session, r: BoardReport) -> None:
-    done = await s.run("ls /dev/i2c-* 2>/dev/null", check=False)
-    buses = done.stdout.split()
-    r.add("i2c", bool(buses), ", ".join(buses) or "no /dev/i2c-* bus",
-          None if buses else "enable I2C: sudo raspi-config nonint do_i2c 0 (docs/hardware.md, 'I2C')")
+# -- the power meter ---------------------------------------------------------------------------------
+
+# Run on the board with its python (stdlib only: the board may not have this project yet): reads
+# the files the laptop's globs name, lists what other globs match, checks an I2C bus and reads a
+# chip's registers (I2C_SMBUS block reads, as smbus2's read_i2c_block_data: only the register
+# pointer is written), runs one command; prints one JSON line. The laptop judges what it found.
+ENERGY_PROBE = r'''
+import glob, json, os, stat, sys
+spec = json.loads(sys.argv[1])
+out = {"uid": os.getuid()}
+try:
+    import pwd
+    out["user"] = pwd.getpwuid(os.getuid()).pw_name
+except Exception:
+    out["user"] = str(os.getuid())
+
+def failed(exc, **more):
+    d = {"errno": exc.errno, "error": exc.strerror or str(exc)}
+    d.update(more)
+    return d
+
+files = {}
+for pattern in spec.get("read", []):
+    for path in sorted(glob.glob(pattern)):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            files[path] = failed(exc)
+            continue
+        try:
+            files[path] = {"text": os.read(fd, 64).decode("ascii", "replace").strip()}
+        except OSError as exc:
+            files[path] = failed(exc)
+        finally:
+            os.close(fd)
+out["files"] = files
+out["listed"] = {p: sorted(glob.glob(p)) for p in spec.get("list", [])}
+
+i2c = spec.get("i2c")
+if i2c:
+    dev = i2c["device"]
+    res = out["i2c"] = {}
+    if not os.path.exists(dev):
+        res["state"] = "missing"
+    elif not os.access(dev, os.R_OK | os.W_OK):
+        res["state"] = "denied"
+        st = os.stat(dev)
+        res["mode"] = stat.filemode(st.st_mode)
+        try:
+            import grp
+            res["owner"] = pwd.getpwuid(st.st_uid).pw_name + ":" + grp.getgrgid(st.st_gid).gr_name
+        except Exception:
+            res["owner"] = "%d:%d" % (st.st_uid, st.st_gid)
+    else:
+        try:
+            fd = os.open(dev, os.O_RDWR)
+        except OSError as exc:
+            res.update(failed(exc, state="open"))
+        else:
+            import ctypes, fcntl
+            class Data(ctypes.Union):
+                _fields_ = [("byte", ctypes.c_uint8), ("word", ctypes.c_uint16), ("block", ctypes.c_uint8 * 34)]
+            class Args(ctypes.Structure):
+                _fields_ = [("read_write", ctypes.c_uint8), ("command", ctypes.c_uint8),
+                            ("size", ctypes.c_uint32), ("data", ctypes.POINTER(Data))]
+            try:
+                funcs = ctypes.c_ulong()
+                fcntl.ioctl(fd, 0x0705, funcs)                       # I2C_FUNCS
+                res["funcs"] = funcs.value
+                if not funcs.value & 0x04000000:                     # I2C_FUNC_SMBUS_READ_I2C_BLOCK
+                    res["state"] = "nofunc"
+                else:
+                    fcntl.ioctl(fd, 0x0703, i2c["address"])          # I2C_SLAVE (never _FORCE)
+                    res["state"] = "ok"
+                    res["registers"] = {}
+                    for reg in i2c["registers"]:
+                        data = Data()
+                        data.block[0] = 2
+                        args = Args(1, reg, 8, ctypes.pointer(data))  # read, I2C_SMBUS_I2C_BLOCK_DATA
+                        try:
+                            fcntl.ioctl(fd, 0x0720, args)            # I2C_SMBUS
+                            res["registers"][str(reg)] = {"word": data.block[1] << 8 | data.block[2]}
+                        except OSError as exc:
+                            res["registers"][str(reg)] = failed(exc)
+            except OSError as exc:
+                res.update(failed(exc, state="ioctl"))
+            finally:
+                os.close(fd)
+
+run = spec.get("run")
+if run:
+    import shutil, subprocess
+    if shutil.which(run[0]) is None:
+        out["run"] = {"missing": True}
+    else:
+        try:
+            p = subprocess.run(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10,
+                               universal_newlines=True)
+        except subprocess.TimeoutExpired:
+            out["run"] = {"timeout": 10}
+        except OSError as exc:
+            out["run"] = failed(exc)
+        else:
+            out["run"] = {"code": p.returncode, "stdout": p.stdout[-8000:], "stderr": p.stderr[-1000:]}
+print(json.dumps(out))
+'''
+
+I2C_FIX = ("enable I2C: add dtparam=i2c_arm=on to /boot/firmware/config.txt (Pi OS Bookworm) or run "
+           "sudo raspi-config nonint do_i2c 0, then reboot (docs/hardware.md, 'I2C')")
+_NO_ANSWER = {errno.ENXIO, errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT}   # a NACK, as adapters report it
+
+
+def _under(root: str, pattern: str) -> str:
+    return os.path.join(glob.escape(root), pattern)
+
+
+def _jetson_globs(root: str) -> list[str]:
+    return [_under(root, f"{sysfs.HWMON_GLOB}/{sysfs.HWMON_LABEL_GLOB}"), _under(root, f"{sysfs.HWMON_GLOB}/*_input"),
+            _under(root, f"{sysfs.IIO_GLOB}/{sysfs.IIO_LABEL_GLOB}"), _under(root, f"{sysfs.IIO_GLOB}/in_*_input")]
+
+
+def _zone_dir(root: str, energy: EnergySpec) -> str:
+    return os.path.join(root, sysfs.POWERCAP, str(energy.settings.get("zone") or "intel-rapl:0"))
+
+
+def energy_probe_spec(energy: EnergySpec, *, root: str = "/", vcgencmd: tuple[str, ...] = ("vcgencmd",)
+                      ) -> dict[str, Any] | None:
+    """What ``ENERGY_PROBE`` is to look at on the board for ``energy`` (None: nothing to look at).
+    ``root`` stands for ``/`` and ``vcgencmd`` for the tool (tests only, as the agent's
+    ``HBC_TESTBED_METER_ROOT``)."""
+    meter, st = energy.meter, energy.settings
+    if meter in ("ina219", "ina226", "ina260"):
+        regs = [REG_CONFIG, REG_MANUFACTURER_ID, REG_DIE_ID] if meter == "ina219" else [REG_MANUFACTURER_ID, REG_DIE_ID]
+        return {"i2c": {"device": os.path.join(root, f"dev/i2c-{int(st.get('bus', 1))}"),
+                        "address": int(st.get("address", 0x40)), "registers": regs},
+                "list": [_under(root, "dev/i2c-*")]}
+    if meter == "jetson":
+        return {"read": _jetson_globs(root)}
+    if meter == "rapl":
+        zone = _zone_dir(root, energy)
+        return {"list": [_under(root, f"{sysfs.POWERCAP}/*")],
+                "read": [os.path.join(glob.escape(zone), n) for n in (sysfs.RAPL_ENERGY, sysfs.RAPL_RANGE, sysfs.RAPL_NAME)]}
+    if meter == "pi5-pmic":
+        return {"run": sysfs.pmic_argv(vcgencmd)}
+    return None
+
+
+async def energy_checks(s: Session, r: BoardReport, energy: EnergySpec, *, root: str = "/",
+                        vcgencmd: tuple[str, ...] = ("vcgencmd",)) -> None:
+    """The board's meter, as ``energy`` names it, looked at in one round trip (nothing changed):
+    adds ``i2c`` (INA chips: the bus) and ``energy`` (the meter itself) to ``r``."""
+    spec = energy_probe_spec(energy, root=root, vcgencmd=vcgencmd)
+    if spec is None:
+        r.checks.extend(judge_energy(energy, {}, root=root))
+        return
+    done = await s.run([s.board.python, "-I", "-c", ENERGY_PROBE, json.dumps(spec)], check=False, timeout=60)
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        if not isinstance(found, dict):
+            raise ValueError("not an object")
+    except (ValueError, IndexError):
+        why = (done.stderr or done.stdout).strip().splitlines()
+        r.add("energy", False, f"{energy.meter}: the probe did not run with {s.board.python}: "
+                               f"{why[-1][:200] if why else f'exit {done.code}'}")
+        return
+    r.checks.extend(judge_energy(energy, found, root=root))
+    r.facts["energy"] = {"meter": energy.meter, "user": found.get("user")}
+
+
+def _who(found: dict[str, Any]) -> str:
+    return str(found.get("user") or "the login user")
+
+
+def _err(res: dict[str, Any]) -> str:
+    return str(res.get("error") or f"errno {res.get('errno')}")
+
+
+def judge_energy(energy: EnergySpec, found: dict[str, Any], *, root: str = "/") -> list[Check]:
+    """The checks ``found`` (what ``ENERGY_PROBE`` printed for ``energy_probe_spec``) makes; pure."""
+    meter = energy.meter
+    if meter == "model":
+        return [Check("energy", True, "modelled: no meter (CPU time and airtime times the board's power table; "
+                                      "figures say modelled)")]
+    if meter in ("ina219", "ina226", "ina260"):
+        return _judge_ina(energy, found, root)
+    if meter == "jetson":
+        return [_judge_jetson(energy, found, root)]
+    if meter == "rapl":
+        return [_judge_rapl(energy, found, root)]
+    if meter == "pi5-pmic":
+        return [_judge_pmic(energy, found)]
+    return [Check("energy", False, f"doctor does not know the meter {meter!r}")]
+
+
+def _judge_ina(energy: EnergySpec, found: dict[str, Any], root: str) -> list[Check]:
+    meter, st = energy.meter, energy.settings
+    bus, addr = int(st.get("bus", 1)), int(st.get("address", 0x40))
+    dev = os.path.join(root, f"dev/i2c-{bus}")
+    res = found.get("i2c") or {}
+    state = res.get("state")
+    user = _who(found)
+    if state == "missing":
+        others = [b for lst in (found.get("listed") or {}).values() for b in lst]
+        if others:
+            return [Check("i2c", False, f"{dev}: no such bus (buses: {', '.join(others)})",
+                          f"set energy: {{meter: {meter}, bus: N}} to the bus the meter is wired to "
+                          f"(i2cdetect -l lists them), or {I2C_FIX}")]
+        return [Check("i2c", False, f"{dev}: no such bus (no /dev/i2c-* at all)", I2C_FIX)]
+    if state in ("denied", "open"):
+        how = (f"{res.get('mode', '?')} {res.get('owner', '?')}" if state == "denied" else _err(res))
+        return [Check("i2c", False, f"{dev} is not readable and writable by {user} ({how})",
+                      f"sudo usermod -aG i2c {user}, then log in again (docs/hardware.md, 'I2C')")]
+    if state is None:
+        return [Check("i2c", False, f"{dev}: the probe said nothing about it")]
+    bus_ok = Check("i2c", True, f"{dev} present, readable and writable by {user}")
+    at = f"0x{addr:02X} on bus {bus}"
+    if state == "nofunc":
+        return [bus_ok, Check("energy", False, f"{dev}'s adapter cannot do I2C block reads (functionality "
+                                               f"0x{int(res.get('funcs', 0)):08X}), which the {meter} driver uses",
+                              "wire the meter to a hardware I2C bus (i2c_arm: GPIO 2/3 on a Pi)")]
+    if state == "ioctl":
+        if res.get("errno") == errno.EBUSY:
+            return [bus_ok, Check("energy", False, f"{at} is held by a kernel driver ({_err(res)})",
+                                  "remove the dtoverlay that binds an ina2xx driver there (the agent reads the "
+                                  "chip itself), or fix address:")]
+        return [bus_ok, Check("energy", False, f"{dev} is not an I2C adapter ({_err(res)})",
+                              f"set energy: {{meter: {meter}, bus: N}} to a real bus (i2cdetect -l lists them)")]
+    regs = res.get("registers") or {}
+
+    def word(reg: int) -> int | None:
+        v = regs.get(str(reg)) or {}
+        return int(v["word"]) if "word" in v else None
+
+    first = regs.get(str(REG_CONFIG if meter == "ina219" else REG_MANUFACTURER_ID)) or {}
+    if "word" not in first:
+        if first.get("errno") in _NO_ANSWER or not first:
+            return [bus_ok, Check("energy", False, f"no device answers at {at} ({_err(first) if first else 'not read'})",
+                                  f"check the wiring, power and address: (A0/A1 strapping); /usr/sbin/i2cdetect -y "
+                                  f"{bus} lists what answers")]
+        return [bus_ok, Check("energy", False, f"reading {at} failed: {_err(first)}")]
+    mfr, die = word(REG_MANUFACTURER_ID), word(REG_DIE_ID)
+    other = next((n for n, d in DIE_IDS.items() if mfr == TI_MANUFACTURER_ID and d == die), None)
+    if meter == "ina219":
+        if other is not None:
+            return [bus_ok, Check("energy", False, f"found an {other.upper()} at {at} (die ID 0x{die:04X}); "
+                                                   f"the inventory says ina219", f"set energy: {{meter: {other}}}")]
+        cfg = word(REG_CONFIG)
+        note = ("the INA219's power-on default" if cfg == INA219_POR_CONFIG else
+                "configured since power-on, or no INA219")
+        return [bus_ok, Check("energy", True, f"a device answers at {at} (configuration 0x{cfg:04X}: {note}; an INA219 "
+                                              f"has no ID register, the agent identifies it when it opens it)")]
+    want = DIE_IDS[meter]
+    if mfr != TI_MANUFACTURER_ID:
+        return [bus_ok, Check("energy", False, f"a device answers at {at}, but its manufacturer ID (0xFE) reads "
+                                               f"{'nothing' if mfr is None else f'0x{mfr:04X}'}, not 0x{TI_MANUFACTURER_ID:04X} "
+                                               f"(TI): no {meter.upper()}",
+                              f"check address: (/usr/sbin/i2cdetect -y {bus}); an INA219 has no ID: set meter: ina219")]
+    if die != want:
+        what = f"an {other.upper()}" if other else f"a TI chip with die ID {'?' if die is None else f'0x{die:04X}'}"
+        return [bus_ok, Check("energy", False, f"found {what} at {at}; the inventory says {meter}",
+                              f"set energy: {{meter: {other}}}" if other else "check address:")]
+    return [bus_ok, Check("energy", True, f"{meter.upper()} at {at} (manufacturer 0x{mfr:04X}, die 0x{die:04X})")]
+
+
+def _file(found: dict[str, Any], path: str) -> dict[str, Any] | None:
+    v = (found.get("files") or {}).get(path)
+    return v if isinstance(v, dict) else None
+
+
+def _denied(found: dict[str, Any], paths: Iterable[str]) -> list[str]:
+    return [p for p in paths if (_file(found, p) or {}).get("errno") in (errno.EACCES, errno.EPERM)]
+
+
+def _judge_jetson(energy: EnergySpec, found: dict[str, Any], root: str) -> Check:
+    wanted = str(energy.settings.get("rail") or "VDD_IN")
+    files = found.get("files") or {}
+    layouts = ((sysfs.HWMON_GLOB, sysfs.HWMON_LABEL_RE, "hwmon", (sysfs.HWMON_VOLTAGE, sysfs.HWMON_CURRENT)),
+               (sysfs.IIO_GLOB, sysfs.IIO_LABEL_RE, "iio", (sysfs.IIO_VOLTAGE, sysfs.IIO_CURRENT, sysfs.IIO_POWER)))
+    rails: list[sysfs.JetsonRail] = []
+    labels_denied: list[str] = []
+    label_files = 0
+    for layout_glob, label_re, layout, templates in layouts:
+        for path in sorted(files):
+            base, folder = os.path.basename(path), os.path.dirname(path)
+            m = re.fullmatch(label_re, base)
+            if not m or not _matches(folder, os.path.join(root, layout_glob)):
+                continue
+            n = m.group(1)
+            if layout == "hwmon" and int(n) == sysfs.SUM_CHANNEL_HWMON:
+                continue
+            label_files += 1
+            got = files[path]
+            if "text" not in got:
+                labels_denied.append(path)
+                continue
+            paths = [os.path.join(folder, t.format(n=n)) for t in templates]
+            if sysfs._is_rail_label(got["text"]) and os.path.join(folder, templates[1].format(n=n)) in files:
+                rails.append(sysfs.JetsonRail(got["text"], layout, *paths))
+    fix = sysfs.JETSON_PERMISSION_FIX
+    if not label_files:
+        return Check("energy", False, f"no INA3221 rails under {os.path.join(root, sysfs.HWMON_GLOB)} (JetPack 5/6) "
+                                      f"or {os.path.join(root, sysfs.IIO_GLOB)} (JetPack 4)",
+                     "expected a Jetson with its ina3221 driver loaded (JetPack's device tree); on another board set "
+                     "energy: to its meter")
+    chosen = sysfs._choose_rail(rails, wanted)
+    if chosen is None:
+        if labels_denied:
+            return Check("energy", False, f"cannot read the INA3221 rail labels as {_who(found)}: "
+                                          f"{_shown(labels_denied)} (permission denied)",
+                         f"{fix}; e.g. sudo chmod o+r {' '.join(_chmod_globs(labels_denied))}")
+        return Check("energy", False, f"no INA3221 rail {wanted!r} on this board; rails: "
+                                      f"{', '.join(r.label for r in rails) or 'none'}",
+                     f"set energy: {{meter: jetson, rail: {rails[0].label}}}" if rails else None)
+    paths = [p for p in (chosen.voltage, chosen.current, chosen.power) if p is not None]
+    denied = _denied(found, paths)
+    if denied:
+        return Check("energy", False, f"{chosen.label} ({chosen.layout}): cannot read {', '.join(denied)} as "
+                                      f"{_who(found)} (permission denied)", f"{fix}; e.g. sudo chmod o+r {' '.join(denied)}")
+    values: list[str] = []
+    for p, unit in zip(paths, ("mV", "mA", "mW")):
+        got = _file(found, p)
+        if got is None or "text" not in got or not re.fullmatch(r"-?\d+", got["text"]):
+            why = "missing" if got is None else (got["text"] if "text" in got else _err(got))
+            return Check("energy", False, f"{chosen.label} ({chosen.layout}): {p}: {why!r}; expected an integer")
+        values.append(f"{got['text']} {unit}")
+    return Check("energy", True, f"{chosen.label} ({chosen.layout}, {os.path.dirname(chosen.current)}): "
+                                 f"{', '.join(values)}, readable by {_who(found)}")
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """``path`` matched by the glob ``pattern`` one path component at a time."""
+    a, b = path.rstrip("/").split("/"), pattern.rstrip("/").split("/")
+    return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
+
+
+def _chmod_globs(paths: list[str]) -> list[str]:
+    """The folders of ``paths`` with every file the meter reads there, as globs for a chmod line."""
+    dirs = sorted({os.path.dirname(p) for p in paths})
+    return [f"{d}/{g}" for d in dirs for g in (
+        (sysfs.IIO_LABEL_GLOB, "in_*_input") if os.path.basename(d).startswith("iio:") else
+        (sysfs.HWMON_LABEL_GLOB, "*_input"))]
+
+
+def _shown(paths: list[str], limit: int = 3) -> str:
+    return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _judge_rapl(energy: EnergySpec, found: dict[str, Any], root: str) -> Check:
+    zone_dir = _zone_dir(root, energy)
+    zone = os.path.basename(zone_dir)
+    energy_path, range_path, name_path = (os.path.join(zone_dir, n) for n in
+                                          (sysfs.RAPL_ENERGY, sysfs.RAPL_RANGE, sysfs.RAPL_NAME))
+    got_energy, got_range = _file(found, energy_path), _file(found, range_path)
+    if got_energy is None and got_range is None:
+        zones = [z for lst in (found.get("listed") or {}).values() for z in map(os.path.basename, lst) if ":" in z]
+        return Check("energy", False, f"no powercap zone {zone!r} at {zone_dir}; zones found: {', '.join(zones) or 'none'}",
+                     (f"set energy: {{meter: rapl, zone: {zones[0]}}}" if zones else
+                      "expected an x86 board with RAPL (sudo modprobe intel_rapl_msr); on another board set "
+                      "energy: to its meter"))
+    fix = sysfs.RAPL_PERMISSION_FIX.format(path=energy_path)
+    for path, got in ((energy_path, got_energy), (range_path, got_range)):
+        if got is None:
+            return Check("energy", False, f"{path}: no such file; expected a powercap zone's counter")
+        if "text" not in got:
+            if got.get("errno") in (errno.EACCES, errno.EPERM):
+                return Check("energy", False, f"cannot read {path} as {_who(found)}: permission denied", fix)
+            return Check("energy", False, f"cannot read {path}: {_err(got)}")
+        if not re.fullmatch(r"\d+", got["text"]):
+            return Check("energy", False, f"{path}: {got['text']!r}; expected an integer (uJ)")
+    range_uj = int(got_range["text"])  # type: ignore[index]
+    if range_uj <= 0:
+        return Check("energy", False, f"{range_path}: {range_uj}; expected a positive wrap point in uJ")
+    name = (_file(found, name_path) or {}).get("text") or zone
+    return Check("energy", True, f"{zone} ({name}): {sysfs.RAPL_ENERGY} readable by {_who(found)} "
+                                 f"({got_energy['text']} uJ, wraps at {range_uj / 1e6:.0f} J)")  # type: ignore[index]
+
+
+def _judge_pmic(energy: EnergySpec, found: dict[str, Any]) -> Check:
+    run = found.get("run") or {}
+    argv = " ".join(sysfs.pmic_argv(("vcgencmd",)))
+    if run.get("missing"):
+        return Check("energy", False, "vcgencmd not found on the login's PATH",
+                     "expected a Raspberry Pi 5 with the firmware tools: sudo apt install raspi-utils "
+                     "(older images: libraspberrypi-bin)")
+    if "timeout" in run:
+        return Check("energy", False, f"{argv} gave no answer within {run['timeout']} s")
+    if "code" not in run:
+        return Check("energy", False, f"{argv} did not start: {_err(run) if run else 'no result'}")
+    if run["code"] != 0:
+        why = (run.get("stderr") or run.get("stdout") or "").strip().splitlines()
+        return Check("energy", False, f"{argv} exited {run['code']}: {why[-1][:200] if why else 'no output'}",
+                     "expected a Raspberry Pi 5 (pmic_read_adc is its firmware's); the login user needs "
+                     "/dev/vcio: sudo usermod -aG video $USER")
+    text = str(run.get("stdout") or "")
+    rails = sysfs.parse_pmic_adc(text)
+    if "current(" not in text or not rails:
+        first = text.strip().splitlines()[:1]
+        return Check("energy", False, f"{argv} printed no rail with a current( and a volt( line (got "
+                                      f"{first[0][:80] if first else 'nothing'!r})",
+                     "expected a Raspberry Pi 5: update its firmware (sudo rpi-eeprom-update; sudo apt full-upgrade)")
+    wanted = re.sub(r"_[AV]$", "", str(energy.settings.get("rail") or "total"), flags=re.I)
+    if wanted.lower() != "total" and wanted.upper() not in {r.upper() for r in rails}:
+        return Check("energy", False, f"no PMIC rail {wanted!r} with both a voltage and a current; rails: "
+                                      f"{', '.join(sorted(rails))}", "set energy: {meter: pi5-pmic, rail: total}")
+    total_w = sum(v * a for v, a in rails.values())
+    return Check("energy", True, f"{argv}: {len(rails)} rails ({total_w:.2f} W in all)"
+                                 + ("" if wanted.lower() == "total" else f", {wanted} among them"))
 
 
 async def _shaping(s: Session, r: BoardReport, needs: Needs, boards: Boards) -> None:
