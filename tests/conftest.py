@@ -101,3 +101,15 @@ def ssh_bench_module(tmp_path_factory: pytest.TempPathFactory, ssh_session_keys)
     from contextlib import ExitStack
     with ExitStack() as stack:
         yield _ssh_bench_factory(tmp_path_factory.mktemp("sshbench-module"), ssh_session_keys, stack)
+
+
+@pytest.fixture(scope="session")
+def index(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The package index pip is configured with answers (skip otherwise: the laptop needs it to
+    build a board's wheelhouse)."""
+    d = tmp_path_factory.mktemp("probe-index")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                           "--disable-pip-version-check", "-d", str(d), "pyserial==3.5"],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        pytest.skip(f"no package index reachable: {done.stderr.strip().splitlines()[-1:]}")

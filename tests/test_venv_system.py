@@ -36,17 +36,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The package index pip is configured with answers (skip otherwise), as in test_wheelhouse."""
-    d = tmp_path_factory.mktemp("probe-index")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                           "--disable-pip-version-check", "-d", str(d), "pyserial==3.5"],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        pytest.skip(f"no package index reachable: {done.stderr.strip().splitlines()[-1:]}")
-
-
 def _system_python(root: Path, numpy: str) -> Path:
     """A copy of the pyenv 3.10 with ``numpy==<numpy>`` in its own site-packages."""
     if not (BASE / "bin" / "python3.10").exists():

@@ -223,18 +223,6 @@ def test_argv_builders_and_missing(local: BoardPython) -> None:
 # -- real wheelhouses -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The package index pip is configured with answers (skip otherwise: the laptop needs it
-    to build a wheelhouse)."""
-    d = tmp_path_factory.mktemp("probe-index")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                           "--disable-pip-version-check", "-d", str(d), "pyserial==3.5"],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        pytest.skip(f"no package index reachable: {done.stderr.strip().splitlines()[-1:]}")
-
-
-@pytest.fixture(scope="module")
 def built(index: None, local: BoardPython, tmp_path_factory: pytest.TempPathFactory) -> tuple[Wheelhouse, Path, float]:
     cache = tmp_path_factory.mktemp("wheelhouse-cache")
     t0 = time.monotonic()
