@@ -23,6 +23,11 @@ Semantics (docs/linkemu.md has the long form):
   dropped ("loss") but still occupies the link for its airtime (the sender sent it).
 - Every random draw comes from RNGs seeded by the profile's seed (one stream each for
   loss, jitter and outages), so a seed replays the same verdicts for the same offers.
+- `Shaper` counts a frame delivered when its verdict schedules it. `ShapedSender` counts a
+  frame delivered only once its `send` took it: a send that returns False or raises is a
+  drop of the link ("send"), and its snapshot reports what the shaper scheduled as
+  ``frames_scheduled``; every offered frame ends delivered, dropped by one cause (outage,
+  queue, loss, send, close) or still pending.
 
 This module must not import anything from `nodes` or `testbed`, and the worker must never
 sleep relative per frame: it waits for absolute deadlines, so timer error never accumulates.
@@ -45,11 +50,13 @@ from linkemu.loss import LossChain
 from linkemu.profile import LinkProfile
 
 __all__ = ["Verdict", "ShaperCounters", "Shaper", "ShapedSender", "DROP_OUTAGE", "DROP_QUEUE",
-           "DROP_LOSS"]
+           "DROP_LOSS", "DROP_SEND", "DROP_CLOSE"]
 
 DROP_OUTAGE = "outage"
 DROP_QUEUE = "queue"
 DROP_LOSS = "loss"
+DROP_SEND = "send"    # the sender's send returned False or raised (ShapedSender only)
+DROP_CLOSE = "close"  # still pending when the sender closed (ShapedSender only)
 FIT_EPS_S = 1e-9  # a PSDU ending within 1 ns of an outage start still fits
 
 T = TypeVar("T")
@@ -69,6 +76,8 @@ class Verdict:
 
 @dataclass
 class ShaperCounters:
+    """A `Shaper`'s verdicts: ``frames_delivered`` counts frames it scheduled for delivery."""
+
     frames_offered: int = 0
     bytes_offered: int = 0
     frames_delivered: int = 0
@@ -243,7 +252,10 @@ class ShapedSender(Generic[T]):
     `send(frame, tag)` at its delivery time, with the tag given to `submit` (None if none).
 
     Use as a context manager (enter starts it if needed, exit closes it) or call
-    `start()` / `close()`. Exceptions from `send` are counted, never fatal to the worker.
+    `start()` / `close()`. A `send` that returns False (exactly False: None or any other value
+    is success) or raises did not carry the frame: it is counted as ``dropped_send`` (a raise
+    also in ``send_errors``), never fatal to the worker, and not in ``frames_delivered``,
+    which counts only frames `send` took.
     Frames leave in delivery-time order (submission order unless the profile reorders), so
     a caller that needs to know which frame a delivery is tells it by the tag, never by order.
     Frames dropped by the shaper (see `submit`'s verdict) or discarded at close never reach
@@ -267,7 +279,10 @@ class ShapedSender(Generic[T]):
         self._abort = False
         self.send_errors = 0
         self.last_send_error: str | None = None
-        self.frames_sent = 0
+        self.frames_sent = 0     # frames `send` took (frames_delivered in the snapshot)
+        self.bytes_sent = 0
+        self.dropped_send = 0    # frames `send` refused (returned False) or raised on
+        self._sending = 0        # a frame popped and in `send` now (pending in the snapshot)
         self.dropped_close = 0
         self.late_s_max = 0.0
 
@@ -344,7 +359,11 @@ class ShapedSender(Generic[T]):
                      "in_outage": False, "link_state": "up", "rate_bps": None, "seed": None})
             return {
                 **base,
-                "pending_frames": len(self._pending),
+                # the shaper scheduled these; delivered are those `send` took
+                "frames_scheduled": base["frames_delivered"], "bytes_scheduled": base["bytes_delivered"],
+                "frames_delivered": self.frames_sent, "bytes_delivered": self.bytes_sent,
+                "dropped_send": self.dropped_send,
+                "pending_frames": len(self._pending) + self._sending,
                 "frames_sent": self.frames_sent,
                 "send_errors": self.send_errors,
                 "last_send_error": self.last_send_error,
@@ -370,15 +389,24 @@ class ShapedSender(Generic[T]):
                 if wait <= 0:
                     self.late_s_max = max(self.late_s_max, -wait)
                     _, _, frame, tag = heapq.heappop(self._pending)
+                    self._sending = 1
                     return frame, tag
                 self._cond.wait(timeout=wait - self.SPIN_S if wait > 2 * self.SPIN_S
                                 else wait / 4)
 
     def _run(self) -> None:
         while (due := self._next_due()) is not None:
+            raised: str | None = None
             try:
-                self._send(*due)
-                self.frames_sent += 1
+                took = self._send(*due) is not False
             except Exception as exc:  # noqa: BLE001 - a failing send must not kill the link
-                self.send_errors += 1
-                self.last_send_error = f"{type(exc).__name__}: {exc}"
+                took, raised = False, f"{type(exc).__name__}: {exc}"
+            with self._cond:
+                self._sending = 0
+                if took:
+                    self.frames_sent += 1
+                    self.bytes_sent += len(due[0])
+                    continue
+                self.dropped_send += 1
+                self.send_errors += raised is not None
+                self.last_send_error = raised or "send refused the frame (returned False)"

@@ -381,18 +381,28 @@ class WearableAgent(Agent):
         if not verdict.accepted:
             self._sample_tele(tag, None, **tag.fields(), verdict=verdict.reason)
 
-    def _deliver(self, frame: bytes, tag: _SampleTag | None) -> None:
-        """Called by the shaper's worker at each frame's delivery time, with that frame's tag."""
+    def _deliver(self, frame: bytes, tag: _SampleTag | None) -> bool:
+        """Called by the shaper's worker at each frame's delivery time, with that frame's tag.
+
+        False (or the transport's exception, raised again once the sample's verdict is out) when
+        the transport did not take the frame: the shaper counts it a drop of the link (dropped_send)."""
         assert tag is not None, "every frame is submitted with its sample's tag"
         m2 = self._energy.mark() if self._energy is not None else None
         t0 = time.monotonic()
-        ok = self._transports[0].send(frame)
+        failure: Exception | None = None
+        try:
+            ok = self._transports[0].send(frame)
+        except Exception as exc:  # noqa: BLE001 - a send_failed verdict, then the shaper counts it
+            ok, failure = False, exc
         t1 = time.monotonic()
         if self._energy is not None:   # the model meter's radio: the frame's airtime on the emulated link
             self._energy.credit_airtime(self.wcfg.link.profile.airtime_s(len(frame)))
         m3 = self._energy.mark() if self._energy is not None else None
         self._sample_tele(tag, None if m2 is None else (m2, m3), **tag.fields(), shaping_ms=_ms(t0 - tag.submitted),
                           send_ms=_ms(t1 - t0), verdict="sent" if ok else "send_failed")
+        if failure is not None:
+            raise failure
+        return bool(ok)
 
     def _sample_tele(self, tag: _SampleTag, transmit: tuple[Mark, Mark] | None, **fields: Any) -> None:
         """The sample's telemetry: now, or once its energy is known when the board has a meter."""
@@ -426,7 +436,9 @@ class EdgeAgent(Agent):
                                   rule=merge.rule, student_part=merge.student_part)
         except ValueError as exc:
             raise AgentConfigError(f"{cfg.source}: merge: {exc}") from None
-        self._decoder = Decoder()
+        # every inbound link carries one part of part_dim values: a frame declaring more is refused from its
+        # header (counted too_large), and nothing inflates past one part
+        self._decoder = Decoder(max_values=merge.part_dim)
         self._merge_rt: Runtime | None = None
         self._frame_ts: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()
 

@@ -27,6 +27,12 @@ a zstd frame declaring another content size, an LZ4 block that overruns or falls
 payload that is not one whole compressed stream, or a size above the decoder's
 ``max_decompressed_bytes`` (a tiny frame claiming a huge shape) is ``malformed``.
 
+A receiver that knows what its frames must hold (the edge: every part is ``part_dim``
+values) gives its `Decoder` ``max_values``: a frame whose header declares more values than
+that is ``too_large``, refused from its header alone, before anything is inflated or
+allocated, and no compressed payload may inflate past ``max_values`` values in the frame's
+declared encoding. Without it, only ``max_decompressed_bytes`` (64 MiB by default) bounds a frame.
+
 The `Decoder` never raises on garbage: it counts the reason and returns None.
 `decode_frame` is the strict variant for tests and tools.
 
@@ -140,6 +146,9 @@ class Frame:
 class DecodeStats:
     """Counters of a `Decoder`: one accepted counter and one per drop reason.
 
+    ``too_large`` counts valid frames that declare more values than the decoder's
+    ``max_values`` (refused before inflating or allocating them).
+
     ``internal_errors`` counts inputs on which the decoder itself raised something other than
     its documented rejection (`FrameError`): a bug in this module, counted so that it shows.
     Such an input is also counted as ``malformed`` (and so in ``total_dropped``).
@@ -151,11 +160,13 @@ class DecodeStats:
     truncated: int = 0
     bad_crc: int = 0
     malformed: int = 0
+    too_large: int = 0
     internal_errors: int = 0
 
     @property
     def total_dropped(self) -> int:
-        return self.bad_magic + self.bad_version + self.truncated + self.bad_crc + self.malformed
+        return (self.bad_magic + self.bad_version + self.truncated + self.bad_crc + self.malformed
+                + self.too_large)
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "total_dropped": self.total_dropped}
@@ -525,8 +536,9 @@ def _parse_flags(flags: int) -> tuple[Encoding, Compression]:
     return encoding, compression  # type: ignore[return-value]
 
 
-def _parse_layout(fields: tuple) -> _Layout:
-    """Semantic checks of a CRC-valid header: type, flags, dtype, shape, payload length."""
+def _parse_layout(fields: tuple, max_values: int | None = None) -> _Layout:
+    """Semantic checks of a CRC-valid header: type, flags, dtype, shape (no more than
+    ``max_values`` values: else ``too_large``), payload length."""
     _, _, ftype, flags, *_, dtype, ndim = fields[:11]
     dims, payload_len = fields[11:15], fields[15]
     frame_type = FrameType._value2member_map_.get(ftype)
@@ -540,10 +552,26 @@ def _parse_layout(fields: tuple) -> _Layout:
         raise FrameError(f"bad shape: ndim {ndim}, dims {dims}", reason="malformed")
     shape = tuple(dims[:ndim])
     raw_len = _PAYLOAD_PREFIX[encoding] + math.prod(shape) * _ITEMSIZE[encoding]
+    if max_values is not None:
+        _check_values(shape, encoding, raw_len, max_values)
     if compression is Compression.NONE and payload_len != raw_len:
         raise FrameError(f"payload_len {payload_len} but shape {shape} in {encoding.name} "
                          f"needs {raw_len}", reason="malformed")
     return _Layout(frame_type, encoding, compression, shape, raw_len)  # type: ignore[arg-type]
+
+
+def _check_values(shape: tuple[int, ...], encoding: Encoding, raw_len: int, max_values: int) -> None:
+    """FrameError(too_large) when ``shape`` holds more than ``max_values`` values."""
+    declared = math.prod(shape)
+    if declared > max_values:
+        raise FrameError(f"shape {shape} declares {declared} values ({raw_len} bytes in "
+                         f"{encoding.name}); this receiver takes at most {max_values} values per "
+                         f"frame", reason="too_large")
+
+
+def _part_bytes(encoding: Encoding, max_values: int) -> int:
+    """The encoded size of ``max_values`` values in ``encoding``: the most a payload may inflate to."""
+    return _PAYLOAD_PREFIX[encoding] + max_values * _ITEMSIZE[encoding]
 
 
 _F16_TABLE: np.ndarray | None = None
@@ -602,18 +630,24 @@ def _frame_bytes(buf: object) -> bytes:
 
 
 def decode_frame(buf: bytes | bytearray | memoryview, *,
-                 max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES) -> Frame:
+                 max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
+                 max_values: int | None = None) -> Frame:
     """Decode one whole frame; raises FrameError (a ValueError) saying why it is invalid.
 
     A compressed payload is inflated to exactly the size its shape and encoding imply, and
-    never past ``max_decompressed_bytes``.
+    never past ``max_decompressed_bytes``. With ``max_values``, a frame whose header declares
+    more values is refused (``too_large``) before its payload is inflated or decoded, and no
+    payload inflates past ``max_values`` values in the frame's encoding.
     """
     data = buf if type(buf) is bytes else _frame_bytes(buf)
     fields = _check_envelope(data)
-    layout = _parse_layout(fields)
+    layout = _parse_layout(fields, max_values)
+    limit = max_decompressed_bytes
+    if max_values is not None:
+        limit = min(limit, _part_bytes(layout.encoding, max_values))
     wire_payload = memoryview(data)[HEADER_SIZE:HEADER_SIZE + fields[15]]
     payload = _decompress(wire_payload, layout.compression, expected=layout.raw_len,
-                          limit=max_decompressed_bytes)
+                          limit=limit)
     return Frame(
         frame_type=layout.frame_type, run_id=fields[4], sample_id=fields[5], shard=fields[6],
         seq=fields[7], send_ts_ns=fields[8], encoding=layout.encoding,
@@ -625,19 +659,26 @@ def decode_frame(buf: bytes | bytearray | memoryview, *,
 class Decoder:
     """Lenient decoder: returns a Frame or None, counting every drop in `stats`.
 
+    ``max_values`` (None: no limit but ``max_decompressed_bytes``) is the most values one frame
+    may carry, e.g. the edge's ``part_dim``: a frame declaring more is counted ``too_large`` and
+    dropped from its header alone, and no payload inflates past that many values.
     ``last_error`` keeps the message of the latest drop (for logs; counters are the record).
     """
 
-    def __init__(self, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES) -> None:
+    def __init__(self, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
+                 max_values: int | None = None) -> None:
         self.stats = DecodeStats()
         self.max_decompressed_bytes = _check_range(
             max_decompressed_bytes, name="max_decompressed_bytes", limit=_U64)
+        self.max_values = (None if max_values is None
+                           else _check_range(max_values, name="max_values", limit=_U64))
         self.last_error: str | None = None
 
     def decode(self, buf: bytes | bytearray | memoryview) -> Frame | None:
         """Decode one whole frame; never raises."""
         try:
-            frame = decode_frame(buf, max_decompressed_bytes=self.max_decompressed_bytes)
+            frame = decode_frame(buf, max_decompressed_bytes=self.max_decompressed_bytes,
+                                 max_values=self.max_values)
         except FrameError as exc:
             setattr(self.stats, exc.reason, getattr(self.stats, exc.reason) + 1)
             self.last_error = str(exc)

@@ -131,13 +131,23 @@ class LinkState:
     shaper: str = "user"             # "user" (linkemu shaper in the agent) or "kernel:<backend>"
     bytes: int = 0
     frames: int = 0
-    dropped: int = 0
+    dropped: int = 0                 # every cause below, summed
     dropped_outage: int = 0
     dropped_queue: int = 0
+    dropped_loss: int = 0
+    dropped_send: int = 0            # the transport refused or failed the send (a cut wire)
+    dropped_close: int = 0           # still queued when the sender closed
     queue_bytes: int = 0
     in_outage: bool = False
     transit_ms: list[float] = field(default_factory=list)
     transit_uncertainty_ms: list[float] = field(default_factory=list)
+
+    def drops(self) -> dict[str, int]:
+        """The link's drops by cause (``DROP_CAUSES`` order), zeros included."""
+        return {cause: getattr(self, f"dropped_{cause}") for cause in DROP_CAUSES}
+
+
+DROP_CAUSES = ("outage", "queue", "loss", "send", "close")   # LinkState.dropped_<cause>
 
 
 @dataclass
@@ -265,11 +275,13 @@ class RunState:
         lk = self.links.get(ev.get("link", ""))
         if lk is None:
             return
+        # frames/bytes delivered: what the wearable's transport took (a failed send is dropped_send);
+        # every offered frame is delivered, dropped by one cause, or still pending
         lk.bytes = int(ev.get("bytes_delivered", lk.bytes))
         lk.frames = int(ev.get("frames_delivered", lk.frames))
-        lk.dropped_outage = int(ev.get("dropped_outage", 0))
-        lk.dropped_queue = int(ev.get("dropped_queue", 0))
-        lk.dropped = lk.dropped_outage + lk.dropped_queue
+        for cause in DROP_CAUSES:
+            setattr(lk, f"dropped_{cause}", int(ev.get(f"dropped_{cause}", 0)))
+        lk.dropped = sum(lk.drops().values())
         lk.queue_bytes = int(ev.get("queue_bytes", 0))
         lk.in_outage = bool(ev.get("in_outage", False))
 
@@ -344,7 +356,7 @@ class RunState:
                        "clock_uncertainty_ms": b.clock_uncertainty_ms} for b in self.boards.values()]
             links = [{"name": lk.name, "from": lk.src, "to": lk.dst, "transport": lk.transport,
                       "shaper": lk.shaper, "rate_bps": lk.rate_bps, "bytes": lk.bytes, "frames": lk.frames, "dropped": lk.dropped,
-                      "dropped_outage": lk.dropped_outage, "dropped_queue": lk.dropped_queue,
+                      **{f"dropped_{cause}": n for cause, n in lk.drops().items()},
                       "one_way_ms_p50": _r(percentile(lk.transit_ms, 50)),
                       "one_way_ms_p95": _r(percentile(lk.transit_ms, 95)),
                       "clock_uncertainty_ms_p50": _r(percentile(lk.transit_uncertainty_ms, 50))}

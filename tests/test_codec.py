@@ -439,7 +439,8 @@ def test_decoder_accepts_bytearray_and_memoryview_and_counts_ok():
     assert dec.decode("not bytes") is None  # type: ignore[arg-type]
     assert dec.decode(12) is None  # type: ignore[arg-type]  (not 12 zero bytes)
     assert dec.stats.as_dict() == dict(ok=2, bad_magic=0, bad_version=0, truncated=0,
-                                       bad_crc=0, malformed=2, internal_errors=0, total_dropped=2)
+                                       bad_crc=0, malformed=2, too_large=0, internal_errors=0,
+                                       total_dropped=2)
 
 
 # ------------------------------------------------------------------------- fuzz
