@@ -231,7 +231,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     from testbed.config import load_experiment, load_inventory
     from testbed.orchestrator import default_cache_dir
-    from testbed.partition.report import render_bundle, write_compare
+    from testbed.partition.report import render_bundle
 
     exp = load_experiment(args.experiment)
     if exp.partition is None:
@@ -241,25 +241,26 @@ def cmd_partition(args: argparse.Namespace) -> int:
     if inv is None and exp.partition.method == "layer" and Path("inventory.yaml").exists():
         inv = load_inventory("inventory.yaml")
     cache = Path(args.cache) if args.cache else default_cache_dir()
-    out = Path(args.out) if args.out else Path("bundles") / exp.name
+    # single runs and --compare never share a default folder (testbed.outdir refuses what is not ours)
+    out = Path(args.out) if args.out else Path("bundles") / (f"{exp.name}-compare" if args.compare else exp.name)
     _set_threads(args.threads)
     console = _console(stderr=args.json)
     with _train_progress(console, not args.json and console.is_terminal) as cb:
         progress = (lambda phase, step, total, _loss: cb(phase, step, total)) if cb else None
         if args.compare:
             from testbed.partition.build import compare
-            doc = write_compare(compare(exp, out_dir=out, cache_dir=cache, progress=progress), out_dir=out)
+            doc = compare(exp, out_dir=out, cache_dir=cache, progress=progress, force=args.force)
         else:
             from testbed.partition.build import build_bundle
-            built = build_bundle(exp, out_dir=out, cache_dir=cache, inventory=inv, progress=progress)
+            built = build_bundle(exp, out_dir=out, cache_dir=cache, inventory=inv, progress=progress,
+                                 force=args.force)
             doc = {"bundle": str(built.bundle_dir), "method": built.manifest["method"],
                    "seconds": built.seconds, "evaluation": built.manifest.get("evaluation", {})}
-            for line in render_bundle(built.manifest, bundle_dir=built.bundle_dir):
+            for line in [*render_bundle(built.manifest, bundle_dir=built.bundle_dir), *built.notes]:
                 console.print(line, markup=False)
     if args.compare:
-        for line in doc["text"]:
+        for line in [*doc.pop("text"), *doc.pop("notes")]:
             console.print(line, markup=False)
-        doc.pop("text")
     if args.json:
         sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
     return 0
@@ -385,8 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--compare", action="store_true",
                       help="NoNN and the resilient method on the same teacher and seed, with a resilience "
                            "table and plot")
-    part.add_argument("--out", help="bundle directory (default bundles/<experiment name>; --compare: one "
-                                    "folder per method inside it)")
+    part.add_argument("--out", help="bundle directory (default bundles/<experiment name>; --compare: default "
+                                    "bundles/<experiment name>-compare, one bundle per method inside it); a new "
+                                    "or empty folder, else refused")
+    part.add_argument("--force", action="store_true",
+                      help="replace an earlier output of testbed partition in the folder (only the files it "
+                           "wrote; anything else there is kept)")
     part.add_argument("--inventory", help="inventory.yaml (the layer split reads link rate and board kinds)")
     part.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     part.add_argument("--threads", type=int, help="torch threads (default: the cores, at most 4)")

@@ -6,10 +6,13 @@ method into a directory: NoNN or resilient through testbed.partition.pipeline, t
 through testbed.partition.layersplit; then the LiteRT shards the section asks for, each checked
 against torch and, for int8, with its accuracy measured) and ``cached_bundle`` (the same, reused
 from the cache when a bundle with the same key verifies) and ``compare`` (NoNN and resilient on
-one teacher). ``testbed partition`` and ``testbed
-run`` for experiments with a partition section both come through here.
+one teacher: both bundles and the comparison files in one folder). ``testbed partition`` and
+``testbed run`` for experiments with a partition section both come through here.
 
-It never sets torch's thread count (the CLI does) and never downloads anything.
+Every output folder is written by testbed.outdir's rule: created fresh, or our earlier output
+replaced with ``force`` (never a file we did not write), built in a temporary folder beside it
+and moved in only when complete and verified. It never deletes anything itself, never sets
+torch's thread count (the CLI does) and never downloads anything.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from testbed.bundle import EXPERIMENT_COPY, MANIFEST, BundleError, load_manifest
 from testbed.config import Experiment, Inventory, PartitionSpec
 from testbed.data import Dataset, load_dataset
 from testbed.errors import TestbedError
+from testbed.outdir import output_dir
 from testbed.partition.evaluate import merge_batch
 from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfig, Progress, StudentSpec,
                                         TeacherSpec, run_compare, run_partition)
@@ -45,6 +49,7 @@ class Built:
     dataset: Dataset
     cached: bool
     seconds: float
+    notes: tuple[str, ...] = ()     # what writing the folder kept or replaced (testbed.outdir)
 
 
 def partition_config(spec: PartitionSpec, *, dataset: str, dataset_path: Path | None, seed: int) -> PartitionConfig:
@@ -82,41 +87,47 @@ def bundle_key(exp: Experiment, *, inventory: Inventory | None = None) -> str:
 
 
 def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: Inventory | None = None,
-                 progress: Progress | None = None) -> Built:
-    """Run ``exp``'s partition section into ``out_dir`` (replaced) and return the verified bundle."""
+                 progress: Progress | None = None, force: bool = False, _adopt: bool = False) -> Built:
+    """Run ``exp``'s partition section into ``out_dir`` and return the verified bundle.
+
+    ``out_dir`` must be new or empty, or (with ``force``) hold only an earlier output of ours plus
+    files we keep; else ConfigError before any work (testbed.outdir). An exception while building
+    leaves ``out_dir`` as it was."""
     spec = exp.partition
     if spec is None:
         raise TestbedError(f"{exp.path}: no partition section; expected one for `testbed partition`")
     t0 = time.monotonic()
-    out_dir = Path(out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    data = load_dataset(exp.dataset.name, path=exp.dataset.path, seed=exp.seed)
-    if spec.method == "layer":
-        from testbed.partition.layersplit import build_layer_bundle
-        manifest, modules = build_layer_bundle(exp, _config(exp), data, inventory=inventory, out_dir=out_dir,
-                                               cache_dir=Path(cache_dir), progress=progress)
-        cached = False
-    else:
-        result = run_partition(_config(exp), cache_dir=Path(cache_dir), out_dir=out_dir, progress=progress,
-                               data=data)
-        manifest = result.manifest
-        assert result.model is not None
-        modules = {f"student_{i}": s for i, s in enumerate(result.model.students)}
-        modules["merge"] = result.model.merge
-        cached = bool(manifest.get("students_cached"))
-    manifest["bundle_key"] = bundle_key(exp, inventory=inventory)
-    manifest["experiment"] = {"name": exp.name, "file": str(exp.path), "copy": EXPERIMENT_COPY}
-    shutil.copyfile(exp.path, out_dir / EXPERIMENT_COPY)  # the bundle carries what it was built from
-    if "tflite" in spec.runtimes:
-        _add_litert(manifest, modules, out_dir=out_dir, data=data, quantize=spec.quantize)
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return Built(bundle_dir=out_dir, manifest=load_manifest(out_dir), dataset=data, cached=cached,
-                 seconds=round(time.monotonic() - t0, 2))
+    with output_dir(Path(out_dir), force=force, writer="testbed partition", adopt=_adopt) as out:
+        stage = out.staging
+        data = load_dataset(exp.dataset.name, path=exp.dataset.path, seed=exp.seed)
+        if spec.method == "layer":
+            from testbed.partition.layersplit import build_layer_bundle
+            manifest, modules = build_layer_bundle(exp, _config(exp), data, inventory=inventory, out_dir=stage,
+                                                   cache_dir=Path(cache_dir), progress=progress)
+            cached = False
+        else:
+            result = run_partition(_config(exp), cache_dir=Path(cache_dir), out_dir=stage, progress=progress,
+                                   data=data)
+            manifest = result.manifest
+            assert result.model is not None
+            modules = {f"student_{i}": s for i, s in enumerate(result.model.students)}
+            modules["merge"] = result.model.merge
+            cached = bool(manifest.get("students_cached"))
+        manifest["bundle_key"] = bundle_key(exp, inventory=inventory)
+        manifest["experiment"] = {"name": exp.name, "file": str(exp.path), "copy": EXPERIMENT_COPY}
+        shutil.copyfile(exp.path, stage / EXPERIMENT_COPY)  # the bundle carries what it was built from
+        if "tflite" in spec.runtimes:
+            _add_litert(manifest, modules, out_dir=stage, data=data, quantize=spec.quantize)
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        verified = load_manifest(stage)      # before it replaces anything
+    return Built(bundle_dir=out.dest, manifest=verified, dataset=data, cached=cached,
+                 seconds=round(time.monotonic() - t0, 2), notes=tuple(out.notes()))
 
 
 def cached_bundle(exp: Experiment, *, cache_dir: Path, inventory: Inventory | None = None,
                   progress: Progress | None = None) -> Built:
-    """``exp``'s bundle from ``cache_dir/partition-<key>/bundle`` when it verifies, else built there."""
+    """``exp``'s bundle from ``cache_dir/partition-<key>/bundle`` when it verifies, else built there
+    (the cache's own folder: what is in it counts as ours, marker or not, and is replaced)."""
     key = bundle_key(exp, inventory=inventory)
     bundle_dir = Path(cache_dir) / f"partition-{key}" / "bundle"
     try:
@@ -124,7 +135,8 @@ def cached_bundle(exp: Experiment, *, cache_dir: Path, inventory: Inventory | No
         if manifest.get("bundle_key") != key:
             raise BundleError("stale")
     except BundleError:
-        return build_bundle(exp, out_dir=bundle_dir, cache_dir=cache_dir, inventory=inventory, progress=progress)
+        return build_bundle(exp, out_dir=bundle_dir, cache_dir=cache_dir, inventory=inventory, progress=progress,
+                            force=True, _adopt=True)
     data = load_dataset(exp.dataset.name, path=exp.dataset.path, seed=exp.seed)
     return Built(bundle_dir=bundle_dir, manifest=manifest, dataset=data, cached=True, seconds=0.0)
 
@@ -201,9 +213,12 @@ def _bundle_accuracy(manifest: dict[str, Any], *, out_dir: Path, x: np.ndarray, 
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
-def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path,
-            progress: Progress | None = None) -> tuple[CompareResult, PartitionConfig]:
-    """NoNN and the resilient method on ``exp``'s teacher and seed; bundles in ``out_dir/<method>``.
+def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path, progress: Progress | None = None,
+            force: bool = False) -> dict[str, Any]:
+    """NoNN and the resilient method on ``exp``'s teacher and seed: bundles in ``out_dir/<method>``
+    and ``comparison.{json,md,png}`` (report.write_compare), all in one output folder by
+    testbed.outdir's rule (``force`` as for ``build_bundle``). Returns write_compare's summary
+    with ``notes`` (lines on what the folder write kept or replaced).
     ``partition.method`` is ignored (a ``layer`` section compares with its students/parts)."""
     spec = exp.partition
     if spec is None:
@@ -212,4 +227,10 @@ def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path,
     if cfg.parts > cfg.students // 2:
         raise TestbedError(f"{exp.path}: --compare needs the resilient method's M <= S/2; got S = {cfg.students}, "
                            f"M = {cfg.parts}")
-    return run_compare(cfg, cache_dir=Path(cache_dir), out_dir=Path(out_dir), progress=progress), cfg
+    from testbed.partition.report import write_compare
+    with output_dir(Path(out_dir), force=force, writer="testbed partition --compare") as out:
+        result = run_compare(cfg, cache_dir=Path(cache_dir), out_dir=out.staging, progress=progress)
+        for method in result.results:
+            load_manifest(out.staging / method)      # both bundles verify before anything is replaced
+        doc = write_compare((result, cfg), out_dir=out.staging, final_dir=out.dest)
+    return {**doc, "notes": out.notes()}

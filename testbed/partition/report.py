@@ -105,9 +105,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_compare(compared: tuple[CompareResult, PartitionConfig], *, out_dir: Path) -> dict[str, Any]:
-    """Write ``comparison.{json,md,png}`` into ``out_dir``; the summary, with ``text`` (lines to print)."""
+def write_compare(compared: tuple[CompareResult, PartitionConfig], *, out_dir: Path,
+                  final_dir: Path | None = None) -> dict[str, Any]:
+    """Write ``comparison.{json,md,png}`` into ``out_dir``; the summary, with ``text`` (lines to print).
+    ``final_dir``: where ``out_dir``'s content will live (build.compare writes into a temporary
+    folder first); the paths printed and returned are there. It creates no folder but ``out_dir``
+    and deletes nothing."""
     result, cfg = compared
+    final = Path(final_dir) if final_dir is not None else Path(out_dir)
+    bundles = {m: final / Path(r.bundle_dir).name for m, r in result.results.items()}
     summary = summarise(result, cfg, wall_s=result.timings["total"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -119,9 +125,9 @@ def write_compare(compared: tuple[CompareResult, PartitionConfig], *, out_dir: P
     text = [f"NoNN vs resilient on {summary['dataset']}, S = {summary['S']}, M = {summary['M']} "
             f"(seed {cfg.seed}, {summary['config']['test_samples']:,} test images)", table(summary),
             partition_table(summary), verdict,
-            *(f"bundle {m}: {r.bundle_dir}" for m, r in result.results.items()),
-            f"wrote {out_dir}/comparison.{{json,md,png}}"]
-    return {**summary, "bundles": {m: str(r.bundle_dir) for m, r in result.results.items()}, "text": text}
+            *(f"bundle {m}: {d}" for m, d in bundles.items()),
+            f"wrote {final}/comparison.{{json,md,png}}"]
+    return {**summary, "out": str(final), "bundles": {m: str(d) for m, d in bundles.items()}, "text": text}
 
 
 def render_bundle(manifest: dict[str, Any], *, bundle_dir: Path) -> list[str]:
