@@ -89,14 +89,20 @@ class Config:
 
     meter: str
     settings: dict[str, Any]
+    rate_hz: float | None = None     # None: the configured chip's max_rate_hz
 
     @property
     def label(self) -> str:
+        s = check_meter_settings(self.meter, {**self.settings, **({"rate_hz": self.rate_hz} if self.rate_hz else {})})
+        at = f" @{self.rate_hz:g}Hz" if self.rate_hz else ""
+        fitted = " (fitted)" if not ({"conversion_us", "averaging", "adc_samples"} & set(self.settings)) else ""
         if self.meter == "ina219":
-            return f"{self.meter} adc_samples={self.settings['adc_samples']}"
-        return f"{self.meter} ct={self.settings['conversion_us']}us avg={self.settings['averaging']}"
+            return f"{self.meter} adc_samples={s['adc_samples']}{at}{fitted}"
+        return f"{self.meter} ct={s['conversion_us']}us avg={s['averaging']}{at}{fitted}"
 
     def checked(self) -> dict[str, Any]:
+        if self.rate_hz:
+            return check_meter_settings(self.meter, {**self.settings, "rate_hz": self.rate_hz})
         s = check_meter_settings(self.meter, self.settings)
         s["rate_hz"] = _max_rate(self.meter, s)
         return check_meter_settings(self.meter, s)
@@ -125,13 +131,16 @@ CONFIGS = (
     Config("ina260", {"conversion_us": 140, "averaging": 1}),
     Config("ina260", {"conversion_us": 1100, "averaging": 1}),
     Config("ina260", {"conversion_us": 140, "averaging": 16}),
+    # read at the default 100 Hz: a 2.2 ms cycle (the first version's default) against the fitted one
+    Config("ina226", {"shunt_ohms": 0.01, "max_current_a": 2.0, "conversion_us": 1100, "averaging": 1}, 100.0),
+    Config("ina226", {"shunt_ohms": 0.01, "max_current_a": 2.0}, 100.0),
 )
 QUICK_CONFIGS = (CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[5])
 
 
 def cycle_ns(cfg: Config) -> int:
     """One conversion cycle (shunt + bus, averaging included): the settings' one rule."""
-    cycle_us = conversion_cycle_us(cfg.meter, cfg.settings)
+    cycle_us = conversion_cycle_us(cfg.meter, cfg.checked())
     assert cycle_us is not None
     return int(round(cycle_us * 1000))
 

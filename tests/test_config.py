@@ -4,12 +4,14 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
 from testbed.config import (
     BoardSpec,
     DatasetSpec,
+    EnergySpec,
     Experiment,
     FaultSpec,
     Inventory,
@@ -134,10 +136,12 @@ def test_demo_inventory_loads() -> None:
     inv = load_inventory(DEMO_INVENTORY)
     assert inv.bench == "demo"
     assert inv.broker.mode == "embedded" and inv.broker.host is None and inv.broker.port is None
+    model = EnergySpec(meter="model", settings=MappingProxyType(
+        {"active_w": None, "idle_w": None, "radio_w": None, "rate_hz": 50.0}))   # the demo models every board
     assert inv.boards["wrist"] == BoardSpec(name="wrist", role="wearable", kind="sim",
-                                            connect="local", runtime="torch")
+                                            connect="local", runtime="torch", energy=model)
     assert inv.edge == BoardSpec(name="edge", role="edge", kind="sim", connect="local",
-                                 runtime="torch")
+                                 runtime="torch", energy=model)
     assert [l.name for l in inv.links] == ["wrist-edge", "chest-edge", "ankle-edge"]
     # one transport per wearable, each made locally by the harness
     assert [(l.transport.type, dict(l.transport.settings)) for l in inv.links] == [
@@ -225,13 +229,14 @@ def test_energy_a_name_or_a_mapping_checked_by_the_meter_rules(tmp_path: Path) -
     wrist, edge = inv.boards["wrist"].energy, inv.boards["edge"].energy
     assert wrist.meter == "model" and wrist.modelled and wrist.settings["rate_hz"] == 50.0
     assert edge.meter == "ina226" and not edge.modelled
+    # conversion time unset: fitted so that one cycle (2 x 1100 us x 4) fills most of the 10 ms period
     assert (edge.settings["address"], edge.settings["shunt_ohms"], edge.settings["conversion_us"]) == (0x41, 0.01, 1100)
     assert inv.boards["chest"].energy is None
 
     bad = text.replace("address: 0x41", "address: 0x20")
     expect_error(load_inventory, write(tmp_path, bad), line=line_of(bad, "0x20"), key="boards.edge.energy.address",
                  phrase="expected a 7-bit I2C address from 0x40 to 0x4F")
-    bad = text.replace("averaging: 4", "averaging: 1024")
+    bad = text.replace("averaging: 4", "averaging: 1024, conversion_us: 1100")
     expect_error(load_inventory, write(tmp_path, bad), line=line_of(bad, "averaging"),
                  key="boards.edge.energy.rate_hz", phrase="expected at most 0.443892")
     bad = text.replace("meter: ina226", "meter: ina3221")

@@ -34,11 +34,25 @@ def test_rate_above_what_the_chip_converts_is_refused_with_the_figure() -> None:
     # INA226: bus and shunt at 1.1 ms each, averaging 4: a fresh reading every 8.8 ms
     assert max_rate_hz("ina226", {"conversion_us": 1100, "averaging": 4}) == pytest.approx(1e6 / 8800)
     with pytest.raises(MeterSettingError) as err:
-        check_meter_settings("ina226", {"averaging": 4, "rate_hz": 200})
+        check_meter_settings("ina226", {"conversion_us": 1100, "averaging": 4, "rate_hz": 200})
     assert err.value.key == "rate_hz" and "113.636" in err.value.detail
     assert max_rate_hz("pi5-pmic", {}) == 10.0
     with pytest.raises(MeterSettingError):
         check_meter_settings("pi5-pmic", {"rate_hz": 50})
+
+
+def test_unset_conversion_settings_are_fitted_to_the_reading_period() -> None:
+    """A chip converting faster than it is read would leave most of each period unmeasured: unset,
+    its conversion time and averaging fill as much of 1/rate_hz as fits."""
+    s = check_meter_settings("ina226", {"rate_hz": 100})                    # 10 ms: 2 x 1100 us x 4 = 8.8 ms
+    assert (s["conversion_us"], s["averaging"]) == (1100, 4)
+    s = check_meter_settings("ina260", {"rate_hz": 1000, "averaging": 1})   # 1 ms: 2 x 332 us
+    assert s["conversion_us"] == 332
+    s = check_meter_settings("ina260", {"rate_hz": 500, "conversion_us": 140})   # 2 ms: 2 x 140 us x 4
+    assert s["averaging"] == 4
+    assert check_meter_settings("ina219", {"rate_hz": 100})["adc_samples"] == 8   # 2 x 4.26 ms
+    assert check_meter_settings("ina219", {"rate_hz": 900})["adc_samples"] == 1
+    assert check_meter_settings("ina226", {"conversion_us": 140, "averaging": 1})["averaging"] == 1   # as given
 
 
 def test_registry_lists_every_backend() -> None:

@@ -137,7 +137,7 @@ def test_a_device_that_stops_answering_is_a_meter_error_on_read() -> None:
 def test_a_chip_that_never_converts_is_refused_at_open() -> None:
     clock = FakeClock()                        # and nothing moves it: no conversion can complete
     bus = SMBusModel(1, {0x40: Ina219Model(constant(5, 0.1), clock=clock)})
-    meter = Ina219(check_meter_settings("ina219", {}), smbus=bus, sleep=lambda s: None)
+    meter = Ina219(check_meter_settings("ina219", {"adc_samples": 1}), smbus=bus, sleep=lambda s: None)
     with pytest.raises(MeterError, match=r"no conversion completed within .* expected one every 1\.06 ms"):
         meter.open()
 
@@ -165,7 +165,7 @@ def test_ina260_config_word_and_no_calibration() -> None:
 @pytest.mark.parametrize(("settings", "config", "cal"), [
     # 3.2 A x 0.1 ohm = 320 mV: PG /8 (11), BRNG 32 V, BADC=SADC 1000 (12-bit, 1 sample);
     # Cal = trunc(0.04096 / (3.2/32768 x 0.1)) = 4194.
-    ({}, 0x3C47, 4194),
+    ({"adc_samples": 1}, 0x3C47, 4194),
     # 1 A x 0.1 = 100 mV: PG /4 (10), BRNG 16 V, 8 samples (1011); trunc(13421.77) = 13421, bit 0 void.
     ({"max_current_a": 1.0, "bus_range_v": 16, "adc_samples": 8}, 0x15DF, 13420),
 ])

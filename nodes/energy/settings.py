@@ -112,9 +112,10 @@ _BUS = Setting(_int("an I2C bus number, 0 to 255 (/dev/i2c-N)", lo=0, hi=255), "
 _ADDRESS = Setting(_int("a 7-bit I2C address from 0x40 to 0x4F (A0/A1 strapping)", lo=0x40, hi=0x4F),
                    "an I2C address from 0x40 to 0x4F", 0x40)
 _SHUNT = Setting(_number("the shunt resistor in ohms, > 0 and <= 10", lo=0, hi=10), "ohms > 0", 0.1)
+# Unset, the conversion time and averaging (INA219: adc_samples) are fitted to rate_hz (_fit_conversion).
 _CT = Setting(_one_of(INA_CONVERSION_US, "a conversion time in us: " + _listed(INA_CONVERSION_US)),
-              "a conversion time in us", 1100)
-_AVG = Setting(_one_of(INA_AVERAGING, "an averaging count: " + _listed(INA_AVERAGING)), "an averaging count", 1)
+              "a conversion time in us", None)
+_AVG = Setting(_one_of(INA_AVERAGING, "an averaging count: " + _listed(INA_AVERAGING)), "an averaging count", None)
 _RAIL = Setting(_text("a rail label"), "a rail label", None)
 _WATTS = "watts, >= 0 and <= 1000"
 
@@ -130,7 +131,7 @@ SCHEMAS: Mapping[str, Mapping[str, Setting]] = MappingProxyType({
                                  "amperes > 0", 3.2),
         "bus_range_v": Setting(_one_of((16, 32), "16 or 32 (the bus voltage range)"), "16 or 32", 32),
         "adc_samples": Setting(_one_of(INA219_ADC_SAMPLES, "12-bit samples averaged per conversion: "
-                                       + _listed(INA219_ADC_SAMPLES)), "an ADC sample count", 1),
+                                       + _listed(INA219_ADC_SAMPLES)), "an ADC sample count", None),
         "rail": _RAIL, "rate_hz": _rate(DEFAULT_RATE_HZ)}),
     "ina226": MappingProxyType({
         "bus": _BUS, "address": _ADDRESS, "shunt_ohms": _SHUNT,
@@ -179,6 +180,7 @@ def check_meter_settings(meter: str, settings: Mapping[str, Any]) -> dict[str, A
             out[key] = schema[key].check(value)
         except _Invalid as exc:
             raise MeterSettingError(meter, key, f"expected {exc}; got {value!r}") from None
+    _fit_conversion(meter, out, rate_hz=float(out.get("rate_hz") or schema["rate_hz"].default))
     for key, s in schema.items():
         out.setdefault(key, s.default)
     top = max_rate_hz(meter, out)
@@ -186,6 +188,23 @@ def check_meter_settings(meter: str, settings: Mapping[str, Any]) -> dict[str, A
         raise MeterSettingError(meter, "rate_hz", f"expected at most {top:g} (this meter's fresh readings per "
                                                   f"second as configured); got {out['rate_hz']:g}")
     return out
+
+
+def _fit_conversion(meter: str, out: dict[str, Any], *, rate_hz: float) -> None:
+    """Where a file leaves an INA chip's conversion time or averaging unset, choose them so that
+    one conversion cycle fills as much of the reading period (1/rate_hz) as fits: a reading is then
+    the mean of nearly its whole period, not of its last few hundred microseconds (a chip that
+    converts faster than it is read leaves most of each period unmeasured)."""
+    period_us = 1e6 / rate_hz
+    if meter == "ina219" and out.get("adc_samples") is None:
+        fits = [n for n, c in zip(INA219_ADC_SAMPLES, INA219_CONVERSION_US) if 2 * c <= period_us]
+        out["adc_samples"] = fits[-1] if fits else INA219_ADC_SAMPLES[0]
+    elif meter in ("ina226", "ina260") and (out.get("conversion_us") is None or out.get("averaging") is None):
+        cts = [out["conversion_us"]] if out.get("conversion_us") is not None else list(INA_CONVERSION_US)
+        avgs = [out["averaging"]] if out.get("averaging") is not None else list(INA_AVERAGING)
+        pairs = [(2 * ct * avg, ct, avg) for ct in cts for avg in avgs]
+        fitting = [p for p in pairs if p[0] <= period_us] or [min(pairs)]
+        _cycle, out["conversion_us"], out["averaging"] = max(fitting)
 
 
 def conversion_cycle_us(meter: str, settings: Mapping[str, Any]) -> float | None:
