@@ -11,7 +11,6 @@ file; ``shard_for`` picks the entry a board's runtime loads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import warnings
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from testbed.errors import TestbedError
+from testbed.hashing import sha256_file
 from testbed.manifest import BundleError, bundle_file, check_manifest
 from testbed.model import StudentsConfig, UnifiedStudents
 
@@ -47,14 +47,6 @@ def bundle_experiment(bundle_dir: Path) -> Path:
         raise BundleError(f"{bundle_dir}: the bundle carries no {EXPERIMENT_COPY} (bundles from before it did); "
                           f"give the experiment file: testbed deploy EXPERIMENT.yaml --bundle {bundle_dir}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def trace_shard(module: torch.nn.Module, example: torch.Tensor,

@@ -25,7 +25,6 @@ never deletes the destination folder itself when it held something we keep.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from testbed.errors import ConfigError
+from testbed.hashing import sha256_file
 
 MARKER = ".hbc-testbed-output"
 MARKER_FORMAT = 1
@@ -86,14 +86,6 @@ class Output:
             lines.append(f"kept {', '.join(self.kept[:5])}{more} in {self.dest}: testbed did not write "
                          f"{'them' if len(self.kept) > 1 else 'it'}")
         return lines
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _plain_rel(name: Any) -> str | None:
@@ -161,7 +153,7 @@ def inspect(dest: Path, *, adopt: bool = False) -> Contents:
             elif name in files:
                 meta = files[name]
                 same = entry.stat(follow_symlinks=False).st_size == meta["size"] and \
-                    _sha256(Path(entry.path)) == meta["sha256"]
+                    sha256_file(Path(entry.path)) == meta["sha256"]
                 (out.ours if same else out.changed).append(name)
                 if same:
                     out.meta[name] = {"size": meta["size"], "sha256": meta["sha256"]}
@@ -266,7 +258,7 @@ def _commit(out: Output, *, force: bool, adopt: bool) -> None:
     now = inspect(dest, adopt=adopt)          # again: the folder may have changed while we worked
     _check(dest, now, force=force, writer=out.writer, adopt=adopt)
     new_files, new_dirs = _files(staging)
-    meta = {f: {"size": (staging / f).stat().st_size, "sha256": _sha256(staging / f)} for f in new_files}
+    meta = {f: {"size": (staging / f).stat().st_size, "sha256": sha256_file(staging / f)} for f in new_files}
     if not now.exists or now.empty:
         _write_marker(staging / MARKER, writer=out.writer, dirs=new_dirs, state="complete", meta=meta,
                       tmp_dir=staging)
@@ -286,7 +278,7 @@ def _commit(out: Output, *, force: bool, adopt: bool) -> None:
     # From here the folder changes. The marker first lists old and new files, so an interruption
     # leaves nothing of ours unlisted; the old manifests go first and the new ones come last, so a
     # half-moved folder never loads as a complete bundle.
-    old_meta = {f: now.meta.get(f) or {"size": (dest / f).stat().st_size, "sha256": _sha256(dest / f)}
+    old_meta = {f: now.meta.get(f) or {"size": (dest / f).stat().st_size, "sha256": sha256_file(dest / f)}
                 for f in now.ours}
     _write_marker(dest / MARKER, writer=out.writer, state="replacing", dirs=sorted(set(now.our_dirs) | set(new_dirs)),
                   meta={**old_meta, **meta}, tmp_dir=staging)

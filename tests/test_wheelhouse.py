@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from testbed.errors import TestbedError
+from testbed.hashing import sha256_file
 from testbed.remote import wheelhouse as wh
 from testbed.remote.boardpython import PROBE_SCRIPT, BoardPython, BoardPythonError, wheel_tags
 from testbed.remote.wheelhouse import (Wheelhouse, WheelhouseError, build_wheelhouse, download_argv, install_argv,
@@ -245,7 +246,7 @@ def test_wheelhouse_for_this_python_is_complete_and_cached(built: tuple[Wheelhou
     manifest = json.loads((house.path / wh.MANIFEST).read_text())
     assert {n: e["sha256"] for n, e in manifest["files"].items()} == house.files
     assert manifest["group"] == local.group_key
-    assert all(wh._sha256(house.path / n) == sha for n, sha in house.files.items())
+    assert all(sha256_file(house.path / n) == sha for n, sha in house.files.items())
     assert not [p for p in house.path.parent.iterdir() if p.name.startswith(".tmp-")]
 
     mtime = house.path.stat().st_mtime_ns

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncssh
 
-from testbed.bundle import sha256_file
+from testbed.hashing import sha256_file
 from testbed.config import BoardSpec
 from testbed.remote.ssh import RemoteError, Session, board_path, quote_path, where
 from testbed.remote.wheelhouse import system_pins_argv

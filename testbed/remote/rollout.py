@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.bundle import sha256_file
+from testbed.hashing import sha256_file
 from testbed.config import BoardSpec, Inventory
 from testbed.errors import TestbedError
 from testbed.remote.boardpython import BoardPython

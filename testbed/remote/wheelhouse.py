@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import TestbedError
+from testbed.hashing import sha256_file
 from testbed.remote.boardpython import ENVS, BoardPython, wheel_tags
 
 __all__ = ["WheelhouseError", "Wheelhouse", "RUNTIMES", "PROJECT", "requirements_for", "project_wheel",
@@ -186,7 +187,7 @@ def _sources_hash(root: Path, files: Sequence[str]) -> str:
     h = hashlib.sha256(b"hbc-testbed sources 1\0")
     for rel in files:
         if rel == "pyproject.toml" or rel.split("/", 1)[0] in SOURCE_PACKAGES:
-            h.update(rel.encode() + b"\0" + _sha256(root / rel).encode() + b"\n")
+            h.update(rel.encode() + b"\0" + sha256_file(root / rel).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -281,7 +282,7 @@ def build_wheelhouse(*, board: BoardPython, requirements: Sequence[str], cache_d
     if not include_project:
         return _dependencies(board=board, requirements=reqs, cache_dir=cache_dir, pip_args=pip_args, key=deps_key)
     own = project_wheel(cache_dir=cache_dir)
-    own_sha = _sha256(own)
+    own_sha = sha256_file(own)
     key = _digest({"format": FORMAT, "dependencies": deps_key, "project": [own.name, own_sha]})
     final = cache_dir / "wheelhouse" / key
     manifest = _load_complete(final)
@@ -353,7 +354,7 @@ def _dependencies(*, board: BoardPython, requirements: tuple[str, ...], cache_di
                 raise WheelhouseError(f"pip download for {board.describe()} keeps missing {', '.join(unmet)}, "
                                       f"which the board's markers need")
             wanted += unmet
-        files = {p.name: _sha256(p) for p in sorted(stage.glob("*.whl"))}
+        files = {p.name: sha256_file(p) for p in sorted(stage.glob("*.whl"))}
         foreign = [n for n in files if not board.accepts(n)]
         if foreign:
             raise WheelhouseError(f"pip download for {board.describe()} fetched wheels the board cannot install: "
@@ -666,14 +667,6 @@ def _is_pure(filename: str) -> bool:
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _run(argv: Sequence[str], *, what: str) -> subprocess.CompletedProcess[str]:
