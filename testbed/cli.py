@@ -114,6 +114,8 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) 
 
 
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
+    from testbed.runstate import drop_causes
+
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f} %"
 
@@ -124,8 +126,9 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         f"partial {pct(s['accuracy_partial'])}, during outage {pct(s['accuracy_during_outage'])} "
         f"of {s['samples_during_outage']}) | latency p50 {lat['p50']} ms, p95 {lat['p95']} ms")
     for lk in s["links"]:
+        causes = drop_causes(lk)
         console.print(f"  link {lk['name']}: {lk['bytes']} B delivered in {lk['frames']} frames, "
-                      f"{lk['dropped']} dropped ({lk['dropped_outage']} by outage)")
+                      f"{lk['dropped']} dropped" + (f" ({causes})" if causes else ""))
     console.print(f"run directory: [bold]{s['run_dir']}[/]")
 
 

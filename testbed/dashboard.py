@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from testbed.runstate import BoardState, RunState, percentile, read_events
+from testbed.runstate import BoardState, RunState, drop_causes, percentile, read_events
 
 _STATUS_STYLE = {"ready": "green", "running": "green", "starting": "yellow", "stopped": "dim",
                  "offline": "bold red", "error": "bold red"}
@@ -79,9 +79,6 @@ def _energy_cells(b: BoardState) -> tuple[Text, Text]:
     return power, per
 
 
-_DROP_LABEL = {"send": "send failed", "close": "at close"}   # the rest read as they are named
-
-
 def _links(st: RunState) -> Table:
     t = Table(title="links", expand=True, title_justify="left")
     for col, just in (("link", "left"), ("transport", "left"), ("rate", "right"), ("bytes", "right"),
@@ -91,7 +88,7 @@ def _links(st: RunState) -> Table:
     for lk in st.links.values():
         rate = "∞" if lk.rate_bps is None else f"{lk.rate_bps / 1000:.1f} kbit/s"
         now = Text("OUTAGE", style="bold red") if lk.in_outage else Text("up", style="green")
-        causes = ", ".join(f"{n} {_DROP_LABEL.get(cause, cause)}" for cause, n in lk.drops().items() if n)
+        causes = drop_causes(lk.drops())
         drops = f"{lk.dropped}" + (f" ({causes})" if causes else "")
         t.add_row(lk.name, f"{lk.transport} ({lk.shaper})", rate, _bytes(lk.bytes), str(lk.frames), drops,
                   _bytes(lk.queue_bytes), _fmt(percentile(lk.transit_ms, 50), ".2f", " ms"), now)

@@ -11,7 +11,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -148,6 +148,18 @@ class LinkState:
 
 
 DROP_CAUSES = ("outage", "queue", "loss", "send", "close")   # LinkState.dropped_<cause>
+_DROP_LABEL = {"send": "send failed", "close": "at close"}   # the rest read as they are named
+
+
+def drop_causes(counts: Mapping[str, Any]) -> str:
+    """A link's non-zero drops by cause, as the dashboard and the run's last lines show them
+    (``1 outage, 2 send failed``); ``counts`` holds ``dropped_<cause>`` keys or bare causes."""
+    parts = []
+    for cause in DROP_CAUSES:
+        n = counts.get(f"dropped_{cause}", counts.get(cause, 0)) or 0
+        if n:
+            parts.append(f"{n} {_DROP_LABEL.get(cause, cause)}")
+    return ", ".join(parts)
 
 
 @dataclass
