@@ -48,7 +48,7 @@ from nodes.energy.attribution import InferenceEnergy, Mark
 from nodes.energy.board import BoardEnergy
 from nodes.errors import AgentConfigError, NodeError
 from nodes.merge import Merged, Merger
-from nodes.mqtt import MqttClient, Will, topic
+from nodes.mqtt import Login, MqttClient, Will, read_password_file, topic
 from nodes.runtime import Runtime, configure_torch_threads, open_runtime
 from nodes.transport import Transport, open_transport
 from nodes.vocab import compression, encoding
@@ -114,10 +114,11 @@ class Agent(ABC):
         self._clock: ClockEstimate | None = None
         self._clock_sync = ClockSyncClient(lambda p: self._ctl.publish(self._topic("time"), p, qos=0))
         self._energy: BoardEnergy | None = None   # the board's power meter, when its inventory names one
+        self._login = broker_login(cfg)
         self._ctl = MqttClient(
             host=cfg.broker.host, port=cfg.broker.port, client_id=f"agent-{self.bench}-{self.board}",
             will=Will(self._topic("status"), self._status_payload("offline")),
-            on_message=self._on_control)
+            on_message=self._on_control, login=self._login)
 
     # -- role hooks ------------------------------------------------------------------------
     @abstractmethod
@@ -183,7 +184,10 @@ class Agent(ABC):
 
     def _open_transport(self, spec: agentconfig.TransportEnd, *, receive: bool) -> Transport:
         try:
-            tr = open_transport(spec.type, receive=receive, **spec.settings)
+            settings = dict(spec.settings)
+            if spec.type == "mqtt":   # a data link through the run's broker logs in as this board
+                settings.update(self._login.settings())
+            tr = open_transport(spec.type, receive=receive, **settings)
         except TypeError as exc:  # a setting the backend does not take, or one it needs
             raise AgentConfigError(f"{self.cfg.source}: {spec.type} transport: {exc}") from None
         if receive:
@@ -531,6 +535,25 @@ def _configure_process(cfg: agentconfig.AgentConfig) -> None:
     if cfg.runtime == "torch":
         configure_torch_threads(1)
         use_f16_backend("torch")
+
+
+def broker_login(cfg: AgentConfig) -> Login:
+    """How this board logs in to the broker: its user name, the password read from the
+    config's ``password_file`` (``~`` is this user's home; relative to agent.json's folder), and
+    the TLS files. AgentConfigError naming the field when the file cannot be read."""
+    b = cfg.broker
+
+    def where(name: str | None) -> str | None:
+        return None if name is None else str(cfg.path(os.path.expanduser(name)))
+
+    password = None
+    if b.password_file is not None:
+        try:
+            password = read_password_file(where(b.password_file) or "")
+        except NodeError as exc:
+            raise AgentConfigError(f"{cfg.source}: broker.password_file: {exc}") from None
+    return Login(username=b.username, password=password, ca_file=where(b.ca_file), cert_file=where(b.cert_file),
+                 key_file=where(b.key_file))
 
 
 def main(argv: list[str] | None = None, *, install_signals: bool = True,

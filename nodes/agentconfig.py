@@ -38,7 +38,7 @@ from nodes.vocab import COMPRESSIONS, ENCODINGS
 __all__ = ["FORMAT", "AgentConfig", "EnergyConfig", "WearableConfig", "EdgeConfig", "BoardConfig", "Broker", "TransportEnd",
            "WearableLink", "MergeSpec", "InboundLink", "RunStart", "from_dict", "load"]
 
-FORMAT = 2   # 2: the energy section
+FORMAT = 3   # 2: the energy section; 3: broker credentials (username, password_file, tls)
 MAX_PART_DIM = 1 << 20   # values per student output: far above any model, low enough to allocate
 """The layout version of agent.json this code writes and reads. Bump it on any change of layout."""
 
@@ -52,13 +52,25 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Broker:
-    """Where the control plane's MQTT broker is, as this board reaches it."""
+    """Where the control plane's MQTT broker is, as this board reaches it, and how the board
+    logs in: ``username`` (None: anonymous), ``password_file`` (the file holding the password,
+    never the password itself: agent.json is shipped and cached, the password changes every
+    run; ``~`` is the agent's home, a relative name resolves against agent.json's folder), and
+    TLS files (``ca_file`` turns TLS on; ``cert_file``/``key_file``: a client certificate)."""
 
     host: str
     port: int
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port}
+        tls = None if self.ca_file is None and self.cert_file is None else \
+            {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        return {"host": self.host, "port": self.port, "username": self.username,
+                "password_file": self.password_file, "tls": tls}
 
 
 @dataclass(frozen=True)
@@ -489,6 +501,25 @@ def _energy(r: _Reader) -> EnergyConfig | None:
     return EnergyConfig(meter=meter, settings=settings, kind=e.field("kind", _text))
 
 
+def _broker(r: _Reader) -> Broker:
+    b = r.nested("broker", ("host", "port", "username", "password_file", "tls"))
+    opt = _optional(_text)
+    tls: dict[str, Any] = {}
+    if b.data.get("tls") is not None:
+        t = b.nested("tls", ("ca_file", "cert_file", "key_file"))
+        tls = {k: t.field(k, opt, default=None) for k in ("ca_file", "cert_file", "key_file")}
+        if tls["key_file"] is not None and tls["cert_file"] is None:
+            raise AgentConfigError(f"{r.source}: {t.name('cert_file')}: expected the client certificate its "
+                                   f"key_file belongs to; got null")
+    out = Broker(host=b.field("host", _text), port=b.field("port", _integer(1, 65535)),
+                 username=b.field("username", opt, default=None),
+                 password_file=b.field("password_file", opt, default=None), **tls)
+    if out.password_file is not None and out.username is None:
+        raise AgentConfigError(f"{r.source}: {b.name('username')}: expected the user name the password_file "
+                               f"belongs to; got null")
+    return out
+
+
 def _link(r: _Reader) -> WearableLink:
     lk = r.nested("link", _LINK)
     return WearableLink(
@@ -524,10 +555,8 @@ def from_dict(data: Any, *, source: str = "agent.json", folder: Path | None = No
     if role not in ROLES:
         raise AgentConfigError(f"{source}: role: expected one of {', '.join(ROLES)}; got {shown(role)}")
     r = _Reader(data, source=source, path="", keys=_COMMON + (_WEARABLE if role == "wearable" else _EDGE))
-    b = r.nested("broker", ("host", "port"))
     common: dict[str, Any] = dict(
-        bench=r.field("bench", _text), board=r.field("board", _text),
-        broker=Broker(host=b.field("host", _text), port=b.field("port", _integer(1, 65535))),
+        bench=r.field("bench", _text), board=r.field("board", _text), broker=_broker(r),
         runtime=r.field("runtime", _one_of(RUNTIMES.names())),
         telemetry_hz=r.field("telemetry_hz", _positive, default=2.0),
         clock_probes=r.field("clock_probes", _integer(0), default=8), energy=_energy(r), folder=folder,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodes.errors import TransportError
-from nodes.mqtt import MqttClient
+from nodes.mqtt import Login, MqttClient
 from nodes.registry import Registry
 from nodes.transport_settings import check_settings
 
@@ -92,14 +92,14 @@ class MqttTransport(Transport):
     type_name = "mqtt"
 
     def __init__(self, *, host: str, port: int, topic: str, receive: bool, qos: int = 0,
-                 max_queued: int = 1000, client_id: str | None = None, **unknown: object) -> None:
+                 max_queued: int = 1000, client_id: str | None = None, **more: object) -> None:
         super().__init__()
         s = check_settings("mqtt", {"host": host, "port": port, "topic": topic, "receive": receive, "qos": qos,
-                                    "max_queued": max_queued, "client_id": client_id, **unknown})
+                                    "max_queued": max_queued, "client_id": client_id, **more})
         self.topic, self.qos, self.receive = s["topic"], s["qos"], s["receive"]
         cid = s["client_id"] or f"data-{os.getpid()}-{next(_ids)}"
         self._client = MqttClient(host=s["host"], port=s["port"], client_id=cid, max_queued=s["max_queued"],
-                                  on_message=lambda _t, payload: self._deliver(payload))
+                                  on_message=lambda _t, payload: self._deliver(payload), login=Login.of(s))
 
     def open(self) -> MqttTransport:
         if self.receive:

@@ -184,6 +184,7 @@ def _no_xonxoff(v: Any) -> bool:
 
 _RECEIVE = _flag(owner=HARNESS, note="the agent sets it from the link direction")
 _BROKER = "the run's broker, from the inventory's broker section"
+_LOGIN = "the agent's own broker login (agent.json's broker section), never written in a file"
 
 # ------------------------------------------------------------------------------ the transports
 
@@ -196,6 +197,10 @@ MQTT = TransportSchema("mqtt", {
     "client_id": _string("a non-empty client id", owner=HARNESS, nullable=True,
                          note="each end makes its own: the two ends of a link need distinct ids"),
     "receive": _RECEIVE,
+    **{k: _string(desc, owner=HARNESS, nullable=True, note=_LOGIN) for k, desc in (
+        ("username", "the board's broker user name"), ("password", "the board's broker password"),
+        ("ca_file", "a CA certificate file"), ("cert_file", "a client certificate file"),
+        ("key_file", "a client key file"))},
 })
 
 SERIAL = TransportSchema("serial", {

@@ -45,7 +45,10 @@ def _header(st: RunState) -> Table:
                           (f"  {st.dataset}" if st.dataset else "", "dim"))
     state = "finished" if st.ended else ("sampling" if st.started_at_t is not None else "starting")
     t_run = st.t - st.started_at_t if st.started_at_t is not None else 0.0
-    grid.add_row(title, Text(f"{state}  t={t_run:6.1f}s  broker={st.broker.get('kind', '?')}"))
+    right = Text(f"{state}  t={t_run:6.1f}s  broker={st.broker.get('kind', '?')}")
+    if st.broker.get("auth") == "anonymous":   # anyone who reaches it may publish on the run's topics
+        right.append(" (anonymous)", style="bold yellow")
+    grid.add_row(title, right)
     bar = ProgressBar(total=max(1, st.samples), completed=c["resolved"], width=None)
     grid.add_row(bar, Text(f"{c['resolved']}/{st.samples} resolved, {st.triggered} triggered"))
     return grid

@@ -34,17 +34,20 @@ SAMPLES_FILE = "samples.npy"  # a wearable's local copy of the sample inputs, be
 def agent_config(*, inventory: Inventory, board: BoardSpec, manifest: dict[str, Any], assignment: Any,
                  broker_host: str, broker_port: int, deadline_ms: float, profiles: dict[str, LinkProfile],
                  endpoint: Callable[[LinkSpec, str], dict[str, Any]], telemetry_hz: float = 2.0,
-                 quantize: str = "none", shapers: Mapping[str, str] | None = None) -> BoardConfig:
+                 quantize: str = "none", shapers: Mapping[str, str] | None = None,
+                 broker_login: Mapping[str, str | None] | None = None) -> BoardConfig:
     """The board config (agent.json) of ``board``; ``profiles`` are the profiles the agents'
     user-space shapers apply (the links' effective profiles, faults merged; ideal where the
     kernel shapes), ``endpoint(link, "tx" | "rx")`` gives each end's transport settings,
     ``shapers`` says which shaper each link uses (default "user"; reported in the link
     telemetry). The shard file is the one the board's runtime loads (``quantize``: which
-    LiteRT variant ``tflite`` boards get)."""
+    LiteRT variant ``tflite`` boards get). ``broker_login`` is the board's broker login as
+    agent.json carries it (username, password_file, ca_file, cert_file, key_file: names of
+    files, never a password); None: anonymous."""
     energy = None if board.energy is None else EnergyConfig(meter=board.energy.meter, settings=board.energy.settings,
                                                             kind=board.kind)
     common: dict[str, Any] = dict(bench=inventory.bench, board=board.name, runtime=board.runtime,
-                                  broker=Broker(host=broker_host, port=broker_port), telemetry_hz=telemetry_hz,
+                                  broker=Broker(host=broker_host, port=broker_port, **(broker_login or {})), telemetry_hz=telemetry_hz,
                                   energy=energy)
     if board.role == "wearable":
         shard = shard_for(manifest, role="student", index=int(assignment), runtime=board.runtime,

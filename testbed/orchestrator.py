@@ -11,6 +11,15 @@ the agents' shapers and the fault events all run from its time zero), then trigg
 at the configured rate, injects faults on schedule, collects predictions, counts samples that
 never complete, and writes ``runs/<id>/`` (run.json, events.jsonl, summary.json). Rendering is
 not done here: the dashboard subscribes to the event log.
+
+The broker's logins: an embedded broker gets fresh users for the run (``BrokerAuth``: the
+orchestrator and each board, each limited by an ACL) unless the inventory says
+``anonymous: true``. A board's agent.json names its user and a password *file*, never the
+password: a local board's file lives in a private temporary folder outside the run directory
+(removed at the end); an ssh board's is pushed over SSH (stdin, 0600) into ``<workdir>/run/`` just
+before its agent starts and removed after it stops, at a fixed path, so agent.json and the
+deploy cache's bundle key stay the same from run to run. No password reaches run.json, the
+events or a log.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import platform
 import queue
 import secrets
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,9 +47,10 @@ from linkemu.profile import PRESETS, LinkProfile
 from linkemu.tc import SHAPED_CLASS, KernelLink, plan, probe
 from nodes.agentconfig import RunStart
 from nodes.clocksync import reply as clock_reply
-from nodes.mqtt import MqttClient, topic
+from nodes.mqtt import Login, MqttClient, topic
 from nodes.transport_settings import LOCAL_PAIR
-from testbed.broker import EmbeddedBroker, ExternalBroker, free_port
+from testbed.broker import (ORCHESTRATOR_USER, BrokerAuth, EmbeddedBroker, ExternalBroker, board_user, external_login,
+                            free_port)
 from testbed.bundle import export_bundle, load_manifest
 from testbed.config import BoardSpec, Experiment, Inventory, LinkSpec, check_compatible
 from testbed.data import Dataset, load_dataset
@@ -190,6 +201,8 @@ class Orchestrator:
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     _remote: Boards | None = field(default=None, init=False)
     _power: PowerLog | None = field(default=None, init=False)
+    _auth: BrokerAuth | None = field(default=None, init=False, repr=False)   # the embedded broker's users
+    _secrets: Path | None = field(default=None, init=False)   # local boards' password files (not in run_dir)
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, event_type: str, /, **fields: Any) -> None:
@@ -225,7 +238,7 @@ class Orchestrator:
                           "evaluation": self.prepared.manifest["evaluation"]},
                "training": self.prepared.training,
                "broker": {"kind": broker.kind, "host": broker.host, "port": broker.port,
-                          "fallback_reason": broker.fallback_reason,
+                          "fallback_reason": broker.fallback_reason, **self._auth_record(),
                           "listeners": [list(li) for li in getattr(broker, "listeners", ())],
                           "data_port": data_port},
                "netns": spaces.as_dict() if spaces.spaces else None,
@@ -273,12 +286,14 @@ class Orchestrator:
             spaces = stack.enter_context(BoardNamespaces(inventory=inv))
             for note in spaces.notes:
                 self._event("fabric", note=note)
+            self._make_logins(stack)
             broker = stack.enter_context(self._broker(spaces, data_port, kernel))
             self._write_run_json(run_id, broker, exp.seed, spaces=spaces, kernel=kernel, data_port=data_port,
                                  schedule=schedule)
             self._event("run_start", run=run_id, run_dir=str(self.run_dir), samples=exp.run.samples,
                         rate_hz=exp.run.rate_hz, dataset=self.prepared.dataset.name,
-                        broker={"kind": broker.kind, "port": broker.port, "fallback_reason": broker.fallback_reason},
+                        broker={"kind": broker.kind, "port": broker.port, "fallback_reason": broker.fallback_reason,
+                                **self._auth_record()},
                         boards=[{"name": b.name, "role": b.role, "kind": b.kind, "runtime": b.runtime}
                                 for b in inv.boards.values()],
                         links=[{"name": lk.name, "src": lk.src, "dst": lk.dst, "transport": lk.transport.type,
@@ -287,7 +302,7 @@ class Orchestrator:
                                 "shaper": shapers[lk.name]}
                                for lk in inv.links],
                         faults=[_jsonable(f) for f in exp.faults])
-            ctl = stack.enter_context(MqttClient(host=broker.host, port=broker.port,
+            ctl = stack.enter_context(MqttClient(host=broker.host, port=broker.port, login=self._own_login(),
                                                  client_id=f"orchestrator-{run_id}", on_message=self._on_mqtt))
             self._ctl = ctl
             for plane in ("status", "tele"):
@@ -320,7 +335,7 @@ class Orchestrator:
                     self._record_kernel_stats(shaped)
                 self._pull_logs(run_id)
                 self._event("run_end")
-                summary = self.state.summary()
+                summary = {**self.state.summary(), "broker_auth": self._auth_record()["auth"]}
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
@@ -330,7 +345,7 @@ class Orchestrator:
         control plane's port) and, for the senders of kernel-shaped links, on ``data_port``."""
         spec = self.inventory.broker
         if spec.mode == "external":
-            return ExternalBroker(host=str(spec.host), port=int(spec.port or 1883))
+            return ExternalBroker(host=str(spec.host), port=int(spec.port or 1883), anonymous=spec.anonymous)
         host = spec.host or "127.0.0.1"
         remote = ssh_boards(self.inventory)
         # a physical bench's boards keep one broker port across runs (their agent.json stays the same)
@@ -340,7 +355,77 @@ class Orchestrator:
             listeners += sorted({(self._broker_host(b, spaces, None), port) for b in remote})
         listeners += [(self._broker_host(b, spaces, None), data_port) for b in sorted({k.board for k in kernel.values()})
                       if data_port is not None]
-        return EmbeddedBroker(workdir=self.run_dir / "broker", host=host, port=port, listeners=tuple(listeners))
+        return EmbeddedBroker(workdir=self.run_dir / "broker", host=host, port=port, listeners=tuple(listeners),
+                              auth=self._auth)
+
+    # -- broker logins (see the module docstring: where each password lives) ---------------
+    def _make_logins(self, stack: ExitStack) -> None:
+        """The embedded broker's users for this run, and the private folder of the local boards'
+        password files (outside the run directory, removed when the run ends)."""
+        inv = self.inventory
+        if inv.broker.mode != "embedded" or inv.broker.anonymous:
+            return
+        self._auth = BrokerAuth.for_bench(bench=inv.bench, boards=list(inv.boards),
+                                          links=[(lk.name, lk.src, lk.dst) for lk in inv.links])
+        if any(b.connect != "ssh" for b in inv.boards.values()):
+            self._secrets = Path(tempfile.mkdtemp(prefix="hbc-tb-login-"))   # 0700
+            stack.callback(shutil.rmtree, self._secrets, True)
+
+    def _auth_record(self) -> dict[str, Any]:
+        """How clients log in to this run's broker, for run.json, the events and the summary (no secret)."""
+        spec = self.inventory.broker
+        if spec.anonymous:
+            how = "anonymous"
+        elif spec.mode == "embedded":
+            how = "per-run users and ACL"
+        else:
+            how = " and ".join(w for w, on in (("password", spec.username is not None),
+                                               ("client certificate", spec.cert_file is not None)) if on)
+        return {"auth": how, "tls": spec.mode == "external" and spec.tls}
+
+    def _own_login(self) -> Login:
+        """The orchestrator's login: its run user (embedded), or the inventory's (external)."""
+        spec = self.inventory.broker
+        if spec.mode == "embedded":
+            if self._auth is None:
+                return Login()
+            return Login(username=ORCHESTRATOR_USER, password=self._auth.password(ORCHESTRATOR_USER))
+        return external_login(spec)
+
+    def _board_login(self, board: BoardSpec) -> dict[str, str | None]:
+        """agent.json's login of ``board``: user name and file paths, never a password. An ssh
+        board's files sit at fixed paths in its workdir's run/ (pushed at each run start)."""
+        spec = self.inventory.broker
+        remote = board.connect == "ssh"
+        if spec.mode == "embedded":
+            if spec.anonymous:
+                return {}
+            if remote:
+                where = board_path(board, "run", _REMOTE_LOGIN["password"])
+            else:
+                assert self._auth is not None and self._secrets is not None
+                where = str(self._secrets / f"{board.name}.password")
+                _write_private(Path(where), self._auth.password(board_user(board.name)) + "\n")
+            return {"username": board_user(board.name), "password_file": where}
+        files = {"password": None if spec.anonymous else spec.password_file, "ca_file": spec.ca_file,
+                 "cert_file": spec.cert_file, "key_file": spec.key_file}
+        out: dict[str, str | None] = {"username": None if spec.anonymous else spec.username}
+        for key, local in files.items():
+            name = "password_file" if key == "password" else key
+            out[name] = None if local is None else \
+                board_path(board, "run", _REMOTE_LOGIN[key]) if remote else str(Path(local).resolve())
+        return out
+
+    def _remote_login_files(self, board: BoardSpec) -> dict[str, str]:
+        """What an ssh board's login needs in its run/ folder: file name -> content."""
+        spec = self.inventory.broker
+        if spec.mode == "embedded":
+            if self._auth is None:
+                return {}
+            return {_REMOTE_LOGIN["password"]: self._auth.password(board_user(board.name)) + "\n"}
+        files = {"password": None if spec.anonymous else spec.password_file, "ca_file": spec.ca_file,
+                 "cert_file": spec.cert_file, "key_file": spec.key_file}
+        return {_REMOTE_LOGIN[k]: Path(v).read_text() for k, v in files.items() if v is not None}
 
     def _connect_remote(self, stack: ExitStack) -> None:
         """Sessions with every ssh board (host keys pinned); any board unreachable ends the run here."""
@@ -419,6 +504,7 @@ class Orchestrator:
         exp = self.experiment
         cfg = agent_config(inventory=self.inventory, board=board, manifest=self.prepared.manifest,
                            assignment=exp.assignment[board.name], broker_host=broker_host, broker_port=broker_port,
+                           broker_login=self._board_login(board),
                            deadline_ms=exp.run.deadline_ms, profiles=profiles, endpoint=endpoint, shapers=shapers,
                            quantize=exp.partition.quantize if exp.partition is not None else "none")
         return deploy_local(bundle_dir=self.prepared.bundle_dir, board_dir=dest, manifest=self.prepared.manifest,
@@ -474,10 +560,22 @@ class Orchestrator:
                         files=r.env.files + r.bundle.files)
         for name in staged:
             board = self.inventory.boards[name]
+            files = self._remote_login_files(board)
+            if files:   # removed after the agent stops (the exit stack unwinds in reverse)
+                stack.callback(self._forget_remote_login, name, list(files))
+                self._remote.call(_push_private(self._remote.live(name), files), timeout=60)
             self._agents[name] = stack.enter_context(RemoteAgent(self._remote, board, self.inventory.bench,
                                                                  self.run_dir.name))
             self._event("fabric", note=f"{name}: agent started on the board "
                                        f"({'unit ' + self._agents[name].record['unit'] if self._agents[name].record.get('unit') else 'pid ' + str(self._agents[name].record.get('pid'))})")
+
+    def _forget_remote_login(self, name: str, files: list[str]) -> None:
+        """Best effort: the run's login files off the board (the password dies with the broker anyway)."""
+        assert self._remote is not None
+        try:
+            self._remote.call(_remove_files(self._remote.live(name), files), timeout=60)
+        except Exception as exc:   # noqa: BLE001 - teardown goes on; say what was left
+            self._event("error", board=name, error=f"could not remove the run's broker login files from {name}: {exc}")
 
     def _pull_logs(self, run_id: str) -> None:
         """Each ssh board's agent log into runs/<id>/boards/<name>/agent.log."""
@@ -696,6 +794,36 @@ class Orchestrator:
         while time.monotonic() < deadline and any(a.poll() is None for a in self._agents.values()):
             self._drain(0.1)
         self._drain(0.3)  # final telemetry and "stopped" statuses
+
+
+_REMOTE_LOGIN = {"password": "broker.password", "ca_file": "broker-ca.pem", "cert_file": "broker-cert.pem",
+                 "key_file": "broker-key.pem"}   # an ssh board's login files, in <workdir>/run/
+
+
+def board_path(board: BoardSpec, *parts: str) -> str:
+    from testbed.remote.ssh import board_path as on_board   # asyncssh only where ssh boards are
+    return on_board(board, *parts)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+async def _push_private(s: Any, files: dict[str, str]) -> None:
+    """Write ``files`` (name -> content) into the board's run/ folder, readable by the login
+    user only; the content goes over the SSH channel's stdin, never on a command line."""
+    from testbed.remote.ssh import quote_path
+    run = board_path(s.board, "run")
+    for name, text in files.items():
+        await s.run(f"umask 077; mkdir -p {quote_path(run)} && cat > {quote_path(run + '/' + name)}", input=text)
+
+
+async def _remove_files(s: Any, names: list[str]) -> None:
+    from testbed.remote.ssh import quote_path
+    run = board_path(s.board, "run")
+    await s.run("rm -f " + " ".join(quote_path(run + "/" + n) for n in names), check=False)
 
 
 def _jsonable(obj: Any) -> Any:

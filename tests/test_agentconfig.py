@@ -76,7 +76,7 @@ def test_energy_section_round_trips_and_is_checked_by_the_meter_rules(tmp_path: 
 def test_round_trip_through_dict_and_file(make: Any, tmp_path: Path) -> None:
     cfg = make()
     data = cfg.to_dict()
-    assert data["format"] == FORMAT == 2 and data["role"] == cfg.role
+    assert data["format"] == FORMAT == 3 and data["role"] == cfg.role
     assert json.loads(json.dumps(data)) == data, "plain JSON"
     assert from_dict(data) == cfg
     path = cfg.write(tmp_path / "agent.json")
@@ -211,14 +211,14 @@ def _write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("version", "shown"), [(3, "format 3"), (1, "format 1"), ("2", "format '2'")])
+@pytest.mark.parametrize(("version", "shown"), [(4, "format 4"), (2, "format 2"), ("3", "format '3'")])
 def test_agent_refuses_another_format_in_one_line(version: Any, shown: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, {**wearable().to_dict(), "format": version, "link": "from the future"})
     assert agent_mod.main(["--config", str(path)], install_signals=False) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (f"agent: {path}: {shown} is not a format this agent reads (it reads format 2); "
+    assert err == (f"agent: {path}: {shown} is not a format this agent reads (it reads format 3); "
                    f"deploy with the same hbc-testbed version on both ends\n")
 
 
@@ -227,7 +227,7 @@ def test_agent_refuses_a_config_without_format(tmp_path: Path, capsys: pytest.Ca
     del data["format"]
     assert agent_mod.main(["--config", str(_write(tmp_path, data))], install_signals=False) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no format field" in err and "it reads format 2" in err
+    assert err.count("\n") == 1 and "no format field" in err and "it reads format 3" in err
 
 
 @pytest.mark.parametrize(("text", "needle"), [("{not json", "not valid JSON"), (None, "cannot read")])
@@ -251,12 +251,12 @@ def test_merge_rule_checks_of_the_merger_refuse_at_load(tmp_path: Path, capsys: 
 
 
 def test_python_m_nodes_agent_prints_one_line_and_exits_2(tmp_path: Path) -> None:
-    path = _write(tmp_path, {**wearable().to_dict(), "format": 3})
+    path = _write(tmp_path, {**wearable().to_dict(), "format": 4})
     proc = subprocess.run([sys.executable, "-m", "nodes.agent", "--config", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "format 3 is not a format this agent reads (it reads format 2)" in proc.stderr
+    assert "format 4 is not a format this agent reads (it reads format 3)" in proc.stderr
 
 
 # ------------------------------------------------------------------------------ the start command

@@ -26,7 +26,7 @@ from nodes.codec import LZ4_HC_LEVELS, ZSTD_LEVELS
 from nodes.energy import METER_NAMES
 from nodes.energy.settings import MeterSettingError, check_meter_settings
 from nodes.transport_settings import TRANSPORT_NAMES, SettingError, check_file_settings
-from testbed.config.checks import _choice, _got, _integer, _join, _number, _Reader, _string
+from testbed.config.checks import _choice, _Conv, _got, _integer, _Invalid, _join, _number, _Reader, _string
 from testbed.config.yamlfile import nearest_line, read_yaml
 
 __all__ = [
@@ -64,13 +64,26 @@ class BrokerSpec:
     """The control-plane MQTT broker.
 
     ``embedded``: the harness starts one; ``host``/``port`` are None unless given (None
-    means loopback and a free port). ``external``: ``host`` is required, ``port`` defaults
-    to 1883.
+    means loopback and a free port); it makes its own per-run users and ACL. ``external``:
+    ``host`` is required, ``port`` defaults to 1883; the harness and every board log in as
+    ``username`` with the password in ``password_file`` (a file beside the inventory or
+    anywhere, never the password itself) and/or a client certificate, TLS on with ``ca_file``.
+    ``anonymous``: no login at all, only when the inventory asks for it by name.
     """
 
     mode: str = "embedded"
     host: str | None = None
     port: int | None = None
+    anonymous: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
 
 
 @dataclass(frozen=True)
@@ -210,7 +223,7 @@ def load_inventory(path: str | Path) -> Inventory:
                               "links": "a list of links from each wearable to the edge"},
                     what=_INVENTORY_WHAT)
     bench = r.get(top, "", "bench", _string(pattern=_NAME_RE, desc=_NAME_DESC))
-    broker = _broker(r, top.get("broker"))
+    broker = _broker(r, top.get("broker"), path)
     ssh = _ssh(r, top.get("ssh"), path)
     boards = _boards(r, top["boards"])
     links = _links(r, top["links"], boards)
@@ -234,20 +247,91 @@ def _beside(inventory: str | Path, value: str) -> Path:
     return p if p.is_absolute() else Path(inventory).parent / p
 
 
-def _broker(r: _Reader, value: Any) -> BrokerSpec:
+def _flag() -> _Conv:
+    def fn(v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise _Invalid("true or false")
+        return v
+    return _Conv("true or false", fn)
+
+
+_BROKER_KEYS = ("mode", "host", "port", "anonymous", "username", "password_file", "tls")
+_TLS_KEYS = ("ca_file", "cert_file", "key_file")
+
+
+def _broker(r: _Reader, value: Any, path: Path) -> BrokerSpec:
     if value is None:
         return BrokerSpec()
     if isinstance(value, str):  # shorthand: broker: embedded
         value = {"mode": value}
-    m = r.mapping(value, "broker", allowed=("mode", "host", "port"))
+    if isinstance(value, dict) and "password" in value:
+        raise r.error("broker.password", "a password is never written in the inventory (a file people share and "
+                                         "commit); put it alone in a file only you can read (chmod 600) and name "
+                                         "that file: password_file: <path>")
+    m = r.mapping(value, "broker", allowed=_BROKER_KEYS)
     mode = r.get(m, "broker", "mode", _choice(BROKER_MODES), default="embedded")
+    anonymous = r.get(m, "broker", "anonymous", _flag(), default=False)
     if mode == "external":
         host = r.get(m, "broker", "host", _string(desc="the broker's host name or address"))
         port = r.get(m, "broker", "port", _integer(lo=1, hi=65535), default=1883)
     else:
         host = r.get(m, "broker", "host", _string(desc="an address to bind"), default=None)
         port = r.get(m, "broker", "port", _integer(lo=1, hi=65535), default=None)
-    return BrokerSpec(mode=mode, host=host, port=port)
+        for k in ("username", "password_file", "tls"):
+            if m.get(k) is not None:
+                raise r.error(f"broker.{k}", "not for an embedded broker: it makes its own users and passwords "
+                                             "for every run; these keys are for mode: external")
+        return BrokerSpec(mode=mode, host=host, port=port, anonymous=anonymous)
+    username = r.get(m, "broker", "username", _string(desc="the broker user name"), default=None)
+    pw = r.get(m, "broker", "password_file", _string(desc="a file path"), default=None)
+    password_file = _secret_file(r, "broker.password_file", _beside(path, pw)) if pw else None
+    tls: dict[str, Path | None] = dict.fromkeys(_TLS_KEYS)
+    if m.get("tls") is not None:
+        t = r.mapping(m["tls"], "broker.tls", allowed=_TLS_KEYS, what="a mapping (keys: ca_file, cert_file, key_file)")
+        for k in _TLS_KEYS:
+            v = r.get(t, "broker.tls", k, _string(desc="a file path"), default=None)
+            tls[k] = _readable_file(r, f"broker.tls.{k}", _beside(path, v)) if v else None
+        if tls["key_file"] is not None and tls["cert_file"] is None:
+            raise r.error("broker.tls.key_file", "a client key needs its certificate: add cert_file")
+        if tls["ca_file"] is None and tls["cert_file"] is None:
+            raise r.error("broker.tls", "expected ca_file (the CA that signed the broker's certificate) and/or "
+                                        "cert_file (a client certificate)")
+    if anonymous:
+        for k in ("username", "password_file"):
+            if m.get(k) is not None:
+                raise r.error(f"broker.{k}", "anonymous: true logs in as nobody; remove this key or anonymous")
+    else:
+        if pw is not None and username is None:
+            raise r.error("broker.username", "required key missing with password_file; expected the broker user "
+                                             "name the password belongs to", line_key="broker.password_file")
+        if username is not None and pw is None:
+            raise r.error("broker.password_file", "required key missing with username; expected a file holding "
+                                                  "the password (its first line)", line_key="broker.username")
+        if username is None and tls["cert_file"] is None:
+            raise r.error("broker", "an external broker needs a login: username and password_file, and/or "
+                                    "tls.cert_file; or anonymous: true to connect without one")
+    return BrokerSpec(mode=mode, host=host, port=port, anonymous=anonymous, username=username,
+                      password_file=password_file, **tls)
+
+
+def _readable_file(r: _Reader, key: str, p: Path) -> Path:
+    if not p.is_file():
+        raise r.error(key, f"expected a file; {p} {'is not a file' if p.exists() else 'does not exist'}")
+    try:
+        with open(p, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise r.error(key, f"expected a readable file; {p}: {exc.strerror or exc}") from None
+    return p
+
+
+def _secret_file(r: _Reader, key: str, p: Path) -> Path:
+    """A password file: readable, a non-empty first line (the content is never shown)."""
+    _readable_file(r, key, p)
+    lines = p.read_text(errors="replace").splitlines()
+    if not lines or not lines[0]:
+        raise r.error(key, f"expected the password on the first line of {p}; it is empty")
+    return p
 
 
 _BOARD_KEYS = ("role", "kind", "connect", "host", "user", "port", "runtime", "python",

@@ -11,6 +11,9 @@ INA3221 rail files, a RAPL zone's counter, the Pi 5's ``vcgencmd pmic_read_adc``
 ``nft`` and which qdiscs its kernel has, ``sudo -n`` where it needs root, its runtime (the
 vendor's torch where the board keeps it), and, given a cache folder, that its group's wheelhouse
 can be built on the laptop (the wheel tags it accepts against the wheels that exist). ``render_table`` and ``as_json`` present the result.
+With an external broker, ``broker_login_check`` (a report of its own, ``BROKER_REPORT``) logs in
+from the laptop with the inventory's login and TLS files, naming why it is refused; the boards'
+own logins are the same credentials and are tried when their agents start.
 
 It must not change a board: no file written, no package installed, no qdisc left behind (the
 INA probe writes only the chip's register pointer, as every register read does).
@@ -44,7 +47,7 @@ from testbed.remote.boardpython import PROBE_SCRIPT, BoardPython
 from testbed.remote.ssh import Boards, Session, board_path, quote_path
 from testbed.shaping import KERNEL_SSH, shaper_choices
 
-__all__ = ["Check", "BoardReport", "doctor", "render_table", "as_json", "MIN_FREE_MB", "board_needs",
+__all__ = ["Check", "BoardReport", "doctor", "broker_login_check", "BROKER_REPORT", "render_table", "as_json", "MIN_FREE_MB", "board_needs",
            "energy_checks", "energy_probe_spec", "judge_energy", "ENERGY_PROBE"]
 
 MIN_FREE_MB = 300            # a wheelhouse (numpy, LiteRT) plus a bundle, with room to spare
@@ -119,6 +122,9 @@ def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: 
     wheels = _Wheels(cache_dir) if cache_dir is not None else None
     outcomes = boards.each(lambda s: _check_board(s, inventory, limit, boards, wheels), names=names)
     reports: dict[str, BoardReport] = {}
+    login = broker_login_check(inventory)
+    if login is not None:
+        reports[BROKER_REPORT] = login
     for name, o in outcomes.items():
         if o.ok:
             reports[name] = o.value  # type: ignore[assignment]
@@ -135,6 +141,46 @@ def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: 
             r.add("ssh", False, o.error or "unreachable", fix)
             reports[name] = r
     return reports
+
+
+BROKER_REPORT = "(broker)"   # not a board name: those start with a letter or digit
+
+
+def broker_login_check(inventory: Inventory, *, timeout: float = 5.0) -> BoardReport | None:
+    """Log in to the inventory's external broker from the laptop, as every board will (same
+    login, same TLS files); None for an embedded broker (its users are made per run)."""
+    from nodes.errors import NodeError
+    from nodes.mqtt import MqttClient
+    from testbed.broker import external_login
+
+    spec = inventory.broker
+    if spec.mode != "external":
+        return None
+    r = BoardReport(BROKER_REPORT)
+    where = f"{spec.host}:{spec.port}"
+    who = "anonymously" if spec.anonymous else \
+        f"as {spec.username}" if spec.username else "with the client certificate"
+    tls = " over TLS" if spec.tls else ""
+    try:
+        login = external_login(spec)
+        client = MqttClient(host=str(spec.host), port=int(spec.port or 1883), login=login,
+                            client_id=f"testbed-doctor-{os.getpid()}")
+        client.connect(timeout=timeout)
+        client.close()
+    except NodeError as exc:
+        text = str(exc)
+        if "refused" in text:
+            fix = ("anonymous access is off on this broker: give broker.username and broker.password_file"
+                   if spec.anonymous else "check broker.username and the password in broker.password_file "
+                   "against the broker's own users (mosquitto_passwd), and its ACL")
+        elif "TLS" in text or "certificate" in text.lower():
+            fix = "broker.tls.ca_file must sign the broker's certificate, issued for the host name in broker.host"
+        else:
+            fix = f"is the broker running on {where} and reachable from this machine (firewall)?"
+        r.add("broker login", False, f"{where} {who}{tls}: {text}", fix)
+        return r
+    r.add("broker login", True, f"logged in to {where} {who}{tls}")
+    return r
 
 
 async def _check_board(s: Session, inventory: Inventory, limit_ms: float, boards: Boards,

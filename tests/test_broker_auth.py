@@ -1,0 +1,293 @@
+"""The authenticated broker (#13): per-run users, an ACL per board, anonymous only by name.
+
+Against a real mosquitto on loopback: an anonymous client and a wrong password are refused; a
+board's credentials cannot publish another board's telemetry, a wearable cannot publish the
+edge's results (MQTT v5 PUBACK 'not authorized', 0x87, and a subscriber with the orchestrator's
+rights never sees them); the inventory refuses an inline password with the fix; and, as runs of
+the demo bench (slow): outside clients refused while the run completes unaffected, no password
+anywhere in the run directory or the output, and ``anonymous: true`` said on the dashboard and in
+the summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from conftest import DEMO_INVENTORY, ROOT, last_json
+from nodes.agentconfig import Broker, from_dict
+from nodes.errors import TransportError
+from nodes.mqtt import Login, MqttClient, topic
+from testbed.broker import (ORCHESTRATOR_USER, BrokerAuth, EmbeddedBroker, board_user, mosquitto_acl,
+                            mosquitto_password_line)
+from testbed.config import load_inventory
+from testbed.errors import BrokerError, ConfigError
+
+HAVE_MOSQUITTO = bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+needs_mosquitto = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install mosquitto)")
+NOT_AUTHORIZED = 0x87
+BENCH = "t"
+LINKS = [("wrist-edge", "wrist", "edge"), ("chest-edge", "chest", "edge")]
+
+
+def _auth() -> BrokerAuth:
+    return BrokerAuth.for_bench(bench=BENCH, boards=["wrist", "chest", "edge"], links=LINKS)
+
+
+# ------------------------------------------------------------------------------ an MQTT v5 probe
+
+
+class V5:
+    """A raw paho MQTT v5 client: CONNACK, PUBACK and SUBACK reason codes as the broker sent them."""
+
+    def __init__(self, host: str, port: int, *, username: str | None = None, password: str | None = None) -> None:
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}-{id(self)}",
+                             protocol=paho.MQTTv5)
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        self.connack: int | None = None
+        self.pubacks: dict[int, int] = {}
+        self.subacks: dict[int, list[int]] = {}
+        self.got: list[tuple[str, bytes]] = []
+        self._ev = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: (setattr(self, "connack", rc.value), self._ev.set())
+        self.c.on_publish = lambda c, u, mid, rc, p: (self.pubacks.__setitem__(mid, rc.value), self._ev.set())
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: (self.subacks.__setitem__(mid, [r.value for r in rcs]),
+                                                          self._ev.set())
+        self.c.on_message = lambda c, u, m: self.got.append((m.topic, m.payload))
+        self.c.connect(host, port, keepalive=10)
+        self.c.loop_start()
+        self._wait(lambda: self.connack is not None)
+
+    def _wait(self, cond, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            self._ev.wait(0.05)
+            self._ev.clear()
+        assert cond(), "no answer from the broker"
+
+    def publish(self, name: str, payload: bytes) -> int:
+        info = self.c.publish(name, payload, qos=1)
+        self._wait(lambda: info.mid in self.pubacks)
+        return self.pubacks[info.mid]
+
+    def subscribe(self, flt: str) -> int:
+        _, mid = self.c.subscribe(flt, qos=1)
+        self._wait(lambda: mid in self.subacks)
+        return self.subacks[mid][0]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+# ------------------------------------------------------------------------------ files and config
+
+
+def test_password_line_is_mosquittos_pbkdf2_sha512_format() -> None:
+    line = mosquitto_password_line("board-wrist", "s3cret", salt=bytes(range(12)))
+    user, rest = line.split(":", 1)
+    assert user == "board-wrist" and rest.startswith("$7$101$AAECAwQFBgcICQoL$")
+    assert "s3cret" not in line
+
+
+def test_acl_lets_each_board_publish_only_its_own_topics() -> None:
+    acl = mosquitto_acl(_auth())
+    wrist = acl.split("user board-wrist\n")[1].split("\n\n")[0].splitlines()
+    assert wrist == ["topic write tb/t/status/wrist", "topic write tb/t/tele/wrist", "topic write tb/t/time/wrist",
+                     "topic write tb/t/data/wrist-edge", "topic read tb/t/ctl/wrist"]
+    edge = acl.split("user board-edge\n")[1].split("\n\n")[0].splitlines()
+    assert "topic read tb/t/data/wrist-edge" in edge and "topic write tb/t/tele/edge" in edge
+    assert f"user {ORCHESTRATOR_USER}\ntopic write tb/t/ctl/+\ntopic read tb/t/#" in acl
+
+
+def test_passwords_are_fresh_per_run_and_never_in_a_repr() -> None:
+    a, b = _auth(), _auth()
+    assert a.password("board-wrist") != b.password("board-wrist")
+    assert a.password("board-wrist") not in repr(a)
+    assert "hunter2" not in repr(Login(username="u", password="hunter2"))
+
+
+@needs_mosquitto
+def test_broker_folder_holds_hashes_only_and_private_files(tmp_path: Path) -> None:
+    auth = _auth()
+    with EmbeddedBroker(workdir=tmp_path, auth=auth) as broker:
+        conf = (tmp_path / "mosquitto.conf").read_text()
+        assert "allow_anonymous false" in conf and "password_file" in conf and "acl_file" in conf
+        assert broker.port and not broker.anonymous
+    for name in ("passwd", "acl"):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0
+    blob = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    for g in auth.grants:
+        assert g.password.encode() not in blob
+
+
+def test_amqtt_fallback_is_refused_when_auth_is_on(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="needs mosquitto.*cannot enforce the same ACL.*anonymous: true"):
+        EmbeddedBroker(workdir=tmp_path, prefer="amqtt", auth=_auth()).start()
+
+
+# ------------------------------------------------------------------------------ refusals on a live broker
+
+
+@needs_mosquitto
+def test_anonymous_and_wrong_password_are_refused(tmp_path: Path) -> None:
+    auth = _auth()
+    with EmbeddedBroker(workdir=tmp_path, auth=auth) as broker:
+        with pytest.raises(TransportError, match="refused 'anon'"):
+            MqttClient(host=broker.host, port=broker.port, client_id="anon").connect(timeout=5)
+        with pytest.raises(TransportError, match="refused 'liar'"):
+            MqttClient(host=broker.host, port=broker.port, client_id="liar",
+                       login=Login(username="board-wrist", password="not-the-password")).connect(timeout=5)
+        ok = MqttClient(host=broker.host, port=broker.port, client_id="wrist",
+                        login=Login(username="board-wrist", password=auth.password("board-wrist"))).connect(timeout=5)
+        ok.close()
+        for user, pw in ((None, None), ("board-wrist", "wrong")):
+            probe = V5(broker.host, broker.port, username=user, password=pw)
+            assert probe.connack in (0x86, 0x87), probe.connack   # bad user name or password / not authorized
+            probe.close()
+
+
+@needs_mosquitto
+def test_a_board_cannot_publish_another_boards_topics_nor_a_wearable_a_result(tmp_path: Path) -> None:
+    auth = _auth()
+    with EmbeddedBroker(workdir=tmp_path, auth=auth) as broker:
+        orch = V5(broker.host, broker.port, username=ORCHESTRATOR_USER, password=auth.password(ORCHESTRATOR_USER))
+        assert orch.connack == 0 and orch.subscribe(f"tb/{BENCH}/#") == 1
+        wrist = V5(broker.host, broker.port, username=board_user("wrist"), password=auth.password("board-wrist"))
+        edge = V5(broker.host, broker.port, username=board_user("edge"), password=auth.password("board-edge"))
+        fake_result = json.dumps({"kind": "result", "board": "edge", "sample": 0, "pred": 3}).encode()
+        assert wrist.publish(topic(BENCH, "tele", "chest"), b'{"kind": "forged"}') == NOT_AUTHORIZED
+        assert wrist.publish(topic(BENCH, "tele", "edge"), fake_result) == NOT_AUTHORIZED
+        assert wrist.publish(topic(BENCH, "status", "chest"), b"offline") == NOT_AUTHORIZED
+        assert wrist.publish(topic(BENCH, "data", "chest-edge"), b"frame") == NOT_AUTHORIZED
+        assert wrist.publish(topic(BENCH, "ctl", "edge"), b'{"cmd": "stop"}') == NOT_AUTHORIZED
+        # mosquitto grants a SUBSCRIBE and checks the read ACL at delivery: nothing of another's arrives
+        for flt in (topic(BENCH, "ctl", "+"), topic(BENCH, "data", "wrist-edge")):   # data: only the edge reads it
+            wrist.subscribe(flt)
+        assert orch.publish(topic(BENCH, "ctl", "chest"), b'{"cmd": "stop"}') == 0
+        assert orch.publish(topic(BENCH, "ctl", "wrist"), b'{"cmd": "ping"}') == 0
+        # what each may do still goes through, and arrives
+        assert wrist.publish(topic(BENCH, "tele", "wrist"), b"mine") == 0
+        assert wrist.publish(topic(BENCH, "data", "wrist-edge"), b"frame") == 0
+        assert edge.publish(topic(BENCH, "tele", "edge"), b"real result") == 0
+        deadline = time.monotonic() + 5
+        while len(orch.got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)   # a refused message would have arrived by now too
+        mine = [(topic(BENCH, "tele", "wrist"), b"mine"), (topic(BENCH, "data", "wrist-edge"), b"frame"),
+                (topic(BENCH, "tele", "edge"), b"real result")]
+        assert sorted(m for m in orch.got if "/ctl/" not in m[0]) == sorted(mine)
+        assert wrist.got == [(topic(BENCH, "ctl", "wrist"), b'{"cmd": "ping"}')]
+        for c in (orch, wrist, edge):
+            c.close()
+
+
+# ------------------------------------------------------------------------------ inventory and agent.json
+
+
+def _inventory(tmp_path: Path, broker: str) -> Path:
+    text = DEMO_INVENTORY.read_text()
+    start = text.index("broker:")
+    end = text.index("boards:")
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text[:start] + broker + "\n" + text[end:])
+    return path
+
+
+def test_an_inline_password_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = _inventory(tmp_path, "broker:\n  mode: external\n  host: 10.0.0.1\n  username: lab\n"
+                                "  password: hunter2\n")
+    with pytest.raises(ConfigError) as err:
+        load_inventory(path)
+    msg = str(err.value)
+    line = path.read_text().splitlines().index("  password: hunter2") + 1
+    assert msg.startswith(f"{path}:{line}: broker.password: ") and "password_file:" in msg and "\n" not in msg
+    assert "hunter2" not in msg
+
+
+@pytest.mark.parametrize(("broker", "where", "needle"), [
+    ("broker:\n  mode: embedded\n  username: lab\n", "broker.username", "makes its own users"),
+    ("broker:\n  mode: external\n  host: h\n", "broker", "needs a login"),
+    ("broker:\n  mode: external\n  host: h\n  username: lab\n", "broker.password_file", "required key missing"),
+    ("broker:\n  mode: external\n  host: h\n  username: lab\n  password_file: nope.pass\n",
+     "broker.password_file", "does not exist"),
+    ("broker:\n  mode: external\n  host: h\n  username: lab\n  password_file: empty.pass\n",
+     "broker.password_file", "it is empty"),
+    ("broker:\n  mode: external\n  host: h\n  anonymous: true\n  tls: {key_file: lab.pass}\n",
+     "broker.tls.key_file", "needs its certificate"),
+    ("broker:\n  mode: external\n  host: h\n  anonymous: true\n  username: lab\n", "broker.username", "anonymous"),
+    ("broker:\n  anonymous: yes-please\n", "broker.anonymous", "true or false"),
+])
+def test_broker_section_errors_name_file_line_key(tmp_path: Path, broker: str, where: str, needle: str) -> None:
+    (tmp_path / "lab.pass").write_text("s3cret\n")
+    (tmp_path / "empty.pass").write_text("")
+    path = _inventory(tmp_path, broker)
+    with pytest.raises(ConfigError) as err:
+        load_inventory(path)
+    assert err.value.key == where and err.value.line is not None and needle in str(err.value), str(err.value)
+
+
+def test_external_login_and_tls_files_load(tmp_path: Path) -> None:
+    for name in ("lab.pass", "ca.crt", "client.crt", "client.key"):
+        (tmp_path / name).write_text("x\n")
+    inv = load_inventory(_inventory(tmp_path, "broker:\n  mode: external\n  host: h\n  username: lab\n"
+                                              "  password_file: lab.pass\n  tls: {ca_file: ca.crt, "
+                                              "cert_file: client.crt, key_file: client.key}\n"))
+    b = inv.broker
+    assert (b.username, b.password_file, b.ca_file, b.key_file) == \
+        ("lab", tmp_path / "lab.pass", tmp_path / "ca.crt", tmp_path / "client.key")
+    assert b.tls and not b.anonymous
+    anon = load_inventory(_inventory(tmp_path, "broker:\n  mode: embedded\n  anonymous: true\n")).broker
+    assert anon.anonymous and anon.mode == "embedded"
+    assert not load_inventory(DEMO_INVENTORY).broker.anonymous
+
+
+def test_agent_json_carries_a_password_file_never_a_password(tmp_path: Path) -> None:
+    from nodes.agent import broker_login
+    from nodes.errors import AgentConfigError
+    from test_agentconfig import wearable
+
+    (tmp_path / "wrist.password").write_text("s3cret\n")
+    cfg = wearable(broker=Broker(host="127.0.0.1", port=1883, username="board-wrist",
+                                 password_file="wrist.password", ca_file="/etc/ca.crt"))
+    data = cfg.to_dict()
+    assert data["broker"] == {"host": "127.0.0.1", "port": 1883, "username": "board-wrist",
+                              "password_file": "wrist.password",
+                              "tls": {"ca_file": "/etc/ca.crt", "cert_file": None, "key_file": None}}
+    back = from_dict(json.loads(json.dumps(data)), folder=tmp_path)
+    assert back.broker == cfg.broker
+    login = broker_login(back)
+    assert (login.username, login.password, login.ca_file) == ("board-wrist", "s3cret", "/etc/ca.crt")
+    assert login.settings()["password"] == "s3cret" and "s3cret" not in repr(login)
+    with pytest.raises(AgentConfigError, match="broker.password_file: .*cannot read"):
+        broker_login(from_dict({**data, "broker": {**data["broker"], "password_file": "gone"}}, folder=tmp_path))
+    with pytest.raises(AgentConfigError, match="broker.username: expected the user name"):
+        from_dict({**data, "broker": {**data["broker"], "username": None}})
+    anonymous = from_dict({**data, "broker": {"host": "h", "port": 1}})
+    assert broker_login(anonymous) == Login()
+
+
+def test_dashboard_header_says_anonymous() -> None:
+    from rich.console import Console
+
+    from testbed.dashboard import _header
+    from testbed.runstate import RunState
+
+    def header(auth: str) -> str:
+        st = RunState()
+        st.apply({"type": "run_start", "t": 0.0, "run": "r1", "samples": 1, "rate_hz": 1.0,
+                  "broker": {"kind": "mosquitto", "port": 1, "fallback_reason": None, "auth": auth}})
+        con = Console(width=160, record=True)
+        con.print(_header(st))
+        return con.export_text()
+    assert "broker=mosquitto (anonymous)" in header("anonymous")
+    assert "anonymous" not in header("per-run users and ACL")
