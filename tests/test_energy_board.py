@@ -88,3 +88,15 @@ def test_batches_published_while_the_broker_is_down_arrive_after_it_returns(tmp_
         finally:
             back.stop()
     assert got == sent
+
+
+def test_a_start_right_after_ready_still_has_an_idle_baseline() -> None:
+    """ready_at waits for a couple of readings, so a start that comes at once (the last board to
+    say ready on a loaded machine) still finds an idle window to measure."""
+    with BoardEnergy(_model(rate_hz=20.0)) as energy:
+        energy.ready_at()
+        energy.begin()                       # no wait between ready and start
+        a = energy.mark()
+        energy.add(0, compute=(a, energy.mark()), payload=0)
+        energy.ready()
+    assert energy.baseline.idle_w is not None and energy.baseline.idle_w > 2.0

@@ -70,4 +70,4 @@ def test_cli_profile_json(tmp_path: Path) -> None:
     pool5 = next(layer for layer in doc["layers"] if layer["name"] == "features.30")
     assert (pool5["shape"], pool5["values"], pool5["bytes_f32"]) == ([512, 7, 7], 25_088, 100_352)
     bad = run_cli("profile", "lenet", cache=tmp_path, cwd=tmp_path)
-    assert bad.returncode == 1 and "expected one of alexnet" in bad.stderr
+    assert bad.returncode == 2 and "expected one of alexnet" in bad.stderr

@@ -82,9 +82,13 @@ class BoardEnergy:
             self.meter.close()
 
     # -- the run -------------------------------------------------------------------------------------
-    def ready_at(self) -> None:
-        """The agent is loaded and idle from now: the idle baseline's readings start here."""
+    def ready_at(self, *, readings: int = 2, timeout_s: float = 5.0) -> None:
+        """The agent is loaded and idle from now: the idle baseline's readings start here. Waits
+        until the sampler has taken ``readings`` more (a few periods), so that a start that comes
+        at once still finds an idle window to measure."""
         self._idle_from = now_ns()
+        if self.sampler is not None:
+            self.sampler.wait_for(self.sampler.samples + readings, timeout=timeout_s)
 
     def begin(self) -> None:
         """The run starts now (before its first trigger): the idle baseline's readings end here.
@@ -94,8 +98,12 @@ class BoardEnergy:
     def _measure_baseline(self) -> None:
         if self.baseline.idle_w is not None or self._started is None or self.sampler is None:
             return
-        since = max(self._idle_from or 0, self._started - int(BASELINE_S * 1e9))
-        self.baseline.measure(self.sampler.between(since, self._started))
+        window = int(BASELINE_S * 1e9)
+        since = max(self._idle_from or 0, self._started - window)
+        readings = self.sampler.between(since, self._started)
+        if len(readings) < 2:   # no idle window after ready (a meter slower than the start): the last BASELINE_S
+            readings = self.sampler.between(self._started - window, self._started)
+        self.baseline.measure(readings)
 
     def mark(self) -> Mark:
         assert self.attributor is not None, "mark inside the context"
