@@ -291,3 +291,100 @@ def test_dashboard_header_says_anonymous() -> None:
         return con.export_text()
     assert "broker=mosquitto (anonymous)" in header("anonymous")
     assert "anonymous" not in header("per-run users and ACL")
+
+
+# ------------------------------------------------------------------------------ runs of the demo bench
+
+
+def _cli(*args: str, cache: Path, cwd: Path) -> subprocess.Popen[str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(cache), "PYTHONPATH": path}
+    return subprocess.Popen([sys.executable, "-m", "testbed", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(cond, proc: subprocess.Popen[str], *, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        assert proc.poll() is None, f"the run ended early: {proc.communicate()[1][-2000:]}"
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for the run")
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_a_demo_run_refuses_outside_clients_and_forged_topics(tmp_path: Path, model_cache: Path) -> None:
+    from conftest import digits_experiment
+
+    n = 60
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=n, rate_hz=10.0, output=tmp_path / "runs")
+    proc = _cli("run", str(exp), "--inventory", str(DEMO_INVENTORY), "--headless", "--json",
+                cache=model_cache, cwd=tmp_path)
+    try:
+        def sampling() -> Path | None:
+            for ev in (tmp_path / "runs").glob("*/events.jsonl"):
+                if '"sampling_start"' in ev.read_text():
+                    return ev.parent
+            return None
+        run_dir = _wait_for(sampling, proc)
+        port = json.loads((run_dir / "run.json").read_text())["broker"]["port"]
+        wrist_cfg = json.loads((run_dir / "boards" / "wrist" / "agent.json").read_text())["broker"]
+        assert wrist_cfg["username"] == "board-wrist" and "password" not in wrist_cfg
+        secret_file = Path(wrist_cfg["password_file"])
+        assert run_dir not in secret_file.parents and secret_file.stat().st_mode & 0o077 == 0
+        password = secret_file.read_text().strip()
+        # an outside client: anonymous, or with a wrong password, is refused at CONNECT
+        with pytest.raises(TransportError, match="refused"):
+            MqttClient(host="127.0.0.1", port=port, client_id="outsider").connect(timeout=5)
+        with pytest.raises(TransportError, match="refused"):
+            MqttClient(host="127.0.0.1", port=port, client_id="guesser",
+                       login=Login(username="board-wrist", password=password + "x")).connect(timeout=5)
+        # a board's own credentials cannot speak for another board, nor send the edge's results
+        forged = V5("127.0.0.1", port, username="board-wrist", password=password)
+        assert forged.connack == 0
+        assert forged.publish(topic("demo", "tele", "chest"),
+                              json.dumps({"kind": "sample", "board": "chest", "forged": "FORGED-1"}).encode()) \
+            == NOT_AUTHORIZED
+        assert forged.publish(topic("demo", "tele", "edge"),
+                              json.dumps({"kind": "result", "sample": 0, "pred": 0, "forged": "FORGED-2"}).encode()) \
+            == NOT_AUTHORIZED
+        assert forged.publish(topic("demo", "data", "chest-edge"), b"FORGED-3") == NOT_AUTHORIZED
+        forged.close()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    s = last_json(out)
+    assert s["samples"] == n and s["completed"] == n and s["timed_out"] == 0   # the run went on unaffected
+    assert s["broker_auth"] == "per-run users and ACL"
+    assert not secret_file.exists(), "the local boards' password files are removed with the run"
+    # no secret anywhere: not in the run directory (run.json, events, logs, agent.json, broker/), not in the output
+    blob = b"".join(p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
+    assert password.encode() not in blob and password not in out and password not in err
+    assert b"FORGED" not in blob
+    assert b"$7$" in (run_dir / "broker" / "passwd").read_bytes()
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_an_anonymous_broker_runs_only_by_name_and_says_so(tmp_path: Path, model_cache: Path) -> None:
+    from conftest import digits_experiment, run_cli
+
+    inv = _inventory(tmp_path, "broker:\n  mode: embedded\n  anonymous: true\n")
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=8, output=tmp_path / "runs")
+    proc = run_cli("run", str(exp), "--inventory", str(inv), "--headless", "--json", cache=model_cache, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = last_json(proc.stdout)
+    assert s["completed"] == 8 and s["broker_auth"] == "anonymous"
+    run_dir = Path(s["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["broker"]["auth"] == "anonymous"
+    assert "allow_anonymous true" in (run_dir / "broker" / "mosquitto.conf").read_text()
+    assert json.loads((run_dir / "boards" / "wrist" / "agent.json").read_text())["broker"]["username"] is None
+    replay = run_cli("monitor", "--replay", str(run_dir), cache=model_cache, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    assert "(anonymous)" in replay.stdout

@@ -403,20 +403,25 @@ def test_link_apply_on_an_ssh_board_shapes_its_data_plane_and_stop_clears_it(two
 
 @pytest.mark.slow
 def test_run_with_an_external_broker_on_the_bench_lan(ssh_bench, ssh_session_keys, tmp_path, model_cache):
-    """broker.mode: external (mosquitto run by the lab, here on the first board's LAN address):
-    every agent and the laptop reach it; the kernel-shaped senders publish to its one port."""
+    """broker.mode: external (mosquitto run by the lab, here on the first board's LAN address, with
+    one user for the bench): every agent and the laptop log in to it with the inventory's username
+    and password_file (pushed to each board for the run, removed after); the kernel-shaped senders
+    publish to its one port."""
     from conftest import digits_experiment
-    from testbed.broker import EmbeddedBroker, free_port
+    from testbed.broker import BrokerAuth, EmbeddedBroker, Grant, free_port
 
     bench = ssh_bench(names=["wrist", "chest", "ankle", "edge"])
     host = bench.boards[0].laptop_addr
     port = free_port(host)
     inv = bench_inventory(tmp_path / "inventory.yaml", bench, key=ssh_session_keys.private)
+    (tmp_path / "lab.pass").write_text("lab-secret-1234\n")
     inv.write_text(inv.read_text().replace("broker: {mode: embedded}",
-                                           f"broker: {{mode: external, host: {host}, port: {port}}}"))
+                                           f"broker: {{mode: external, host: {host}, port: {port}, "
+                                           f"username: lab, password_file: lab.pass}}"))
     pin_all(inv, bench)
     exp = digits_experiment(tmp_path / "exp.yaml", samples=30, output=tmp_path / "runs")
-    with EmbeddedBroker(workdir=tmp_path / "lab-broker", host=host, port=port) as lab:
+    lab_users = BrokerAuth(grants=(Grant("lab", "lab-secret-1234", publish=("tb/#",), read=("tb/#",)),))
+    with EmbeddedBroker(workdir=tmp_path / "lab-broker", host=host, port=port, auth=lab_users) as lab:
         assert lab.kind == "mosquitto"
         run = run_cli("run", str(exp), "--inventory", str(inv), "--headless", "--json", cache=model_cache,
                       cwd=tmp_path)
@@ -427,7 +432,12 @@ def test_run_with_an_external_broker_on_the_bench_lan(ssh_bench, ssh_session_key
     assert doc["broker"]["kind"] == "external" and doc["broker"]["port"] == port
     assert f"TCP to port {port}" in doc["shaping"]["wrist-edge"]["where"]
     agent = json.loads((bench.board("wrist").workdir / "current" / "agent.json").read_text())
-    assert agent["broker"] == {"host": host, "port": port}
+    assert {k: agent["broker"][k] for k in ("host", "port", "username")} == {"host": host, "port": port,
+                                                                             "username": "lab"}
+    assert agent["broker"]["password_file"].endswith("/run/broker.password")
+    assert not (bench.board("wrist").workdir / "run" / "broker.password").exists()
+    run_dir = next((tmp_path / "runs").glob("*/"))
+    assert b"lab-secret-1234" not in b"".join(f.read_bytes() for f in run_dir.rglob("*") if f.is_file())
 
 
 def test_doctor_checks_what_each_entry_needs(ssh_bench, ssh_session_keys, tmp_path, model_cache):
