@@ -388,3 +388,73 @@ def test_an_anonymous_broker_runs_only_by_name_and_says_so(tmp_path: Path, model
     replay = run_cli("monitor", "--replay", str(run_dir), cache=model_cache, cwd=tmp_path)
     assert replay.returncode == 0, replay.stderr
     assert "(anonymous)" in replay.stdout
+
+
+@needs_mosquitto
+@pytest.mark.parametrize(("login", "ok", "needle"), [
+    ("  username: lab\n  password_file: lab.pass\n", True, "logged in to 127.0.0.1:{port} as lab"),
+    ("  username: lab\n  password_file: wrong.pass\n", False, "refused"),
+    ("  anonymous: true\n", False, "refused"),
+])
+def test_doctor_logs_in_to_an_external_broker(tmp_path: Path, login: str, ok: bool, needle: str) -> None:
+    from testbed.broker import Grant, free_port
+    from testbed.remote.doctor import broker_login_check
+
+    (tmp_path / "lab.pass").write_text("lab-secret\n")
+    (tmp_path / "wrong.pass").write_text("guess\n")
+    port = free_port()
+    lab = BrokerAuth(grants=(Grant("lab", "lab-secret", publish=("tb/#",), read=("tb/#",)),))
+    inv = load_inventory(_inventory(tmp_path, f"broker:\n  mode: external\n  host: 127.0.0.1\n  port: {port}\n"
+                                              + login))
+    with EmbeddedBroker(workdir=tmp_path / "lab", port=port, auth=lab):
+        report = broker_login_check(inv)
+    assert report is not None and report.ok is ok
+    check = report.checks[0]
+    assert check.name == "broker login" and needle.format(port=port) in check.detail, check
+    assert "lab-secret" not in check.detail and (ok or check.fix)
+    assert broker_login_check(load_inventory(DEMO_INVENTORY)) is None   # embedded: users made per run
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@needs_mosquitto
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed (apt-get install openssl)")
+def test_tls_login_checks_the_brokers_certificate(tmp_path: Path) -> None:
+    """MqttClient over TLS: the broker's certificate checked against ca_file, then the password."""
+    from testbed.broker import Grant, free_port, mosquitto_acl, mosquitto_password_file
+
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ca}",
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=tmp_path)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+             "-out", "server.csr", cwd=tmp_path)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=tmp_path)
+    lab = BrokerAuth(grants=(Grant("lab", "lab-secret", publish=("tb/#",), read=("tb/#",)),))
+    (tmp_path / "passwd").write_text(mosquitto_password_file(lab))
+    (tmp_path / "acl").write_text(mosquitto_acl(lab))
+    port = free_port()
+    (tmp_path / "m.conf").write_text(
+        f"listener {port} 127.0.0.1\ncafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\n"
+        f"keyfile {tmp_path}/server.key\nallow_anonymous false\npassword_file {tmp_path}/passwd\n"
+        f"acl_file {tmp_path}/acl\npersistence false\n" + ("user root\n" if os.geteuid() == 0 else ""))
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(tmp_path / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from testbed.broker import wait_listening
+        wait_listening("127.0.0.1", port, timeout=15, proc=proc)
+        good = Login(username="lab", password="lab-secret", ca_file=str(tmp_path / "ca.crt"))
+        MqttClient(host="127.0.0.1", port=port, client_id="tls-ok", login=good).connect(timeout=5).close()
+        with pytest.raises(TransportError, match="TLS with MQTT broker"):
+            MqttClient(host="127.0.0.1", port=port, client_id="tls-bad-ca",
+                       login=Login(username="lab", password="lab-secret",
+                                   ca_file=str(tmp_path / "other-ca.crt"))).connect(timeout=5)
+        with pytest.raises(TransportError, match="refused"):
+            MqttClient(host="127.0.0.1", port=port, client_id="tls-bad-pw",
+                       login=Login(username="lab", password="nope", ca_file=str(tmp_path / "ca.crt"))).connect(timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
