@@ -165,7 +165,7 @@ def test_probe_reports_this_kernel():
     for name in ("netem", "tbf", "htb"):
         assert caps[name] == (name not in caps["errors"])
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "linkemu-probe" not in listed  # the throwaway namespace is gone
+    assert f"linkemu-probe-{os.getpid()}-" not in listed  # our throwaway namespace is gone (others' may run)
 
 
 RECEIVER = textwrap.dedent("""
