@@ -59,6 +59,7 @@ from testbed.remote.network import MQTT_PORT, board_route, broker_address_for, s
 from testbed.errors import RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultEvent, FaultSchedule, RunClock
+from testbed.messages import Malformed, Rejected, parse
 from testbed.powerlog import PowerLog
 from testbed.runstate import EventLog, RunState
 from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
@@ -201,6 +202,7 @@ class Orchestrator:
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     _remote: Boards | None = field(default=None, init=False)
     _power: PowerLog | None = field(default=None, init=False)
+    _malformed: Malformed = field(default_factory=Malformed, init=False)
     _auth: BrokerAuth | None = field(default=None, init=False, repr=False)   # the embedded broker's users
     _secrets: Path | None = field(default=None, init=False)   # local boards' password files (not in run_dir)
 
@@ -334,6 +336,7 @@ class Orchestrator:
                 if shaped:
                     self._record_kernel_stats(shaped)
                 self._pull_logs(run_id)
+                self._log_malformed()
                 self._event("run_end")
                 summary = {**self.state.summary(), "broker_auth": self._auth_record()["auth"]}
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -634,31 +637,40 @@ class Orchestrator:
 
     def _handle(self, topic_name: str, payload: bytes, at: float,
                 on_result: Callable[[dict[str, Any], float], None] | None) -> None:
-        parts = topic_name.split("/")
-        if len(parts) != 4:
+        """One control-plane message, checked by its schema (``testbed.messages``): an accepted
+        one becomes its event (type and time are ours), a malformed one is counted and dropped."""
+        inv = self.inventory
+        got = parse(topic_name, payload, bench=inv.bench, boards=inv.boards, edge=inv.edge.name)
+        if isinstance(got, Rejected):
+            self._count_malformed(got)
             return
-        _, _, plane, board = parts
-        try:
-            msg = json.loads(payload)
-        except ValueError:
-            self._event("error", board=board, error=f"undecodable {plane} message ({len(payload)} bytes)")
-            return
-        if not isinstance(msg, dict):
-            return
-        if plane == "status":
-            self._event("status", board=board, state=msg.get("state"),
-                        **{k: msg[k] for k in ("pid", "error", "clock", "net_ns", "energy") if msg.get(k) is not None})
-        elif plane == "tele":
-            kind = msg.pop("kind", None)
-            msg.pop("board", None)
-            if kind == "result" and on_result is not None:
-                on_result(msg, at)
-            elif kind in ("sample", "link", "edge", "error", "energy"):
-                self._event(kind, board=board, **msg)
-            elif kind == "power" and self._power is not None:   # the rows go to power/<board>.csv
-                fields = self._power.add(board, msg)
-                if fields is not None:
-                    self._event("power", board=board, **fields)
+        board, fields = got.board, got.fields
+        if got.kind == "status":
+            self._event("status", board=board, **{k: v for k, v in fields.items() if k != "role"})
+        elif got.kind == "result":
+            if on_result is not None:
+                on_result(fields, at)
+        elif got.kind == "power":
+            if self._power is not None:   # the rows go to power/<board>.csv
+                written = self._power.add(board, fields)
+                if written is not None:
+                    self._event("power", board=board, **written)
+        else:
+            self._event(got.kind, board=board, **fields)
+
+    def _count_malformed(self, r: Rejected) -> None:
+        """Count a dropped message; log it when its (board, reason) count is 1, 2, 4, 8, ... (a
+        flood costs a few lines) and every count again at the run's end (``_log_malformed``)."""
+        self._malformed.add(r)
+        n = self._malformed.counts[r.board][r.reason]
+        if n & (n - 1) == 0:
+            self._event("malformed", board=r.board, reason=r.reason, count=n)
+
+    def _log_malformed(self) -> None:
+        for board, per in self._malformed.as_dict().items():
+            for reason, n in per.items():
+                if n & (n - 1):   # not already logged at this count
+                    self._event("malformed", board=board, reason=reason, count=n)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

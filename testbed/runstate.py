@@ -59,7 +59,7 @@ class EventLog:
         return self._clock() - self._t0
 
     def write(self, event_type: str, /, **fields: Any) -> dict[str, Any]:
-        event = {"t": round(self.elapsed(), 4), "type": event_type, **fields}
+        event = {**fields, "t": round(self.elapsed(), 4), "type": event_type}   # the receiver's, never a field's
         line = json.dumps(event, separators=(",", ":"))
         with self._lock:
             if self._fh is not None:
@@ -194,6 +194,7 @@ class RunState:
         self.notes: list[str] = []
         self.edge_stats: dict[str, Any] = {}
         self.late_results = 0
+        self.malformed: dict[str, dict[str, int]] = {}   # board -> reason -> messages dropped
         self._link_of_board: dict[str, str] = {}
 
     # -- folding ---------------------------------------------------------------------------
@@ -328,6 +329,13 @@ class RunState:
         if lk is not None and ev.get("kind") == "outage":
             lk.in_outage = ev.get("phase") != "end"
 
+    def _on_malformed(self, ev: dict[str, Any]) -> None:
+        board, reason = str(ev.get("board", "?")), str(ev.get("reason", "?"))
+        per = self.malformed.setdefault(board, {})
+        if reason not in per:
+            self.notes.append(f"dropped a malformed message from {board}: {reason}")
+        per[reason] = max(per.get(reason, 0), int(ev.get("count", 1)))
+
     def _on_fault_skipped(self, ev: dict[str, Any]) -> None:
         target = ev.get("link") or ev.get("board") or "?"
         self.notes.append(f"skipped: {ev.get('kind')} {target} ({ev.get('reason', '')})")
@@ -385,6 +393,7 @@ class RunState:
                 "latency_ms": {"p50": _r(percentile(lat, 50)), "p95": _r(percentile(lat, 95)),
                                "max": _r(max(lat)) if lat else None},
                 "late_results": self.late_results,
+                "malformed": {b: dict(per) for b, per in self.malformed.items()},
                 "boards": boards, "links": links,
                 "energy": {b.name: e for b in self.boards.values() if (e := b.energy_summary()) is not None},
                 "broker": self.broker.get("kind"), "edge": self.edge_stats,
