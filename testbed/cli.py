@@ -95,12 +95,16 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) 
     console.print(f"model: {how}, offline test accuracy {tr['test_accuracy']:.4f}")
     run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
     orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir, cache_dir=cache)
-    if args.headless:
-        summary = orch.run()
-    else:
-        from testbed.dashboard import LiveDashboard
-        with LiveDashboard(orch.state, console=console):
+    try:
+        if args.headless:
             summary = orch.run()
+        else:
+            from testbed.dashboard import LiveDashboard
+            with LiveDashboard(orch.state, console=console):
+                summary = orch.run()
+    except KeyboardInterrupt:   # the run stopped its boards and wrote its summary: say where, then exit 130
+        _print_stopped(console, orch, args)
+        raise
     if orch.state.broker.get("fallback_reason"):
         console.print(f"[yellow]broker: {orch.state.broker.get('kind')} instead of mosquitto: "
                       f"{orch.state.broker['fallback_reason']}[/]")
@@ -113,6 +117,20 @@ def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) 
     return 0
 
 
+def _print_stopped(console: Any, orch: Any, args: argparse.Namespace) -> None:
+    """After Ctrl-C: the run's summary (interrupted, with what was triggered and resolved), its
+    directory, and with --json the summary's JSON line, as a finished run prints them."""
+    path = orch.run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = orch.state.summary()   # interrupted before the summary was written
+    _print_summary(console, summary)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
     from testbed.runstate import drop_causes
 
@@ -120,6 +138,9 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         return "–" if v is None else f"{100 * v:.1f} %"
 
     lat = s["latency_ms"]
+    if s.get("stopped"):
+        console.print(f"[bold red]{s['stopped']['state']}[/] ({s['stopped']['reason']}): {s['triggered']} of "
+                      f"{s['samples']} samples triggered, {s['unresolved']} unresolved")
     console.print(
         f"[bold]{s['samples']} samples[/]: {s['complete']} complete, {s['partial']} partial, "
         f"{s['timed_out']} timed out | accuracy {pct(s['accuracy'])} (all parts {pct(s['accuracy_all_parts'])}, "

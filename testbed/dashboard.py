@@ -43,9 +43,10 @@ def _header(st: RunState) -> Table:
     grid.add_column(justify="right")
     title = Text.assemble(("hbc-testbed ", "bold cyan"), (st.run_id or "(no run)", "bold"),
                           (f"  {st.dataset}" if st.dataset else "", "dim"))
-    state = "finished" if st.ended else ("sampling" if st.started_at_t is not None else "starting")
+    state = st.run_state
     t_run = st.t - st.started_at_t if st.started_at_t is not None else 0.0
-    right = Text(f"{state}  t={t_run:6.1f}s  broker={st.broker.get('kind', '?')}")
+    right = Text(state, style="bold red" if state in ("interrupted", "aborted") else "")
+    right.append(f"  t={t_run:6.1f}s  broker={st.broker.get('kind', '?')}")
     if st.broker.get("auth") == "anonymous":   # anyone who reaches it may publish on the run's topics
         right.append(" (anonymous)", style="bold yellow")
     grid.add_row(title, right)

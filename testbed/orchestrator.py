@@ -332,6 +332,12 @@ class Orchestrator:
                     link.drive_outages(t0=clock.t0)
                 self._sample_loop(ctl, labels, clock=clock, schedule=schedule)
                 self._stop_agents(ctl)
+            except KeyboardInterrupt:
+                self._event("interrupted", reason="Ctrl-C (SIGINT)", triggered=self.state.triggered)
+                raise
+            except Exception as exc:   # the run cannot go on: its state says why, then the error is raised
+                self._event("aborted", reason=str(exc)[:500], triggered=self.state.triggered)
+                raise
             finally:
                 if shaped:
                     self._record_kernel_stats(shaped)

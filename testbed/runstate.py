@@ -195,6 +195,7 @@ class RunState:
         self.edge_stats: dict[str, Any] = {}
         self.late_results = 0
         self.malformed: dict[str, dict[str, int]] = {}   # board -> reason -> messages dropped
+        self.stopped: dict[str, Any] | None = None        # why a run ended early (interrupted, aborted)
         self._link_of_board: dict[str, str] = {}
 
     # -- folding ---------------------------------------------------------------------------
@@ -349,6 +350,26 @@ class RunState:
     def _on_run_end(self, ev: dict[str, Any]) -> None:
         self.ended = True
 
+    def _on_interrupted(self, ev: dict[str, Any]) -> None:
+        self.stopped = {"state": "interrupted", "reason": str(ev.get("reason", "")), "t": float(ev.get("t", 0.0))}
+        self.notes.append(f"interrupted at t={self._run_time(ev):.1f}s: {self.stopped['reason']}")
+
+    def _on_aborted(self, ev: dict[str, Any]) -> None:
+        self.stopped = {"state": "aborted", "reason": str(ev.get("reason", "")), "t": float(ev.get("t", 0.0))}
+        self.notes.append(f"aborted at t={self._run_time(ev):.1f}s: {self.stopped['reason']}")
+
+    def _run_time(self, ev: dict[str, Any]) -> float:
+        return float(ev.get("t", 0.0)) - (self.started_at_t or 0.0)
+
+    @property
+    def run_state(self) -> str:
+        """finished | interrupted | aborted (once the run has ended), sampling or starting."""
+        if self.stopped is not None:
+            return self.stopped["state"]
+        if self.ended:
+            return "finished"
+        return "sampling" if self.started_at_t is not None else "starting"
+
     # -- figures ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -381,11 +402,15 @@ class RunState:
                       "one_way_ms_p95": _r(percentile(lk.transit_ms, 95)),
                       "clock_uncertainty_ms_p50": _r(percentile(lk.transit_uncertainty_ms, 50))}
                      for lk in self.links.values()]
+            triggered = max(self.triggered, c["resolved"])
+            asked = n if self.stopped is None else triggered   # a run stopped early: the samples it triggered
             return {
                 "run_id": self.run_id, "run_dir": self.run_dir, "dataset": self.dataset,
-                "samples": n, "completed": c["completed"], "complete": c["complete"], "partial": c["partial"],
-                "timed_out": c["timed_out"], "unresolved": n - c["resolved"],
-                "accuracy": _r(c["correct"] / n, 4) if n else None,
+                "state": self.run_state, "stopped": dict(self.stopped) if self.stopped else None,
+                "samples": n, "triggered": triggered, "not_triggered": max(n - triggered, 0),
+                "completed": c["completed"], "complete": c["complete"], "partial": c["partial"],
+                "timed_out": c["timed_out"], "unresolved": triggered - c["resolved"],
+                "accuracy": _r(c["correct"] / asked, 4) if asked else None,
                 "accuracy_all_parts": self._acc([r for r in res if r.status == "complete"]),
                 "accuracy_partial": self._acc([r for r in res if r.status == "partial"]),
                 "accuracy_during_outage": self._acc([r for r in res if r.during_outage]),

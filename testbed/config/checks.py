@@ -89,12 +89,14 @@ def _integer(*, lo: int | None = None, hi: int | None = None) -> _Conv:
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _number(*, gt: float | None = None, ge: float | None = None) -> _Conv:
+def _number(*, gt: float | None = None, ge: float | None = None, le: float | None = None) -> _Conv:
     desc = "a number"
     if gt is not None:
         desc += f" > {gt:g}"
     elif ge is not None:
         desc += f" >= {ge:g}"
+    if le is not None:
+        desc += f" and <= {le:g}"
 
     def fn(v: Any) -> float:
         # PyYAML reads 3e-3 (no dot) as a string; accept it as the number it obviously is.
@@ -103,7 +105,7 @@ def _number(*, gt: float | None = None, ge: float | None = None) -> _Conv:
         v = as_float(v)
         if v is None or not math.isfinite(v):
             raise _Invalid(desc)
-        if (gt is not None and not v > gt) or (ge is not None and not v >= ge):
+        if (gt is not None and not v > gt) or (ge is not None and not v >= ge) or (le is not None and not v <= le):
             raise _Invalid(desc)
         return v
     return _Conv(desc, fn)

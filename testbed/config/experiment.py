@@ -35,6 +35,13 @@ DATASETS = ("fashion-mnist", "digits")
 MODEL_FAMILIES = ("cnn-students",)
 PARTITION_METHODS = ("nonn", "resilient", "layer")
 SPLIT_OBJECTIVES = ("latency", "energy")
+# Bounds of a run: every wearable holds a copy of its samples' inputs (100k Fashion-MNIST images are
+# 314 MB), the orchestrator sends one trigger per board per sample, and an edge waits deadline_ms
+# for parts and the orchestrator timeout_ms for a result.
+MAX_SAMPLES = 100_000
+MAX_RATE_HZ = 1000.0
+MAX_DEADLINE_MS = 60_000.0
+MAX_TIMEOUT_MS = 600_000.0
 QUANTIZE = ("none", "int8", "int8-dynamic")   # LiteRT PTQ modes (testbed.litert uses this list)
 FAULT_KINDS = ("outage", "kill")
 MERGE = "merge"
@@ -217,10 +224,10 @@ def _dataset(r: _Reader, value: Any) -> DatasetSpec:
 def _run(r: _Reader, value: Any) -> RunSpec:
     u = r.mapping(value, "run", allowed=("samples", "rate_hz", "deadline_ms", "timeout_ms", "output"))
     run = RunSpec(
-        samples=r.get(u, "run", "samples", _integer(lo=1)),
-        rate_hz=r.get(u, "run", "rate_hz", _number(gt=0)),
-        deadline_ms=r.get(u, "run", "deadline_ms", _number(gt=0)),
-        timeout_ms=r.get(u, "run", "timeout_ms", _number(gt=0)),
+        samples=r.get(u, "run", "samples", _integer(lo=1, hi=MAX_SAMPLES)),
+        rate_hz=r.get(u, "run", "rate_hz", _number(gt=0, le=MAX_RATE_HZ)),
+        deadline_ms=r.get(u, "run", "deadline_ms", _number(gt=0, le=MAX_DEADLINE_MS)),
+        timeout_ms=r.get(u, "run", "timeout_ms", _number(gt=0, le=MAX_TIMEOUT_MS)),
         output=r.get(u, "run", "output", _local_path("a directory"), default=Path("runs")),
     )
     if not run.timeout_ms > run.deadline_ms:
