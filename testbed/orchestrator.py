@@ -344,7 +344,7 @@ class Orchestrator:
                 self._pull_logs(run_id)
                 self._log_malformed()
                 self._event("run_end")
-                summary = {**self.state.summary(), "broker_auth": self._auth_record()["auth"]}
+                summary = self.state.summary()
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

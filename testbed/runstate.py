@@ -421,6 +421,6 @@ class RunState:
                 "malformed": {b: dict(per) for b, per in self.malformed.items()},
                 "boards": boards, "links": links,
                 "energy": {b.name: e for b in self.boards.values() if (e := b.energy_summary()) is not None},
-                "broker": self.broker.get("kind"), "edge": self.edge_stats,
+                "broker": self.broker.get("kind"), "broker_auth": self.broker.get("auth"), "edge": self.edge_stats,
                 "duration_s": _r(self.t, 2),
             }

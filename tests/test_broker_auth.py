@@ -385,9 +385,9 @@ def test_an_anonymous_broker_runs_only_by_name_and_says_so(tmp_path: Path, model
     assert json.loads((run_dir / "run.json").read_text())["broker"]["auth"] == "anonymous"
     assert "allow_anonymous true" in (run_dir / "broker" / "mosquitto.conf").read_text()
     assert json.loads((run_dir / "boards" / "wrist" / "agent.json").read_text())["broker"]["username"] is None
-    replay = run_cli("monitor", "--replay", str(run_dir), cache=model_cache, cwd=tmp_path)
+    replay = run_cli("monitor", "--replay", str(run_dir), "--json", cache=model_cache, cwd=tmp_path)
     assert replay.returncode == 0, replay.stderr
-    assert "(anonymous)" in replay.stdout
+    assert "(anonymous)" in replay.stdout and last_json(replay.stdout)["broker_auth"] == "anonymous"
 
 
 @needs_mosquitto
