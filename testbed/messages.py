@@ -158,7 +158,7 @@ _LINK_EXTRA = 128   # a link telemetry's counters: the shaper snapshot's keys, b
 def _apply(schema: Schema, msg: Mapping[str, Any], kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (check, required) in schema.items():
-        if name not in msg:
+        if msg.get(name) is None:   # absent or null: an optional field is simply not there
             if required:
                 raise _Bad(f"{kind}.{name}: missing")
             continue

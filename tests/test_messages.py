@@ -53,6 +53,17 @@ def test_topics_payloads_and_boards_outside_the_run_are_rejected() -> None:
     assert parse("tb/demo/tele/wrist", b" " * (MAX_PAYLOAD + 1), **BENCH) == Rejected("wrist", "too large")
 
 
+def test_null_optional_fields_are_absent_not_malformed() -> None:
+    """A board without a meter says energy: null in its status; a sample with no reading near it
+    has energy_mj: null. Neither is malformed; a null required field is missing."""
+    st = parse("tb/demo/status/wrist", json.dumps({"state": "ready", "energy": None, "clock": None,
+                                                    "net_ns": None}).encode(), **BENCH)
+    assert isinstance(st, Accepted) and st.fields == {"state": "ready"}
+    got = _tele("wrist", kind="sample", sample=1, verdict="sent", energy_mj=None)
+    assert isinstance(got, Accepted) and "energy_mj" not in got.fields
+    assert _tele("wrist", kind="sample", sample=None, verdict="sent") == Rejected("wrist", "sample.sample: missing")
+
+
 def test_long_text_is_clipped_and_status_keeps_its_fields() -> None:
     got = _tele("chest", kind="error", error="x" * 10_000)
     assert isinstance(got, Accepted) and len(got.fields["error"]) == 500
