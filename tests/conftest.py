@@ -113,3 +113,10 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> None:
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         pytest.skip(f"no package index reachable: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def sigint_default() -> None:
+    """Popen preexec_fn: Ctrl-C as a terminal delivers it. A runner started in the background by a
+    non-interactive shell ignores SIGINT, children inherit that, and Python then keeps it ignored."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

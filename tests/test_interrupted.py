@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, run_cli
+from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, run_cli, sigint_default
 from testbed.runstate import RunState
 
 
@@ -45,7 +45,7 @@ def test_ctrl_c_mid_run_is_recorded_as_interrupted(tmp_path: Path, model_cache: 
     env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
                              "--headless", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         while not any('"type":"result"' in p.read_text() for p in (tmp_path / "runs").glob("*/events.jsonl")):
             assert proc.poll() is None, proc.communicate()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl
+from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
 from linkemu.profile import LinkProfile
 from linkemu.shaper import ShapedSender
 from nodes import agent as agent_mod
@@ -227,7 +227,7 @@ def test_a_cut_serial_wire_is_counted_as_send_drops_that_agree_with_the_wearable
     with open(out_path, "w") as out_fh, open(err_path, "w") as err_fh:
         proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
                                  "--headless", "--json"], cwd=tmp_path, env=env, text=True,
-                                stdout=out_fh, stderr=err_fh)
+                                stdout=out_fh, stderr=err_fh, preexec_fn=sigint_default)
     try:
         def wrist_sent() -> bool | None:
             for log in runs.glob("*/events.jsonl"):

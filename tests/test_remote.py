@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, sigint_default
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PY = sys.executable   # the boards' `env: python` interpreter: torch, numpy, paho already there
@@ -295,7 +295,8 @@ def test_laptop_ssh_dropped_mid_run_and_the_run_still_completes(ssh_bench, ssh_s
     exp = digits_experiment(tmp_path / "exp.yaml", samples=120, rate_hz=20, output=tmp_path / "runs")
     env = {**__import__("os").environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(inv), "--headless",
-                             "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=sigint_default)
     try:
         def results() -> int:
             logs = list((tmp_path / "runs").glob("*/events.jsonl"))
@@ -486,7 +487,8 @@ def test_logs_follow_prints_new_lines_as_the_board_writes_them(two_boards, tmp_p
     (wrist.workdir / "run" / "agent.json").write_text(json.dumps({"run": "r1", "log": str(log), "pid": None}))
     env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "logs", "wrist", "--follow", "--inventory", str(inv)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=sigint_default)
     try:
         assert proc.stdout.readline() == "agent wrist: ready\n"
         with log.open("a") as fh:
@@ -517,7 +519,8 @@ def test_ctrl_c_mid_run_stops_the_boards_agents_and_clears_their_shaping(ssh_ben
                                            "assignment: {wrist: 0, edge: merge}").replace("students: 3", "students: 1"))
     env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(inv), "--headless"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=sigint_default)
     try:
         while not any('"type": "result"' in p.read_text() or '"type":"result"' in p.read_text()
                       for p in (tmp_path / "runs").glob("*/events.jsonl")):
