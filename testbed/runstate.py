@@ -196,15 +196,21 @@ class RunState:
         self.late_results = 0
         self.malformed: dict[str, dict[str, int]] = {}   # board -> reason -> messages dropped
         self.stopped: dict[str, Any] | None = None        # why a run ended early (interrupted, aborted)
+        self.bad_events = 0                                # events skipped: not what their type carries
         self._link_of_board: dict[str, str] = {}
 
     # -- folding ---------------------------------------------------------------------------
     def apply(self, ev: dict[str, Any]) -> None:
+        """Fold one event. An event whose fields are not what its type carries (a hand-edited or
+        foreign events.jsonl given to ``monitor --replay``) is counted in ``bad_events`` and skipped."""
         with self.lock:
-            self.t = max(self.t, float(ev.get("t", 0.0)))
-            handler = getattr(self, "_on_" + str(ev.get("type")), None)
-            if handler is not None:
-                handler(ev)
+            try:
+                self.t = max(self.t, float(ev.get("t", 0.0)))
+                handler = getattr(self, "_on_" + str(ev.get("type")), None)
+                if handler is not None:
+                    handler(ev)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+                self.bad_events += 1
 
     def apply_all(self, events: Iterable[dict[str, Any]]) -> RunState:
         for ev in events:

@@ -84,3 +84,13 @@ def test_dashboard_renders_boards_links_figures_and_notes(tmp_path: Path) -> Non
     path.write_text("\n".join(json.dumps(e) for e in events()) + "\n")
     replayed = replay(path, console=Console(record=True, width=140, color_system=None))
     assert replayed.summary() == st.summary()
+
+
+def test_a_malformed_event_in_a_replayed_log_is_skipped_not_fatal() -> None:
+    st = RunState()
+    st.apply_all([{"type": "run_start", "run": "r", "samples": 2, "rate_hz": 1, "boards": [], "links": []},
+                  {"type": "trigger", "sample": "zero"}, {"type": "malformed", "board": "w", "count": "many"},
+                  {"type": "power", "board": "w", "mj": "lots"}, {"t": "later", "type": "run_end"},
+                  {"type": "result", "sample": 0, "status": "complete", "correct": True, "latency_ms": 1.0},
+                  {"type": "run_end"}])
+    assert st.bad_events == 3 and st.ended and st.summary()["completed"] == 1

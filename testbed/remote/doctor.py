@@ -87,7 +87,6 @@ class Needs:
 
     serial_ports: tuple[str, ...]
     ble_adapters: tuple[str, ...]
-    i2c: bool
     kernel_shaping: bool
     sudo: bool
 
@@ -107,7 +106,7 @@ def board_needs(inventory: Inventory, board: BoardSpec) -> Needs:
             adapters.append(str(s.get("adapter") or "hci0"))
     kernel = any(c.kind == KERNEL_SSH and c.board.name == board.name for c in shaper_choices(inventory).values())
     return Needs(serial_ports=tuple(dict.fromkeys(ports)), ble_adapters=tuple(dict.fromkeys(adapters)),
-                 i2c=board.energy is not None and board.energy.meter.startswith("ina"), kernel_shaping=kernel, sudo=kernel)
+                 kernel_shaping=kernel, sudo=kernel)
 
 
 def doctor(inventory: Inventory, *, names: Iterable[str] | None = None, boards: Boards | None = None,
