@@ -14,7 +14,8 @@ format) and an ACL file written 0600 into the broker's folder; with ``auth`` set
 clients are refused. The amqtt fallback cannot enforce the same ACL here, so it is refused when
 ``auth`` is set (it still serves an inventory that asks for ``anonymous: true``). Passwords
 never reach a log, a repr or a file other than the agents' own credential files (written by the
-orchestrator, not here).
+orchestrator, not here). ``auth_kind`` is the one wording of how a broker is logged into (run.json,
+the events, the summary, ``inventory check``).
 """
 from __future__ import annotations
 
@@ -31,10 +32,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodes.mqtt import Login, read_password_file, topic
 from testbed.errors import BrokerError
+
+if TYPE_CHECKING:
+    from testbed.config import BrokerSpec
 
 ORCHESTRATOR_USER = "orchestrator"
 PASSWORD_ITERATIONS = 101   # mosquitto_passwd's own default for $7$ (PBKDF2-SHA512)
@@ -266,6 +270,19 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def auth_kind(spec: BrokerSpec) -> str:
+    """How clients log in to the broker the inventory's ``spec`` names, in the words run.json,
+    the run's events and its summary (``broker_auth``) use: ``anonymous`` (only where the
+    inventory asks for it by name), ``per-run users and ACL`` (embedded), or for an external
+    broker ``password``, ``client certificate`` or both. Never a secret."""
+    if spec.anonymous:
+        return "anonymous"
+    if spec.mode == "embedded":
+        return "per-run users and ACL"
+    return " and ".join(w for w, on in (("password", spec.username is not None),
+                                       ("client certificate", spec.cert_file is not None)) if on)
 
 
 def external_login(spec: Any) -> Login:

@@ -1,7 +1,9 @@
-"""Rich tables that show what an :class:`~testbed.config.Inventory` holds.
+"""Rich tables that show what an :class:`~testbed.config.Inventory` holds: how the broker is
+logged into, the boards, the links.
 
 Pure rendering: it builds ``rich.table.Table`` objects from already-validated data and
-must not print, read files, or contact boards; the CLI decides where the tables go.
+must not print, read files, or contact boards; the CLI decides where the tables go. The broker's
+files are shown by path only, never what they hold (a password file's content is a secret).
 """
 from __future__ import annotations
 
@@ -9,15 +11,59 @@ from collections.abc import Sized
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-from testbed.config import Inventory, LinkSpec
+from testbed.broker import auth_kind
+from testbed.config import BrokerSpec, Inventory, LinkSpec
 
-__all__ = ["inventory_tables", "boards_table", "links_table"]
+__all__ = ["inventory_tables", "broker_table", "broker_rows", "login_text", "boards_table", "links_table"]
 
 
 def inventory_tables(inv: Inventory) -> list[Table]:
-    """A boards table and a links table for ``inv``, in that order."""
-    return [boards_table(inv), links_table(inv)]
+    """A broker table, a boards table and a links table for ``inv``, in that order."""
+    return [broker_table(inv), boards_table(inv), links_table(inv)]
+
+
+def broker_table(inv: Inventory) -> Table:
+    """How the harness and the boards log in to the broker, one row per fact (``broker_rows``)."""
+    table = Table(title=f"bench {inv.bench}: broker", title_justify="left", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value")
+    for what, value in broker_rows(inv.broker):
+        table.add_row(what, Text(value))   # Text: a path's brackets are not rich markup
+    return table
+
+
+def broker_rows(spec: BrokerSpec) -> list[tuple[str, str]]:
+    """(what, value) rows: the mode, the login (``login_text``) and, for an external broker, the
+    files it names (paths, never their content) and whether TLS is on."""
+    rows = [("mode", spec.mode), ("login", login_text(spec))]
+    if spec.mode != "external":
+        return rows
+    if spec.password_file is not None and not spec.anonymous:
+        rows.append(("password file", str(spec.password_file)))
+    if spec.cert_file is not None:
+        key = f" (key {spec.key_file})" if spec.key_file is not None else ""
+        rows.append(("client certificate", f"{spec.cert_file}{key}"))
+    if spec.ca_file is not None:
+        tls = f"on, CA {spec.ca_file}"
+    elif spec.tls:
+        tls = "on, the system's CAs"
+    else:
+        tls = "off" if spec.anonymous or spec.username is None else "off: the password crosses the network in clear"
+    rows.append(("TLS", tls))
+    return rows
+
+
+def login_text(spec: BrokerSpec) -> str:
+    """How the broker is logged into, in the run summary's words (``testbed.broker.auth_kind``),
+    with the user name of an external broker's password login."""
+    kind = auth_kind(spec)
+    if kind == "anonymous":
+        return "anonymous (asked for by name)"
+    if spec.mode == "external" and spec.username is not None:
+        return f"{kind}, as user {spec.username}"
+    return kind
 
 
 def boards_table(inv: Inventory) -> Table:
