@@ -21,6 +21,7 @@ from typing import Any
 
 from testbed.config.checks import (_choice, _Conv, _got, _integer, _Invalid, _local_path, _number, _Reader,
                                    _string)
+from testbed.config.overlay import apply_overrides
 from testbed.config.inventory import _NAME_DESC, _NAME_RE, ENCODINGS, RUNTIMES, Inventory
 from testbed.config.yamlfile import nearest_line, read_yaml
 
@@ -161,11 +162,20 @@ _EXPERIMENT_WHAT = ("an experiment YAML file (keys: name, seed, dataset, model, 
                     "assignment, run, faults)")
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Load and validate ``experiment.yaml`` on its own (see :func:`check_compatible`)."""
+def load_experiment(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
+                    sources: Mapping[str, str] | None = None) -> Experiment:
+    """Load and validate ``experiment.yaml`` on its own (see :func:`check_compatible`).
+
+    ``overrides`` (dotted key -> value, e.g. ``{"run.deadline_ms": 200}``) are set in the file's
+    data before it is checked (testbed.config.overlay); an invalid one is reported with its
+    source from ``sources`` (``--set``, ``sweep.yaml:12``) instead of a line of the file.
+    """
     path = Path(path)
     data, lines = read_yaml(path, _EXPERIMENT_WHAT)
-    r = _Reader(path, lines)
+    touched: dict[str, str] = {}
+    if overrides:
+        data, touched = apply_overrides(data, overrides, sources=sources or {})
+    r = _Reader(path, lines, sources=touched)
     top = r.mapping(
         data, "", what=_EXPERIMENT_WHAT,
         allowed=("name", "seed", "dataset", "model", "train", "partition", "assignment", "run", "faults"),

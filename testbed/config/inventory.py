@@ -28,6 +28,7 @@ from nodes.energy.settings import MeterSettingError, check_meter_settings
 from nodes.transport_settings import TRANSPORT_NAMES, SettingError, check_file_settings
 from testbed.config.checks import _choice, _Conv, _got, _integer, _Invalid, _join, _number, _Reader, _string
 from testbed.config.yamlfile import nearest_line, read_yaml
+from testbed.config.overlay import apply_overrides
 
 __all__ = [
     "ROLES", "KINDS", "CONNECTS", "RUNTIMES", "ENERGY_METERS", "BROKER_MODES", "TRANSPORTS", "ENCODINGS",
@@ -213,11 +214,21 @@ class Inventory:
 _INVENTORY_WHAT = "an inventory YAML file (keys: bench, broker, boards, links)"
 
 
-def load_inventory(path: str | Path) -> Inventory:
-    """Load and validate ``inventory.yaml``; raise ConfigError on the first problem."""
+def load_inventory(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
+                   sources: Mapping[str, str] | None = None) -> Inventory:
+    """Load and validate ``inventory.yaml``; raise ConfigError on the first problem.
+
+    ``overrides`` (dotted key -> value; ``links.<name>|*.<key>`` selects links by name, and a
+    link's preset-name profile becomes ``{preset: name, ...}`` when a profile key is set) are set
+    in the file's data first (testbed.config.overlay), and reported with their ``sources``.
+    """
     path = Path(path)
     data, lines = read_yaml(path, _INVENTORY_WHAT)
-    r = _Reader(path, lines)
+    touched: dict[str, str] = {}
+    if overrides:
+        data, touched = apply_overrides(data, overrides, sources=sources or {}, lists={"links": "name"},
+                                        promote={"links.*.profile": "preset"})
+    r = _Reader(path, lines, sources=touched)
     top = r.mapping(data, "", allowed=("bench", "broker", "ssh", "boards", "links"),
                     required={"bench": _NAME_DESC, "boards": "a mapping of board name -> board",
                               "links": "a list of links from each wearable to the edge"},
