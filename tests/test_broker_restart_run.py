@@ -1,0 +1,183 @@
+"""A whole run under broker authentication survives its broker killed and restarted (#13).
+
+The demo bench (serial, BLE and MQTT links) runs with the default embedded mosquitto, per-run
+users and ACL. Mid-run the test SIGKILLs that mosquitto, waits until the orchestrator has gone on
+triggering samples with no broker for longer than the run's timeout, then starts mosquitto again on the same port from the run's
+own config (the same password file and ACL, so the run's users log in again). Every sample is
+accounted for, the run finishes, samples triggered after the restart complete, and no process
+the run started is left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
+from testbed.broker import wait_listening
+
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+                                                if Path(p).exists()), None)
+T = TypeVar("T")
+
+
+def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Popen[str],
+               timeout: float = 300.0) -> T:
+    """``cond()``'s first truthy value; fails if the run ends first or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)   # polling a file another process writes: no event to wait on
+
+
+def _events(run_dir: Path) -> list[dict]:
+    """The run's events so far (a line being written is left for the next look)."""
+    out = []
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of ``pid``, None when it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) is not None:
+            out[int(entry.name)] = st
+    return out
+
+
+def _descendants(root: int) -> set[tuple[int, int]]:
+    """Every live process under ``root``, as (pid, start time) so a reused pid is not mistaken."""
+    procs = _processes()
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, start) in procs.items():
+            if ppid == parent and (pid, start) not in found:
+                found.add((pid, start))
+                todo.append(pid)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _refuses(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the run's broker process")
+def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path: Path, model_cache: Path) -> None:
+    n = 160
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=n, rate_hz=20.0, output=tmp_path / "runs")
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
+                             "--headless", "--json"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        def sampling() -> Path | None:
+            for ev in (tmp_path / "runs").glob("*/events.jsonl"):
+                if '"sampling_start"' in ev.read_text():
+                    return ev.parent
+            return None
+        run_dir = wait_until(sampling, "sampling to start", proc=proc)
+        broker = json.loads((run_dir / "run.json").read_text())["broker"]
+        assert broker["kind"] == "mosquitto" and broker["auth"] == "per-run users and ACL"
+        host, port, conf = broker["host"], broker["port"], run_dir / "broker" / "mosquitto.conf"
+        assert "allow_anonymous false" in conf.read_text()
+
+        def completed() -> int:
+            return sum(1 for e in _events(run_dir) if e["type"] == "result" and e["status"] == "complete")
+        wait_until(lambda: completed() >= 10, "results before the kill", proc=proc)
+        first = [pid for pid, (ppid, _) in _processes().items()
+                 if ppid == proc.pid and str(conf) in _cmdline(pid)]
+        assert len(first) == 1, f"expected the run's one mosquitto, found {first}"
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(lambda: _refuses(host, port), "the broker's port to close", proc=proc)
+
+        def triggered() -> int:
+            return max((e["sample"] for e in _events(run_dir) if e["type"] == "trigger"), default=-1)
+        down_at = triggered()   # the broker stays down longer than timeout_ms (40 samples at 20 Hz: 2 s)
+        wait_until(lambda: triggered() >= down_at + 40, "samples triggered with the broker down", proc=proc)
+        # the same config: same port, same password file and ACL, so the run's users log in again
+        with open(tmp_path / "mosquitto-2.log", "wb") as log:
+            second = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+        wait_listening(host, port, timeout=15.0, proc=second)
+        up_at = triggered()
+        assert up_at < n - 1, "the run ended its sampling before the broker came back; raise n"
+        started = _descendants(proc.pid)   # the agents, link helpers and everything else the run started
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        s = last_json(out)
+        assert s["state"] == "finished" and s["broker_auth"] == "per-run users and ACL"
+        assert s["samples"] == s["triggered"] == n
+        assert s["completed"] + s["timed_out"] + s["unresolved"] == s["triggered"]
+        assert s["timed_out"] > 0, "the outage outlasted timeout_ms: samples triggered in it time out"
+        events = read_jsonl(run_dir / "events.jsonl")
+        results = {e["sample"]: e["status"] for e in events if e["type"] == "result"}
+        assert sorted(results) == list(range(n)), "one result per triggered sample"
+        after = [sid for sid in range(up_at + 1, n) if results[sid] == "complete"]
+        assert after, f"no sample triggered after the restart completed: {[results[i] for i in range(up_at + 1, n)]}"
+        recovered = [results[sid] for sid in range(after[0], n)]
+        assert "timed_out" not in recovered, f"a sample timed out once the run had recovered: {recovered}"
+        assert results[n - 1] == "complete", "the run had not recovered by its last sample"
+        assert not any(e["type"] in ("aborted", "interrupted") for e in events)
+        # nothing the run started outlives it (only the broker this test started is still up)
+        alive = {(pid, start) for pid, start in started if (_proc_stat(pid) or (0, -1))[1] == start}
+        assert not alive, [_cmdline(pid) for pid, _ in alive]
+        assert second is not None and second.poll() is None
+        leftovers = [pid for pid in _processes() if pid != second.pid and str(run_dir) in _cmdline(pid)]
+        assert not leftovers, [_cmdline(pid) for pid in leftovers]
+    finally:
+        if proc.poll() is None:   # a failed check: Ctrl-C lets the run stop what it started
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        if second is not None:
+            second.terminate()
+            second.wait(timeout=10)
