@@ -467,7 +467,7 @@ def test_inventory_tables_render() -> None:
     from testbed.inventory_view import inventory_tables
 
     tables = inventory_tables(load_inventory(LAB_INVENTORY))
-    assert len(tables) == 3   # boards, links, broker login
+    assert len(tables) == 3   # broker login, boards, links
     console = Console(record=True, width=160, color_system=None)
     for t in tables:
         console.print(t)
