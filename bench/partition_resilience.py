@@ -14,6 +14,10 @@ Without --quick it writes docs/results/partition_resilience.{json,md,png} for S=
 partition_resilience_s<S>_m<M>.{json,md,png} otherwise (--out redirects;
 with --quick only --out writes). Models are cached by config hash (--cache, default the
 harness cache), so a re-run only re-evaluates; wall times say whether anything was cached.
+
+The figures depend on the torch thread count (testbed.training: another count sums in another
+order and trains other weights), so it is a setting, --threads, default 1 as for `testbed
+partition` and `testbed run`, and the results say which count made them.
 """
 from __future__ import annotations
 
@@ -27,10 +31,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nodes.runtime import configure_torch_threads  # noqa: E402
 from testbed.orchestrator import default_cache_dir  # noqa: E402
 from testbed.partition.pipeline import GraphSpec, PartitionConfig, StudentSpec, TeacherSpec, run_compare  # noqa: E402
 from testbed.partition.report import partition_table, plot, summarise, table  # noqa: E402
+from testbed.training import configure_numerics  # noqa: E402
 
 QUICK = dict(dataset="digits", teacher=TeacherSpec(widths=(8, 16, 32), epochs=10, batch_size=64, lr=0.01),
              graph=GraphSpec(images=1000),
@@ -50,7 +54,8 @@ def _progress(quiet: bool):
         if quiet or (step < total and now - last.get(phase, 0.0) < 15.0):
             return
         last[phase] = now
-        print(f"  [{now - t0:6.0f} s] {phase:<20} {step:>5}/{total} loss {loss:.3f}", file=sys.stderr, flush=True)
+        shown = f" loss {loss:.3f}" if loss == loss else ""     # NaN outside training steps
+        print(f"  [{now - t0:6.0f} s] {phase:<20} {step:>5}/{total}{shown}", file=sys.stderr, flush=True)
     return cb
 
 
@@ -85,8 +90,10 @@ def markdown(summary: dict[str, Any], *, previous: str = "") -> str:
         kept = previous.split(DISCUSSION_START, 1)[1].split(DISCUSSION_END, 1)[0].strip("\n")
     return f"""# Partition resilience: NoNN vs the resilient method ({summary['dataset']}, S = {summary['S']}, M = {summary['M']})
 
-Produced by `bench/partition_resilience.py --students {summary['S']} --parts {summary['M']}` (figures below
-are from its last full run; the JSON is `{stem(summary)}.json`, the plot `{stem(summary)}.png`).
+Produced by `bench/partition_resilience.py --students {summary['S']} --parts {summary['M']} --threads {summary['machine']['threads']}` (figures below
+are from its last full run; the JSON is `{stem(summary)}.json`, the plot `{stem(summary)}.png`), with
+**{summary['machine']['threads']} torch thread(s)**: the figures depend on the count (another count trains other
+weights from the same seed), which is why `testbed partition`, `testbed run` and this bench default to 1.
 
 ## Accuracy with k failed students
 
@@ -154,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true",
                     help="also train both methods with student dropout p = 0.2 (0 if --dropout > 0), same "
                          "teacher, and report it")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads (default 2; use 1 when other jobs share the cores: OpenMP "
-                         "threads that wait on each other make an oversubscribed step several times slower)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default 1, as testbed partition and testbed run: the figures depend "
+                         "on the count; 2 is faster on 2 free cores but trains other weights)")
     args = ap.parse_args(argv)
-    configure_torch_threads(args.threads)
+    configure_numerics(threads=args.threads)
 
     base = dict(QUICK) if args.quick else {}
     student = base.pop("student", StudentSpec())

@@ -4,10 +4,12 @@ Holds the one way a shard becomes a TorchScript file (``trace_shard``: trace, sa
 ``check_parity``: the reloaded shard against the torch module, else ``ExportParityError``),
 used here and by the partition and layer-split exports; export of the spine's model (one
 TorchScript shard per student, one for the merge); and ``manifest.json``: shards with roles,
-input/output shapes and dtypes, merge rule, sha256 of every file, versions, offline evaluation. A shard entry names its TorchScript file; the same
-shard in other formats (LiteRT ``.tflite``, f32 or int8) are its ``alternates``, each with its
-own file and sha256. ``load_manifest`` verifies every hash and refuses a tampered or missing
-file; ``shard_for`` picks the entry a board's runtime loads.
+input/output shapes and dtypes, merge rule, sha256 of every file, versions, the numerics the
+weights were trained with (testbed.training: torch threads), offline evaluation. A shard entry
+names its TorchScript file; the same shard in other formats (LiteRT ``.tflite``, f32 or int8)
+are its ``alternates``, each with its own file and sha256. ``load_manifest`` verifies every
+hash and refuses a tampered or missing file; ``shard_for`` picks the entry a board's runtime
+loads.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from testbed.errors import TestbedError
 from testbed.hashing import sha256_file
 from testbed.manifest import BundleError, bundle_file, check_manifest
 from testbed.model import StudentsConfig, UnifiedStudents
+from testbed.training import numerics, numerics_record
 
 MANIFEST = "manifest.json"
 EXPERIMENT_COPY = "experiment.yaml"   # the experiment a partition bundle was built from, copied into it
@@ -104,7 +107,7 @@ def export_bundle(model: UnifiedStudents, cfg: StudentsConfig, *, out_dir: Path,
         "format": FORMAT, "method": "joint", "students": cfg.students, "parts": cfg.students,
         "part_dim": cfg.out_dim, "merge_rule": "concat", "student_part": list(range(cfg.students)),
         "dataset": cfg.dataset, "classes": list(classes), "config": asdict(cfg), "config_key": cfg.key(),
-        "shards": shards, "evaluation": evaluation,
+        "shards": shards, "evaluation": {**evaluation, "numerics": numerics()}, "numerics": numerics_record(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))

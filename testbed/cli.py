@@ -4,15 +4,22 @@ Commands: ``inventory check``, ``run``, ``demo``, ``partition``, ``profile``, ``
 and for ssh boards ``doctor``, ``deploy``, ``status``, ``logs``, ``stop``, ``trust``. Errors a user can fix
 (bad YAML, missing dataset, agents that never come up) are printed on one line without a
 traceback and give a non-zero exit: 2 for configuration and input errors, 1 for run failures.
+
+Long work talks: training, partitioning and exporting (in ``run``, ``demo`` and ``partition``,
+with or without ``--json``) report progress on stderr, as a bar when stderr is a terminal and
+as plain lines otherwise (phase, step/total, elapsed; at most one line every few seconds per
+phase, plus its start and its end). With ``--json``, stdout carries only the JSON line, last.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-from contextlib import nullcontext
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from linkemu.errors import HarnessError
 from testbed.errors import ConfigError, TestbedError
@@ -44,72 +51,153 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_progress(console: Any, enabled: bool) -> Any:
-    """A rich progress bar for training, as a context manager yielding the callback."""
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    class _Bar:
-        def __enter__(self) -> Any:
-            self.p = Progress(TextColumn("training {task.description}"), BarColumn(),
-                              TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
-                              TimeRemainingColumn(), console=console, transient=True)
-            self.p.__enter__()
-            self.task = self.p.add_task("students", total=None)
-
-            def cb(phase: str, done: int, total: int) -> None:
-                self.p.update(self.task, completed=done, total=total, description=phase)
-            return cb
-
-        def __exit__(self, *exc: object) -> None:
-            self.p.__exit__(None, None, None)
-
-    return _Bar()
+PLAIN_EVERY_S = 5.0   # plain progress lines: at most one per phase in this many seconds (plus start and end)
 
 
-def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) -> int:
-    from testbed.config import check_compatible, load_experiment, load_inventory, with_overrides
-    from testbed.orchestrator import Orchestrator, check_runnable, default_cache_dir, new_run_id, prepare_bundle
+class _Progress:
+    """Progress of long work on stderr, as a context manager yielding the callback
+    ``(phase, step, total, loss=None)``: a transient rich bar when stderr is a terminal, else
+    plain lines. It writes to a duplicate of stderr taken on entry, so it still reaches the
+    terminal while a bundle build sends fd 2 to its log (testbed.partition.build)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.stream: IO[str] = sys.stderr
+        self._own = False
+        self._bar: Any = None
+        self._task: Any = None
+        self._phase = ""
+        self._phase_t0 = 0.0
+        self._last = 0.0
+
+    def __enter__(self) -> _Progress:
+        try:
+            self.stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8",
+                                    errors="replace")
+            self._own = True
+        except (AttributeError, OSError, ValueError):   # stderr without a descriptor (captured)
+            self.stream = sys.stderr
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=Console(file=self.stream, highlight=False), transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task("preparing", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        if self._own:
+            self.stream.close()
+
+    def __call__(self, phase: str, step: int, total: int, loss: float | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, total=total or None, description=phase)
+            return
+        now = time.monotonic()
+        if phase != self._phase:
+            self._phase, self._phase_t0, self._last = phase, now, 0.0
+        done = total > 0 and step >= total
+        if not (done or step == 0 or now - self._last >= PLAIN_EVERY_S):
+            return
+        self._last = now
+        took = now - self._phase_t0
+        if step == 0:
+            text = phase if total <= 1 else f"{phase}: {total} steps"
+        elif done:
+            text = f"{phase} done in {took:.1f} s" if total <= 1 else \
+                f"{phase} done: {total} steps in {took:.1f} s" + self._loss(loss)
+        else:
+            left = took / step * (total - step)
+            text = (f"{phase}: {step}/{total} ({100 * step / total:.0f} %)" + self._loss(loss)
+                    + f", about {left:.0f} s left")
+        self.stream.write(f"[{now - self.t0:6.0f} s] {text}\n")
+        self.stream.flush()
+
+    def say(self, line: str) -> None:
+        """One line for the user, on the same stream (above the bar when there is one)."""
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    @staticmethod
+    def _loss(loss: float | None) -> str:
+        return "" if loss is None or math.isnan(loss) else f", loss {loss:.4f}"
+
+
+def _load_run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The inventory and the experiment of ``testbed run`` / ``demo``, with the flags' overrides."""
+    from testbed.config import load_experiment, load_inventory, with_overrides
 
     inv = load_inventory(inventory_path)
     exp = load_experiment(experiment_path)
     overrides, sources = _overrides(args)
     if overrides:
         exp = with_overrides(exp, **overrides, sources=sources)
+    return inv, exp
+
+
+def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) -> int:
+    inv, exp = _load_run(inventory_path, experiment_path, args)
+    return run_loaded(inv, exp, args)
+
+
+def run_loaded(inv: Any, exp: Any, args: argparse.Namespace) -> int:
+    """Run an already loaded (and overridden) experiment on an already loaded inventory, with
+    ``args``'s run options (headless, json, cache, bundle, threads): prepare the bundle, run,
+    print the summary (and the JSON line last on stdout)."""
+    from testbed.config import check_compatible
+    from testbed.orchestrator import (Orchestrator, check_runnable, default_cache_dir, new_run_id, prepare_bundle,
+                                      run_log)
+
     check_compatible(exp, inv)
     check_runnable(inv)
     console = _console(stderr=args.json)
     cache = Path(args.cache) if args.cache else default_cache_dir()
-    with _train_progress(console, not args.headless) as cb:
+    run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
+    with run_log(run_dir) as log:
+        log.line(f"testbed run {exp.path} on {inv.path} ({exp.name}), cache {cache}")
         if not args.json:
             what = f"{exp.partition.method} partition" if exp.partition is not None else "jointly trained"
             console.print(f"model: {exp.students} students ({what}) on {exp.dataset.name} (cache {cache})")
-        prepared = prepare_bundle(exp, cache_dir=cache, progress=cb, inventory=inv,
-                                  bundle_dir=Path(args.bundle) if args.bundle else None)
-    tr = prepared.training
-    how = ("loaded from cache" if tr.get("cached") else
-           f"trained in {tr['train_seconds']} s" if tr.get("train_seconds") is not None else "built")
-    if args.bundle:
-        how = f"bundle {args.bundle} ({prepared.manifest.get('method')})"
-    console.print(f"model: {how}, offline test accuracy {tr['test_accuracy']:.4f}")
-    run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
-    orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir, cache_dir=cache)
-    try:
-        if args.headless:
-            summary = orch.run()
-        else:
-            from testbed.dashboard import LiveDashboard
-            with LiveDashboard(orch.state, console=console):
+        with _Progress() as progress:
+            def say(line: str) -> None:
+                log.line(line)
+                progress.say(line)
+            prepared = prepare_bundle(exp, cache_dir=cache, progress=progress, inventory=inv,
+                                      bundle_dir=Path(args.bundle) if args.bundle else None, threads=args.threads,
+                                      say=say)
+        log.add_build_log(prepared.build_log)
+        tr = prepared.training
+        how = ("loaded from cache" if tr.get("cached") else
+               f"trained in {tr['train_seconds']} s" if tr.get("train_seconds") is not None else "built")
+        if args.bundle:
+            how = f"bundle {args.bundle} ({prepared.manifest.get('method')})"
+        threads = (prepared.manifest.get("numerics") or {}).get("threads")
+        console.print(f"model: {how}, offline test accuracy {tr['test_accuracy']:.4f}"
+                      + (f" (torch threads {threads})" if threads else ""))
+        log.line(f"bundle {prepared.bundle_dir}: {how}, offline test accuracy {tr['test_accuracy']:.4f}")
+        orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=run_dir, cache_dir=cache)
+        try:
+            if args.headless:
                 summary = orch.run()
-    except KeyboardInterrupt:   # the run stopped its boards and wrote its summary: say where, then exit 130
-        _print_stopped(console, orch, args)
-        raise
+            else:
+                from testbed.dashboard import LiveDashboard
+                with LiveDashboard(orch.state, console=console):
+                    summary = orch.run()
+        except KeyboardInterrupt:   # the run stopped its boards and wrote its summary: say where, then exit 130
+            _print_stopped(console, orch, args)
+            raise
     if orch.state.broker.get("fallback_reason"):
         console.print(f"[yellow]broker: {orch.state.broker.get('kind')} instead of mosquitto: "
                       f"{orch.state.broker['fallback_reason']}[/]")
     summary["model"] = {"test_accuracy": tr["test_accuracy"], "cached": bool(tr.get("cached")),
-                        "train_seconds": tr.get("train_seconds")}
+                        "train_seconds": tr.get("train_seconds"), "threads": threads}
     _print_summary(console, summary)
     if args.json:
         sys.stdout.write(json.dumps(summary, separators=(",", ":")) + "\n")
@@ -255,7 +343,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     from testbed.config import load_experiment, load_inventory
     from testbed.orchestrator import default_cache_dir
+    from testbed.partition.build import default_out_dir
     from testbed.partition.report import render_bundle
+    from testbed.training import configure_numerics
 
     exp = load_experiment(args.experiment)
     if exp.partition is None:
@@ -265,36 +355,29 @@ def cmd_partition(args: argparse.Namespace) -> int:
     if inv is None and exp.partition.method == "layer" and Path("inventory.yaml").exists():
         inv = load_inventory("inventory.yaml")
     cache = Path(args.cache) if args.cache else default_cache_dir()
-    # single runs and --compare never share a default folder (testbed.outdir refuses what is not ours)
-    out = Path(args.out) if args.out else Path("bundles") / (f"{exp.name}-compare" if args.compare else exp.name)
-    _set_threads(args.threads)
+    out = Path(args.out) if args.out else default_out_dir(exp, compare=args.compare)
+    configure_numerics(threads=args.threads)
     console = _console(stderr=args.json)
-    with _train_progress(console, not args.json and console.is_terminal) as cb:
-        progress = (lambda phase, step, total, _loss: cb(phase, step, total)) if cb else None
+    with _Progress() as progress:
         if args.compare:
             from testbed.partition.build import compare
             doc = compare(exp, out_dir=out, cache_dir=cache, progress=progress, force=args.force)
         else:
-            from testbed.partition.build import build_bundle
-            built = build_bundle(exp, out_dir=out, cache_dir=cache, inventory=inv, progress=progress,
+            from testbed.partition.build import write_bundle
+            built = write_bundle(exp, out_dir=out, cache_dir=cache, inventory=inv, progress=progress,
                                  force=args.force)
-            doc = {"bundle": str(built.bundle_dir), "method": built.manifest["method"],
-                   "seconds": built.seconds, "evaluation": built.manifest.get("evaluation", {})}
-            for line in [*render_bundle(built.manifest, bundle_dir=built.bundle_dir), *built.notes]:
-                console.print(line, markup=False)
     if args.compare:
         for line in [*doc.pop("text"), *doc.pop("notes")]:
             console.print(line, markup=False)
+    else:
+        m = built.manifest
+        doc = {"bundle": str(built.bundle_dir), "method": m["method"], "seconds": built.seconds,
+               "bundle_key": m.get("bundle_key"), "numerics": m.get("numerics"), "evaluation": m.get("evaluation", {})}
+        for line in [*render_bundle(m, bundle_dir=built.bundle_dir), *built.notes]:
+            console.print(line, markup=False, soft_wrap=True)
     if args.json:
         sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
     return 0
-
-
-def _set_threads(n: int | None) -> None:
-    import os
-
-    from nodes.runtime import configure_torch_threads
-    configure_torch_threads(n or max(1, min(4, os.cpu_count() or 1)))
 
 
 def cmd_link(args: argparse.Namespace) -> int:
@@ -383,8 +466,25 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
+    _add_threads_option(p)
     if demo:
         p.add_argument("--dataset", choices=("fashion-mnist", "digits"), help="override the demo's dataset")
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, got {text!r}")
+    return n
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="torch threads for training and evaluation (default 1, on every machine: another count "
+                        "adds in another order and trains other weights, cached under their own key)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -418,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "wrote; anything else there is kept)")
     part.add_argument("--inventory", help="inventory.yaml (the layer split reads link rate and board kinds)")
     part.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
-    part.add_argument("--threads", type=int, help="torch threads (default: the cores, at most 4)")
+    _add_threads_option(part)
     part.add_argument("--json", action="store_true", help="print one JSON object (bundle, evaluation) last on stdout")
     part.set_defaults(func=cmd_partition)
     link = sub.add_parser("link", help="kernel (tc) shaping of the inventory's IP links")

@@ -1,7 +1,9 @@
 """Running an experiment on a bench: the laptop side of ``testbed run`` and ``testbed demo``.
 
-Holds ``prepare_bundle`` (train or load the model from the cache, export shards), sample
-selection and ``Orchestrator``: builds the run's one fault schedule (``testbed.faults``) and
+Holds ``prepare_bundle`` (train or load the model from the cache, export shards; a partition
+experiment's bundle is the one ``testbed partition`` wrote when its key is this experiment's,
+else the cache's, see testbed/partition/build.py's ``cached_bundle``), sample selection and
+``Orchestrator``: builds the run's one fault schedule (``testbed.faults``) and
 plans its kernel-shaped links (``testbed.shaping``) before anything starts, makes the netns
 boards' namespaces, starts (or reaches) the broker (listening on each namespace's veth too,
 plus a data-plane port that the kernel classifies), deploys local boards and starts their
@@ -11,6 +13,12 @@ the agents' shapers and the fault events all run from its time zero), then trigg
 at the configured rate, injects faults on schedule, collects predictions, counts samples that
 never complete, and writes ``runs/<id>/`` (run.json, events.jsonl, summary.json). Rendering is
 not done here: the dashboard subscribes to the event log.
+
+The run's own log, ``runs/<id>/testbed.log`` (``run_log``): while a ``testbed run`` lasts, Python
+logging and warnings of the whole process (third-party packages: torchao, asyncssh, paho) go
+there instead of the terminal, and so does the third-party output of a bundle built for the run
+(``RunLog.add_build_log``: what testbed.partition.build captured from fd 1 and 2 while exporting,
+absl and TensorFlow's C++ logging included).
 
 The broker's logins: an embedded broker gets fresh users for the run (``BrokerAuth``: the
 orchestrator and each board, each limited by an ACL) unless the inventory says
@@ -24,6 +32,7 @@ events or a log.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import queue
@@ -32,8 +41,8 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,6 +77,53 @@ if TYPE_CHECKING:
     from testbed.remote.ssh import Boards
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+RUN_LOG = "testbed.log"   # the laptop side's own log in a run directory
+
+
+@dataclass
+class RunLog:
+    """The open ``runs/<id>/testbed.log`` of ``run_log``."""
+
+    path: Path
+
+    def line(self, text: str) -> None:
+        logging.getLogger("testbed").info(text)
+
+    def add_build_log(self, build_log: Path | None) -> None:
+        """Append the third-party output a bundle build captured (``Prepared.build_log``)."""
+        if build_log is None or not Path(build_log).is_file():
+            return
+        self.line(f"third-party output of the bundle build ({build_log}):")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        with open(self.path, "a") as out, open(build_log, errors="replace") as src:
+            shutil.copyfileobj(src, out)
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[RunLog]:
+    """Route Python logging (INFO and up) and warnings of this whole process into
+    ``run_dir/testbed.log`` while the block runs (the run directory is made here); the logging
+    configuration is restored after."""
+    path = Path(run_dir) / RUN_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield RunLog(path=path)
+    except BaseException as exc:
+        logging.getLogger("testbed").error("stopped: %s", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
 
 
 def default_cache_dir() -> Path:
@@ -83,18 +139,32 @@ class Prepared:
     manifest: dict[str, Any]
     dataset: Dataset
     training: dict[str, Any]
+    notes: tuple[str, ...] = ()      # lines for the user: which bundle and why (e.g. one not used)
+    build_log: Path | None = None    # third-party output of a bundle built now (testbed.partition.build)
 
 
 def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None = None,
-                   inventory: Inventory | None = None, bundle_dir: Path | None = None) -> Prepared:
+                   inventory: Inventory | None = None, bundle_dir: Path | None = None,
+                   threads: int | None = None, partition_dir: Path | None = None,
+                   say: Callable[[str], None] | None = None) -> Prepared:
     """The bundle to deploy: ``bundle_dir`` as given (verified), the experiment's partition
-    bundle (built by testbed.partition.build, cached by its key), or the spine's jointly trained
-    students (trained or loaded from the cache, then exported)."""
+    bundle (testbed.partition.build.cached_bundle: ``partition_dir``, default the folder
+    ``testbed partition`` writes, when it holds this experiment's key; else the cache's, built
+    there when missing), or the spine's jointly trained students (trained or loaded from the
+    cache, then exported). ``say`` hears each of ``Prepared.notes`` as soon as it is known.
+
+    First it sizes this process's torch threads to ``threads`` (None: testbed.training's
+    DEFAULT_THREADS, 1; see ``configure_numerics``): the weights depend on the count, and so do the
+    keys they are cached under."""
+    from testbed.training import configure_numerics   # torch: laptop side only
+    configure_numerics(threads=threads)
     if bundle_dir is not None:
         return _given_bundle(experiment, Path(bundle_dir))
     if experiment.partition is not None:
-        return _partition_bundle(experiment, cache_dir=cache_dir, progress=progress, inventory=inventory)
-    from testbed.model import StudentsConfig, load_or_train  # torch: laptop side only
+        return _partition_bundle(experiment, cache_dir=cache_dir, progress=progress, inventory=inventory,
+                                 written=partition_dir, say=say)
+    from testbed import weightcache
+    from testbed.model import StudentsConfig, load_or_train
 
     ds = load_dataset(experiment.dataset.name, path=experiment.dataset.path, seed=experiment.seed)
     m, tr = experiment.model, experiment.train
@@ -104,7 +174,7 @@ def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: Progres
                          batch_size=tr.batch_size, lr=tr.lr, subset=tr.subset, seed=experiment.seed)
     cb = (lambda step, total, _loss: progress("train", step, total)) if progress else None
     model, record = load_or_train(cfg, ds, cache_dir=cache_dir, progress=cb)
-    bundle_dir = cache_dir / cfg.key() / "bundle"
+    bundle_dir = weightcache.entry_dir(Path(cache_dir) / cfg.key()) / "bundle"   # beside the weights
     try:
         manifest = load_manifest(bundle_dir)
     except Exception:
@@ -128,19 +198,22 @@ def _given_bundle(experiment: Experiment, bundle_dir: Path) -> Prepared:
 
 
 def _partition_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None,
-                      inventory: Inventory | None) -> Prepared:
-    from testbed.partition.build import cached_bundle  # torch: laptop side only
+                      inventory: Inventory | None, written: Path | None,
+                      say: Callable[[str], None] | None) -> Prepared:
+    from testbed.partition.build import cached_bundle, default_out_dir  # torch: laptop side only
 
     cb = (lambda phase, step, total, _loss: progress(phase, step, total)) if progress else None
-    built = cached_bundle(experiment, cache_dir=cache_dir, inventory=inventory, progress=cb)
+    built = cached_bundle(experiment, cache_dir=cache_dir, inventory=inventory, progress=cb,
+                          written=written if written is not None else default_out_dir(experiment), say=say)
+    record = {**_bundle_record(built.manifest, built.cached), "bundle_key": built.manifest.get("bundle_key")}
     return Prepared(bundle_dir=built.bundle_dir, manifest=built.manifest, dataset=built.dataset,
-                    training=_bundle_record(built.manifest, built.cached))
+                    training=record, notes=built.notes, build_log=built.build_log)
 
 
 def _bundle_record(manifest: dict[str, Any], cached: bool) -> dict[str, Any]:
     ev = manifest.get("evaluation", {})
     return {"test_accuracy": float(ev.get("test_accuracy", float("nan"))), "cached": cached,
-            "train_seconds": None, "method": manifest.get("method")}
+            "train_seconds": None, "method": manifest.get("method"), "numerics": manifest.get("numerics")}
 
 
 def select_samples(ds: Dataset, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

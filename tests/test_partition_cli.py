@@ -130,6 +130,11 @@ def test_partition_writes_a_verified_bundle(tmp_path: Path, model_cache: Path) -
     assert "shard student_0" in proc.stderr and "k = 3 failed" in proc.stderr  # --json: the report goes to stderr
     assert (tmp_path / "b" / "experiment.yaml").read_text() == path.read_text()   # the bundle carries its experiment
     assert m["experiment"] == {"name": "tiny-part", "file": str(path), "copy": "experiment.yaml"}
+    # the thread count it trained with is recorded and keyed; the folder holds the cache's bundle of that key
+    assert m["numerics"]["threads"] == m["evaluation"]["numerics"]["threads"] == 1 == doc["numerics"]["threads"]
+    assert m["bundle_inputs"]["numerics"]["threads"] == 1 and m["bundle_inputs"]["data"]["name"] == "digits"
+    cached = load_manifest(model_cache / f"partition-{m['bundle_key']}" / "bundle")
+    assert [s["sha256"] for s in cached["shards"]] == [s["sha256"] for s in m["shards"]]
 
 
 def test_compare_writes_table_plot_and_both_bundles(tmp_path: Path, model_cache: Path) -> None:
@@ -202,6 +207,13 @@ def test_tflite_boards_get_int8_litert_shards(tmp_path: Path, model_cache: Path)
     proc = run_cli("partition", str(path), "--out", str(tmp_path / "b"), "--threads", "1", "--json",
                    cache=model_cache, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the exporters' chatter (absl / TensorFlow C++ logging, torchao, torch's log handlers) is in the
+    # bundle's build.log, not on the terminal; the progress of the export is
+    for noise in ("absl", "flatbuffer_export", "torchao", "oneDNN", "_pytree"):
+        assert noise not in proc.stderr + proc.stdout, noise
+    log = (tmp_path / "b" / "build.log").read_text()
+    assert any(noise in log for noise in ("absl", "XNNPACK", "torchao")), log[:2000]
+    assert "litert export done" in proc.stderr and len(proc.stdout.splitlines()) == 1
     m = load_manifest(tmp_path / "b")
     for shard in m["shards"]:
         alts = {a["quantize"]: a for a in shard["alternates"]}
@@ -217,6 +229,7 @@ def test_tflite_boards_get_int8_litert_shards(tmp_path: Path, model_cache: Path)
     proc = run_cli("run", str(path), "--bundle", str(tmp_path / "b"), "--headless", "--json", "--samples", "10",
                    "--output", str(tmp_path / "runs"), cache=model_cache, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "XNNPACK" not in proc.stderr        # the LiteRT board's own chatter is in its agent.log
     s = last_json(proc.stdout)
     assert s["complete"] == 10
     board_a = Path(s["run_dir"]) / "boards" / "a"

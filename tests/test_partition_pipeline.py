@@ -217,7 +217,9 @@ def _reload(manifest: dict, cache: Path) -> PartitionedStudents:
     cfg = _students_config(TINY.__class__(**{**TINY.__dict__, "method": manifest["method"]}), load_digits(),
                            manifest["student_part"])
     model = PartitionedStudents(cfg, mean=0.0, std=1.0)
-    model.load_state_dict(torch.load(cache / f"students-{manifest['config_key']}" / "weights.pt", weights_only=True))
+    folder = manifest["weights"]["students"]      # students-<config key>-n<numerics and data tag>
+    assert folder.startswith(f"students-{manifest['config_key']}-n")
+    model.load_state_dict(torch.load(cache / folder / "weights.pt", weights_only=True))
     return model.eval()
 
 

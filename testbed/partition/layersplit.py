@@ -63,9 +63,11 @@ from nodes.energy.model import POWER_W, RADIO_W
 from nodes.vocab import ENCODINGS
 from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityError, check_parity, sha256_file,
                             trace_shard)
+from testbed import weightcache
 from testbed.errors import TestbedError
-from testbed.partition.pipeline import phase_progress, teacher_config
+from testbed.partition.pipeline import mark, phase_progress, teacher_config
 from testbed.partition.teacher import Teacher, load_or_train_teacher, teacher_accuracy
+from testbed.training import numerics, numerics_record
 from testbed.zoo import VGG16, AlexNet, ResNet
 
 if TYPE_CHECKING:
@@ -704,10 +706,14 @@ def build_layer_bundle(exp: Experiment, cfg: PartitionConfig, data: Dataset, *, 
     Returns the manifest and the shard modules by shard name (for LiteRT export)."""
     inputs = resolve_layer_inputs(exp, inventory)
     tcfg = teacher_config(cfg, data)
+    ident = weightcache.data_identity(data)
     t0 = time.monotonic()
-    model, record = load_or_train_teacher(tcfg, data, cache_dir=Path(cache_dir), progress=phase_progress(progress, "teacher"))
+    model, record = load_or_train_teacher(tcfg, data, cache_dir=Path(cache_dir), progress=phase_progress(progress, "teacher"),
+                                          identity=ident)
     t1 = time.monotonic()
+    mark(progress, "measure layers", 0)
     costs = measure_layers(model, data.input_shape, repeats=inputs["repeats"], sample=data.x_test[:1])
+    mark(progress, "measure layers", 1)
     plan = plan_split(costs, link=LinkProfile.from_dict(inputs["link"]), wearable_kind=inputs["wearable_kind"],
                       edge_kind=inputs["edge_kind"], encoding=inputs["encoding"], objective=inputs["objective"],
                       wearable_scale=inputs["scale"]["wearable"], edge_scale=inputs["scale"]["edge"],
@@ -718,13 +724,17 @@ def build_layer_bundle(exp: Experiment, cfg: PartitionConfig, data: Dataset, *, 
     evaluation = {"test_accuracy": accuracy, "teacher_accuracy": accuracy, "test_samples": n_test,
                   "how": "the layer split runs the teacher unchanged (head then tail), so its accuracy is the "
                          "teacher's; a lost frame loses the sample (the merge sees zeros)",
-                  "host_layer_ms": {c.name: round(float(c.host_ms or 0.0), 4) for c in costs[1:]}}
+                  "host_layer_ms": {c.name: round(float(c.host_ms or 0.0), 4) for c in costs[1:]},
+                  "numerics": numerics()}
+    mark(progress, "export:layer", 0)
     manifest = export_layer_bundle(
         model, plan, out_dir=Path(out_dir), samples=data.x_test, classes=data.classes, evaluation=evaluation,
-        extra_manifest={"dataset": data.name, "layer": inputs, "teacher": {
+        extra_manifest={"dataset": data.name, "layer": inputs, "numerics": numerics_record(), "data": ident,
+                        "teacher": {
             "key": tcfg.key(), "config": json.loads(json.dumps(asdict(tcfg))),
             "test_accuracy": record.get("test_accuracy"), "train_seconds": record.get("train_seconds")},
             "timings": {"teacher": round(t1 - t0, 2), "measure_and_plan": round(t2 - t1, 2),
                         "export": round(time.monotonic() - t2, 2)}})
+    mark(progress, "export:layer", 1)
     head, tail = split_modules(model, plan.chosen, input_shape=data.input_shape)
     return manifest, {"student_0": head, "merge": tail}

@@ -18,9 +18,19 @@ isolated and are dropped, and the eigen split has nothing to go on for them. The
 is ``keep_fraction = 0.1`` (202 edges on F = 64) with ``top_k = F/4``; the partition report
 states, for the same activations, how many filters the 1 % graph would have left connected.
 
+Cache keys and records: the teacher's and the students' weights are cached under their config
+key plus testbed/weightcache.py's tag (the process's numerics: torch version, threads,
+deterministic flag; and the data's sha256), and every manifest records ``numerics`` (and its
+evaluation the keyed part) and ``data``, so a figure says which thread count made it.
+
+Progress: ``progress(phase, step, total, loss)`` hears every phase: ``teacher`` and
+``students:<method>`` per training step (from step 0), ``teacher pass`` per batch of 1,000
+images, ``partition:<method>``, ``evaluate:<method>`` and ``export:<method>`` at their start
+(step 0) and end (step = total); ``loss`` is NaN outside training.
+
 The layer split is not here. It must not wire the CLI or read experiment files (the caller
-builds a PartitionConfig), nor set torch's thread count (the caller does: 2 on the CI machine,
-1 when other jobs share its cores), and never downloads anything.
+builds a PartitionConfig), nor set torch's thread count (the entry point does, once:
+testbed.training.configure_numerics), and never downloads anything.
 """
 from __future__ import annotations
 
@@ -45,6 +55,7 @@ from testbed.partition.graph import (Partition, eigen_parts, filter_graph, intra
                                      random_parts, student_parts)
 from testbed.partition.students import PartitionedStudents, StudentsConfig, part_attention, train_students
 from testbed.partition.teacher import Teacher, TeacherConfig, load_or_train_teacher, teacher_accuracy
+from testbed.training import numerics, numerics_record
 
 __all__ = ["METHODS", "PARITY_TOLERANCE", "CompareResult", "ExportParityError", "GraphSpec", "PartitionConfig",
            "PartitionError", "PartitionResult", "Progress", "StudentSpec", "TeacherSpec", "export_partitioned",
@@ -161,12 +172,19 @@ class _TeacherView:
     logits: np.ndarray       # N_train x classes
     maps: np.ndarray         # N_train x F x h x w, float16
     seconds: dict[str, float]
+    data: dict[str, Any]     # weightcache.data_identity of the dataset
 
 
 def phase_progress(progress: Progress | None, name: str) -> Callable[[int, int, float], None] | None:
     if progress is None:
         return None
     return lambda step, total, loss: progress(name, step, total, loss)
+
+
+def mark(progress: Progress | None, name: str, step: int, total: int = 1) -> None:
+    """Tell ``progress`` that phase ``name`` (no loss) is at ``step`` of ``total``."""
+    if progress is not None:
+        progress(name, step, total, float("nan"))
 
 
 def _load(cfg: PartitionConfig) -> Dataset:
@@ -183,18 +201,23 @@ def teacher_config(cfg: PartitionConfig, data: Dataset) -> TeacherConfig:
 
 def _teacher_view(cfg: PartitionConfig, data: Dataset, *, cache_dir: Path, progress: Progress | None) -> _TeacherView:
     tcfg = teacher_config(cfg, data)
+    ident = weightcache.data_identity(data)
     t0 = time.monotonic()
-    model, record = load_or_train_teacher(tcfg, data, cache_dir=cache_dir, progress=phase_progress(progress, "teacher"))
+    model, record = load_or_train_teacher(tcfg, data, cache_dir=cache_dir, progress=phase_progress(progress, "teacher"),
+                                          identity=ident)
     t1 = time.monotonic()
     n = cfg.student.subset or len(data.x_train)
     logits, maps = [], []
+    batches = (n + 999) // 1000
+    mark(progress, "teacher pass", 0, batches)
     with torch.no_grad():
-        for i in range(0, n, 1000):
+        for b, i in enumerate(range(0, n, 1000), start=1):
             lg, mp = model.forward_all(torch.from_numpy(data.x_train[i:min(n, i + 1000)]))
             logits.append(lg.numpy())
             maps.append(mp.numpy().astype(np.float16))
+            mark(progress, "teacher pass", b, batches)
     return _TeacherView(model=model, config=tcfg, record=record, logits=np.concatenate(logits),
-                        maps=np.concatenate(maps),
+                        maps=np.concatenate(maps), data=ident,
                         seconds={"teacher": round(t1 - t0, 2), "teacher_pass": round(time.monotonic() - t1, 2)})
 
 
@@ -252,7 +275,8 @@ def _load_or_train_students(scfg: StudentsConfig, *, key: str, data: Dataset, vi
         return model, {"key": key, "config": _jsonable(asdict(scfg))}
 
     return weightcache.load_or_train(Path(cache_dir) / f"students-{key}",
-                                     build=lambda: PartitionedStudents(scfg, mean=0.0, std=1.0), train=train)
+                                     build=lambda: PartitionedStudents(scfg, mean=0.0, std=1.0), train=train,
+                                     identity={"data": view.data})
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -298,7 +322,9 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
                 progress: Progress | None) -> PartitionResult:
     timings: dict[str, float] = {}
     t0 = time.monotonic()
+    mark(progress, f"partition:{cfg.method}", 0)
     part, report = _partition(cfg, view)
+    mark(progress, f"partition:{cfg.method}", 1)
     if cfg.method == "nonn":
         sp = list(range(cfg.students))
     else:
@@ -314,6 +340,7 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
     timings["students"] = round(time.monotonic() - t0, 2)
     timings["students_train_seconds"] = srecord["train_seconds"]
     t0 = time.monotonic()
+    mark(progress, f"evaluate:{cfg.method}", 0)
     n_test = cfg.test_subset or len(data.x_test)
     x_test, y_test = data.x_test[:n_test], data.y_test[:n_test]
     rows = tuple(resilience(model, x_test, y_test, max_subsets=cfg.max_subsets, seed=cfg.seed))
@@ -321,15 +348,19 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
     teacher_acc = float(view.record["test_accuracy"]) if n_test == len(data.x_test) else \
         teacher_accuracy(view.model, x_test, y_test)
     timings["evaluate"] = round(time.monotonic() - t0, 2)
+    mark(progress, f"evaluate:{cfg.method}", 1)
     t0 = time.monotonic()
+    mark(progress, f"export:{cfg.method}", 0)
     shards, errors = export_partitioned(model, out_dir=out_dir, samples=data.x_test)
     timings["export"] = round(time.monotonic() - t0, 2)
+    mark(progress, f"export:{cfg.method}", 1)
     evaluation = {
         "test_accuracy": accuracy, "teacher_accuracy": teacher_acc, "test_samples": n_test,
         "resilience": [r.as_dict() for r in rows],
         "how": "k failed students: mean/worst accuracy over all C(S,k) subsets (or a seeded sample of "
                f"{cfg.max_subsets} when more), the bundle's merge rule applied to each student's vectors",
         "parity_max_abs_error": max(errors.values()), "parity_tolerance": PARITY_TOLERANCE,
+        "numerics": numerics(),
     }
     manifest = {
         "format": FORMAT, "method": cfg.method, "students": cfg.students, "parts": scfg.slots,
@@ -340,6 +371,9 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
             "key": view.config.key(), "config": _jsonable(asdict(view.config)),
             "test_accuracy": view.record["test_accuracy"], "train_seconds": view.record.get("train_seconds")},
         "students_cached": cached, "shards": shards, "evaluation": evaluation,
+        "numerics": numerics_record(), "data": view.data,
+        "weights": {"teacher": view.record.get("entry"), "students": srecord.get("entry"),
+                    "what": "the model cache's folders these weights are in"},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from testbed.partition.pipeline import CompareResult, PartitionConfig
+from testbed.training import numerics_record
 
 TARGET = ("resilient >= NoNN at every k >= 1 (mean and worst) and within 0.5 pt of NoNN at k = 0")
 
@@ -48,7 +47,7 @@ def summarise(result: CompareResult, cfg: PartitionConfig, *, wall_s: float) -> 
         "target_met": met, "partition": part,
         "config": {"teacher": vars(cfg.teacher), "graph": vars(cfg.graph), "student": vars(cfg.student),
                    "seed": cfg.seed, "test_samples": nonn.manifest["evaluation"]["test_samples"]},
-        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": numerics_record(),
     }
 
 
@@ -146,6 +145,10 @@ def render_bundle(manifest: dict[str, Any], *, bundle_dir: Path) -> list[str]:
     if "test_accuracy" in ev:
         lines.append(f"accuracy: {ev['test_accuracy']:.4f} (teacher {ev.get('teacher_accuracy', float('nan')):.4f}) "
                      f"on {ev.get('test_samples', '?')} test images")
+    num = manifest.get("numerics")
+    if isinstance(num, dict):
+        lines.append(f"trained with {num.get('threads')} torch thread(s), torch {num.get('torch')} "
+                     f"({num.get('cpu_capability', '?')}); bundle key {manifest.get('bundle_key', '?')}")
     for row in ev.get("resilience", ()):
         lines.append(f"  k = {row['k']} failed: mean {row['mean']:.4f}, worst {row['worst']:.4f} "
                      f"over {row['subsets']} subsets{' (sampled)' if row.get('sampled') else ''}")

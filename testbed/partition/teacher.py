@@ -3,7 +3,8 @@
 Holds a small wide-residual network (WRN-style, pre-activation basic blocks) for 28x28 / 32x32
 (and tiny 8x8) images sized for a 2-core CPU, its training (cross-entropy through
 testbed/training.py's loop: AdamW, one-cycle schedule, progress callback), the weight cache
-keyed by a hash of ``TeacherConfig`` (as testbed/model.py does for the spine), and the two
+keyed by a hash of ``TeacherConfig`` (as testbed/model.py does for the spine; testbed/weightcache.py
+adds the numerics and the data's identity), and the two
 views of its last layer the partitioners need:
 
 - ``final_maps``: the final conv layer's feature maps after its BN + ReLU, N x F x h x w
@@ -148,10 +149,13 @@ def teacher_accuracy(model: Teacher, x: np.ndarray, y: np.ndarray, *, batch: int
 
 
 def load_or_train_teacher(cfg: TeacherConfig, data: Dataset, *, cache_dir: Path,
-                          progress: ProgressFn | None = None) -> tuple[Teacher, dict]:
-    """The trained teacher for ``cfg``, from ``cache_dir/teacher-<key>`` when present.
+                          progress: ProgressFn | None = None,
+                          identity: dict | None = None) -> tuple[Teacher, dict]:
+    """The trained teacher for ``cfg``, from ``cache_dir/teacher-<key>-n<tag>`` when present (the
+    tag: this process's numerics and the data's identity, testbed/weightcache.py; ``identity``
+    when the caller computed ``weightcache.data_identity(data)`` already).
 
-    The second value is the training record (cached flag, seconds, test accuracy).
+    The second value is the training record (cached flag, seconds, test accuracy, numerics).
     """
     def train() -> tuple[Teacher, dict]:
         model = train_teacher(cfg, data, progress=progress)
@@ -159,4 +163,5 @@ def load_or_train_teacher(cfg: TeacherConfig, data: Dataset, *, cache_dir: Path,
                        "test_accuracy": teacher_accuracy(model, data.x_test, data.y_test)}
 
     return weightcache.load_or_train(Path(cache_dir) / f"teacher-{cfg.key()}",
-                                     build=lambda: Teacher(cfg, mean=0.0, std=1.0), train=train)
+                                     build=lambda: Teacher(cfg, mean=0.0, std=1.0), train=train,
+                                     identity={"data": identity or weightcache.data_identity(data)})
