@@ -1,7 +1,8 @@
 """The ``testbed`` command line: argument parsing and wiring, nothing else.
 
 Commands: ``inventory check``, ``run``, ``demo``, ``partition``, ``profile``, ``link``, ``monitor --replay``,
-and for ssh boards ``doctor``, ``deploy``, ``status``, ``logs``, ``stop``, ``trust``. Errors a user can fix
+``sweep`` (testbed.sweepcmd), ``report`` and ``compare`` (testbed.reportcmd), ``keygen`` and ``verify``
+(testbed.signcmd), and for ssh boards ``doctor``, ``deploy``, ``status``, ``logs``, ``stop``, ``trust``. Errors a user can fix
 (bad YAML, missing dataset, agents that never come up) are printed on one line without a
 traceback and give a non-zero exit: 2 for configuration and input errors, 1 for run failures.
 
@@ -134,12 +135,23 @@ def _load_run(inventory_path: Path, experiment_path: Path, args: argparse.Namesp
     """The inventory and the experiment of ``testbed run`` / ``demo``, with the flags' overrides."""
     from testbed.config import load_experiment, load_inventory, with_overrides
 
-    inv = load_inventory(inventory_path)
-    exp = load_experiment(experiment_path)
+    inv = load_inventory(inventory_path, **_set_overrides(args.set_inventory, flag="--set-inventory"))
+    exp = load_experiment(experiment_path, **_set_overrides(args.set, flag="--set"))
     overrides, sources = _overrides(args)
     if overrides:
         exp = with_overrides(exp, **overrides, sources=sources)
     return inv, exp
+
+
+def _set_overrides(items: list[str] | None, *, flag: str) -> dict[str, Any]:
+    """``--set KEY=VALUE`` flags as the loaders' ``overrides`` and ``sources`` (an invalid value
+    names the flag and the key)."""
+    from testbed.config.overlay import parse_assignment
+
+    pairs = [parse_assignment(item, flag=flag) for item in items or ()]
+    if not pairs:
+        return {}
+    return {"overrides": dict(pairs), "sources": {key: flag for key, _ in pairs}}
 
 
 def _run(inventory_path: Path, experiment_path: Path, args: argparse.Namespace) -> int:
@@ -467,6 +479,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
     _add_threads_option(p)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set an experiment key (dotted, e.g. run.deadline_ms=200 or partition.method=nonn; the value "
+                        "is YAML), checked by the file's rules; repeatable")
+    p.add_argument("--set-inventory", action="append", metavar="KEY=VALUE",
+                   help="set an inventory key, e.g. links.*.profile.rate_bps=164000 (links by name or * for every "
+                        "link); repeatable")
     if demo:
         p.add_argument("--dataset", choices=("fashion-mnist", "digits"), help="override the demo's dataset")
 
@@ -540,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--json", action="store_true", help="also print the summary as JSON")
     mon.set_defaults(func=cmd_monitor)
     _add_bench_commands(sub)
+    from testbed.reportcmd import add_report_commands
+    from testbed.signcmd import add_sign_commands
+    from testbed.sweepcmd import add_sweep_commands
+    add_sweep_commands(sub)
+    add_report_commands(sub)
+    add_sign_commands(sub)
     return parser
 
 

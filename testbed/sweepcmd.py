@@ -1,0 +1,253 @@
+"""The ``testbed sweep`` command: its options, its progress display and its last JSON line.
+
+Holds ``add_sweep_commands`` (the subparser), ``sweep_command`` and the two displays: plain
+lines on stderr (``--headless`` or no terminal) and, on a terminal, a progress bar over the
+points with an ETA above the live dashboard of the running point (read from its events.jsonl
+as the run writes it). The sweep itself is testbed.report.sweep's; this module only wires it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import ConfigError
+
+__all__ = ["add_sweep_commands", "sweep_command"]
+
+
+def add_sweep_commands(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="run a grid of experiments (resumable); one run directory per point")
+    p.add_argument("sweep", help="the sweep YAML file (base experiment, benches, grid)")
+    p.add_argument("--inventory", help="run on this bench instead of the sweep file's benches")
+    p.add_argument("--bench", action="append", help="a bench inventory (repeatable: benches run points in "
+                                                    "parallel, one run each at a time); replaces the file's")
+    p.add_argument("--out", help="the sweep folder (default sweeps/<name>); rerunning resumes it")
+    p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    from testbed.cli import _add_threads_option
+    _add_threads_option(p)
+    p.add_argument("--headless", action="store_true", help="progress lines on stderr, no live dashboard")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their keys, run nothing")
+    p.add_argument("--json", action="store_true", help='print {"sweep_dir", "points", "done", "skipped", "failed"} '
+                                                       "as one JSON line last on stdout")
+    p.set_defaults(func=lambda a: sweep_command(
+        Path(a.sweep), inventory=a.inventory, benches=a.bench, out=a.out, cache=a.cache, threads=a.threads,
+        headless=a.headless, dry_run=a.dry_run, as_json=a.json))
+
+
+def sweep_command(path: Path, *, inventory: str | None, benches: list[str] | None, out: str | None,
+                  cache: str | None, threads: int | None, headless: bool, dry_run: bool, as_json: bool) -> int:
+    from testbed.orchestrator import default_cache_dir
+    from testbed.report.grid import expand, load_sweep
+    from testbed.report.sweep import SweepInterrupted, run_sweep
+
+    spec = load_sweep(path)
+    if inventory and benches:
+        raise ConfigError("expected either --inventory or --bench, not both", file="--inventory")
+    bench_paths = [Path(b) for b in (benches or ([inventory] if inventory else []))] or list(spec.benches)
+    sweep_dir = Path(out) if out else Path("sweeps") / spec.name
+    cache_dir = Path(cache) if cache else default_cache_dir()
+    if dry_run:
+        return _dry_run(expand(spec, bench_paths), bench_paths, as_json=as_json)
+    # Ctrl-C must reach this process even when it was started as a background job (SIGINT ignored),
+    # and the runs it starts then inherit SIGINT at its default, so a forwarded one stops them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    display = _Display(live=not headless and sys.stderr.isatty())
+    prepare = _Preparer(spec, bench_paths, cache_dir=cache_dir, threads=threads, say=display.say)
+    code = 0
+    try:
+        with display:
+            result = run_sweep(spec, benches=bench_paths, sweep_dir=sweep_dir, cache_dir=cache_dir, threads=threads,
+                               on_event=display.event, prepare=prepare)
+    except SweepInterrupted as stop:
+        result, code = stop.result, 130
+    if code == 0 and result.failed:
+        code = 1
+    print(f"sweep {spec.name}: {result.points} points, {result.done} done, {result.skipped} skipped (done "
+          f"before), {result.failed} failed, {result.interrupted} interrupted, {result.pending} not run"
+          f"\nsweep folder: {result.sweep_dir} (points.csv, sweep.json; testbed report {result.sweep_dir})",
+          file=sys.stderr)
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    return code
+
+
+def _dry_run(points: list[Any], benches: list[Path], *, as_json: bool) -> int:
+    for p in points:
+        where = ", ".join(str(benches[i]) for i in p.benches)
+        print(f"{p.key}  {p.label}  [{where}]", file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        doc = {"points": [{"key": p.key, "label": p.label, "values": dict(p.values), "benches":
+                           [str(benches[i]) for i in p.benches], "set": p.set_args()} for p in points]}
+        sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
+    return 0
+
+
+class _Preparer:
+    """Builds each bundle the points need once, before any point runs (the runs then load it
+    from the cache), and returns its manifest for the offline expectation."""
+
+    def __init__(self, spec: Any, benches: list[Path], *, cache_dir: Path, threads: int | None,
+                 say: Any) -> None:
+        self.spec, self.benches, self.cache_dir, self.threads, self.say = spec, benches, cache_dir, threads, say
+        self.done: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, point: Any) -> Mapping[str, Any] | None:
+        from testbed.config import load_experiment, load_inventory
+        from testbed.report.sweep import bundle_identity
+
+        exp = load_experiment(self.spec.experiment, overrides=point.experiment_overrides, sources=point.sources)
+        inv = load_inventory(self.benches[point.benches[0]], overrides=point.inventory_overrides,
+                             sources=point.sources)
+        ident = bundle_identity(point, exp) + (json.dumps([l.profile.rate_bps for l in inv.links])
+                                               if exp.partition is not None and exp.partition.method == "layer"
+                                               else "")
+        if ident not in self.done:
+            from testbed.orchestrator import prepare_bundle
+
+            self.say(f"bundle {len(self.done) + 1}: {point.label} ({exp.dataset.name}, {exp.students} students, "
+                     f"{point.describe['method']}, seed {exp.seed})")
+            t0 = time.monotonic()
+            prepared = prepare_bundle(exp, cache_dir=self.cache_dir, inventory=inv, progress=self._progress,
+                                      threads=self.threads, say=self.say)
+            cached = prepared.training.get("cached")
+            self.say(f"  {'loaded from the cache' if cached else 'built'} in {time.monotonic() - t0:.1f} s: "
+                     f"offline accuracy {prepared.training.get('test_accuracy', float('nan')):.4f}")
+            self.done[ident] = prepared.manifest
+        return self.done[ident]
+
+    def _progress(self, phase: str, step: int, total: int, loss: float | None = None) -> None:
+        now = time.monotonic()
+        if step == total or now - getattr(self, "_last", 0.0) >= 10.0:
+            self._last = now
+            self.say(f"  training {phase}: {step}/{total} steps")
+
+
+class _Display:
+    """Plain progress lines on stderr, or (``live``) a bar over the points above the running
+    point's dashboard."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.live = live
+        self.t0 = time.monotonic()
+        self.total = 0
+        self.finished = 0
+        self.seconds: list[float] = []
+        self.benches = 1
+        self._live: Any = None
+        self._tail: _Tail | None = None
+
+    def __enter__(self) -> _Display:
+        if self.live:
+            from rich.console import Console, Group
+            from rich.live import Live
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            from testbed.dashboard import render
+            self.console = Console(stderr=True)
+            self.bar = Progress(TextColumn("sweep {task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total} points"), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self.task = self.bar.add_task("", total=None)
+
+            def renderable() -> Any:
+                tail = self._tail
+                return Group(self.bar, render(tail.state)) if tail is not None else self.bar
+            self._live = Live(get_renderable=renderable, console=self.console, refresh_per_second=4)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tail is not None:
+            self._tail.close()
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def say(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def event(self, kind: str, point: Any, details: Mapping[str, Any]) -> None:
+        if kind == "plan":
+            self.benches = max(1, int(details["benches"]))
+            self.set_total(int(details["todo"]))
+            self.say(f"{details['points']} points, {details['todo']} to run on {details['benches']} bench(es)")
+        elif kind == "skip":
+            self.say(f"skip {point.label}: finished before")
+        elif kind == "start":
+            self.say(f"run  {point.label} on {details['bench']}")
+            if self._live is not None:
+                if self._tail is not None:
+                    self._tail.close()
+                self._tail = _Tail(Path(details["runs_dir"]), set(details["before"]))
+        elif kind == "end":
+            self.finished += 1
+            self.seconds.append(float(details.get("seconds") or 0.0))
+            s = details.get("summary") or {}
+            acc = s.get("accuracy")
+            what = (f"accuracy {acc:.3f}, {s.get('complete')} complete, {s.get('partial')} partial, "
+                    f"{s.get('timed_out')} timed out" if isinstance(acc, (int, float)) else details.get("error") or "")
+            self.say(f"[{self.finished}/{self.total}] {details['state']} {point.label} in {details.get('seconds')} s: "
+                     f"{what}{self._eta()}")
+            if self._live is not None:
+                self.bar.update(self.task, advance=1)
+
+    def _eta(self) -> str:
+        left = self.total - self.finished
+        if left <= 0 or not self.seconds:
+            return ""
+        eta = sum(self.seconds) / len(self.seconds) * left / self.benches
+        return f"; ETA {eta / 60:.0f} min" if eta >= 90 else f"; ETA {eta:.0f} s"
+
+    def set_total(self, n: int) -> None:
+        self.total = n
+        if self._live is not None:
+            self.bar.update(self.task, total=n)
+
+
+class _Tail:
+    """A RunState fed from the running point's events.jsonl as it grows (a thread polls it)."""
+
+    def __init__(self, runs_dir: Path, before: set[str]) -> None:
+        from testbed.runstate import RunState
+        self.state = RunState()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, args=(runs_dir, before), daemon=True)
+        self._thread.start()
+
+    def _follow(self, runs_dir: Path, before: set[str]) -> None:
+        path: Path | None = None
+        while path is None and not self._stop.wait(0.2):
+            new = [d for d in runs_dir.iterdir() if d.is_dir() and d.name not in before and (d / "events.jsonl").exists()]
+            path = new[0] / "events.jsonl" if new else None
+        if path is None:
+            return
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            buf = ""
+            while True:
+                chunk = fh.read()
+                if chunk:
+                    buf += chunk
+                    *lines, buf = buf.split("\n")
+                    for line in lines:
+                        try:
+                            ev = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(ev, dict):
+                            self.state.apply(ev)
+                elif self._stop.wait(0.25):
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
