@@ -194,10 +194,15 @@ class _Display:
             self.seconds.append(float(details.get("seconds") or 0.0))
             s = details.get("summary") or {}
             acc = s.get("accuracy")
-            what = (f"accuracy {acc:.3f}, {s.get('complete')} complete, {s.get('partial')} partial, "
-                    f"{s.get('timed_out')} timed out" if isinstance(acc, (int, float)) else details.get("error") or "")
+            if details["state"] == "interrupted":
+                what = f"stopped after {s.get('triggered', 0)} of {s.get('samples', '?')} samples; reruns next time"
+            elif isinstance(acc, (int, float)):
+                what = (f"accuracy {acc:.3f}, {s.get('complete')} complete, {s.get('partial')} partial, "
+                        f"{s.get('timed_out')} timed out")
+            else:
+                what = details.get("error") or f"exit {details.get('exit')}"
             self.say(f"[{self.finished}/{self.total}] {details['state']} {point.label} in {details.get('seconds')} s: "
-                     f"{what}{self._eta()}")
+                     f"{what}{self._eta() if details['state'] == 'finished' else ''}")
             if self._live is not None:
                 self.bar.update(self.task, advance=1)
 

@@ -1,8 +1,9 @@
 """``testbed sweep``: the points of a grid run as ordinary runs, resumably, on one or more benches.
 
-Holds ``run_sweep`` (expand the grid, build every bundle the points need first, then run each
-point that has no finished run as a ``testbed run --set ...`` child process on a free bench that
-can run it, one run per bench at a time, benches in parallel), ``SweepResult`` and the sweep
+Holds ``run_sweep`` (expand the grid, then run each point that has no finished run as a
+``testbed run --set ...`` child process on a free bench that can run it, one run per bench at a
+time, benches in parallel, each point's bundle built or loaded first, one at a time, so its
+offline expectation is known and the run finds it in the cache), ``SweepResult`` and the sweep
 folder's format:
 
     sweeps/<name>/
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from linkemu.errors import HarnessError
 from testbed.errors import ConfigError
 from testbed.report.grid import Point, SweepSpec, canonical_experiment, expand
 
@@ -192,11 +194,11 @@ class _Book:
             for k in figures:
                 if k not in figure_cols and k not in LEADING_COLUMNS and k not in DESCRIBE_COLUMNS:
                     figure_cols.append(k)
-            rows.append({"key": p.key, "label": p.label, "state": rec["state"],
+            rows.append({**figures, "key": p.key, "label": p.label, "state": rec["state"],
                          "bench": last.get("bench") if last else None, "run_dir": last.get("run_dir") if last else None,
                          **({"config": p.values.get("config")} if self.spec.configs else {}),
                          **{c: p.describe.get(c) for c in DESCRIBE_COLUMNS},
-                         "offline_expected_accuracy": rec.get("offline_expected_accuracy"), **figures})
+                         "offline_expected_accuracy": rec.get("offline_expected_accuracy")})
         cols = [*LEADING_COLUMNS, *(["config"] if self.spec.configs else []), *DESCRIBE_COLUMNS,
                 "offline_expected_accuracy", *figure_cols]
         buf = io.StringIO()
@@ -234,7 +236,8 @@ class _Runner:
     """Runs points on benches: one worker thread per bench, each taking the next point it can run."""
 
     def __init__(self, book: _Book, *, todo: list[Point], benches: Sequence[Path], command: Callable[..., list[str]],
-                 on_event: Callable[[str, Point, dict[str, Any]], None]) -> None:
+                 on_event: Callable[[str, Point, dict[str, Any]], None],
+                 prepare: Callable[[Point], Mapping[str, Any] | None] | None = None) -> None:
         self.book = book
         self.todo = list(todo)
         self.benches = benches
@@ -243,6 +246,8 @@ class _Runner:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.children: dict[int, _Child] = {}
+        self.prepare = prepare
+        self.prepare_lock = threading.Lock()
 
     def _next(self, bench: int) -> Point | None:
         with self.lock:
@@ -258,7 +263,34 @@ class _Runner:
                 return
             self._run_point(point, bench)
 
+    def _prepared(self, point: Point) -> str | None:
+        """Build or load the point's bundle (one at a time); the error that stops it, if any."""
+        if self.prepare is None:
+            return None
+        with self.prepare_lock:
+            if self.stop.is_set():
+                return "stopped before it ran"
+            self.on_event("prepare", point, {})
+            try:
+                manifest = self.prepare(point)
+            except HarnessError as exc:
+                return str(exc)
+        if manifest is not None:
+            self.book.set_offline(point.key, offline_expected_accuracy(manifest, float(point.describe["availability"])))
+        return None
+
     def _run_point(self, point: Point, bench: int) -> None:
+        if (error := self._prepared(point)) is not None:
+            if self.stop.is_set():
+                with self.lock:
+                    self.todo.insert(0, point)
+                return
+            attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": 0.0, "t_start": time.time(),
+                       "t_end": time.time(), "bench": str(self.benches[bench]), "exit": None, "state": "failed",
+                       "run_dir": None, "command": None, "error": error}
+            self.book.attempt(point.key, attempt)
+            self.on_event("end", point, {**attempt, "summary": None})
+            return
         root = self.book.root
         runs_dir = root / "runs" / point.key
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -345,8 +377,9 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
               prepare: Callable[[Point], Mapping[str, Any] | None] | None = None) -> SweepResult:
     """Run every point of ``spec`` that has no finished run; see the module docstring.
 
-    ``prepare`` builds (or loads from the cache) a point's bundle before any point runs and
-    returns its manifest (for the offline expectation); None skips that step (the runs build).
+    ``prepare`` builds (or loads from the cache) a point's bundle just before the point runs, one
+    point at a time whatever the benches (training in parallel would only share the cores), and
+    returns its manifest (for the offline expectation); None leaves the build to the run.
     ``on_event`` hears ("skip" | "plan" | "prepare" | "start" | "end", point, details); "plan"
     (point None) gives the number of points to run. SIGINT must not be ignored in this process
     (the CLI sets its handler): the runs inherit its disposition, and Ctrl-C is forwarded to them.
@@ -365,12 +398,6 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
     book.write_tables()
     event("plan", None, {"points": len(points), "todo": len(todo),
                          "benches": len({b for p in todo for b in p.benches})})
-    if prepare is not None:
-        for p in todo:
-            event("prepare", p, {})
-            manifest = prepare(p)
-            if manifest is not None:
-                book.set_offline(p.key, offline_expected_accuracy(manifest, float(p.describe["availability"])))
 
     def command(point: Point, bench: Path, runs_dir: Path) -> list[str]:
         argv = [sys.executable, "-m", "testbed", "run", str(spec.experiment), "--inventory", str(bench),
@@ -386,29 +413,47 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
                 result.interrupted += state == "interrupted"
         event(kind, point, details)
 
-    runner = _Runner(book, todo=todo, benches=benches, command=command, on_event=hear)
+    runner = _Runner(book, todo=todo, benches=benches, command=command, on_event=hear, prepare=prepare)
     used = sorted({b for p in todo for b in p.benches})
-    workers = [threading.Thread(target=runner.work, args=(b,), name=f"bench-{b}", daemon=True) for b in used]
+    # Finished workers are counted by an event, not by Thread.join: a join that Ctrl-C interrupts
+    # marks a still running thread as stopped (CPython 3.11), and the sweep would stop waiting.
+    finished = threading.Semaphore(0)
+
+    def work(bench: int) -> None:
+        try:
+            runner.work(bench)
+        finally:
+            finished.release()
+
+    workers = [threading.Thread(target=work, args=(b,), name=f"bench-{b}", daemon=True) for b in used]
+    left = len(workers)
     try:
         for w in workers:
             w.start()
-        for w in workers:
-            while w.is_alive():
-                w.join(timeout=0.5)
+        while left:
+            if finished.acquire(timeout=0.5):
+                left -= 1
     except KeyboardInterrupt:
         runner.interrupt()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for w in workers:
-            w.join(timeout=max(0.0, deadline - time.monotonic()))
-        runner.kill_stragglers()
-        for w in workers:
-            w.join(timeout=10)
+        left = _wait(finished, left, timeout=STOP_GRACE_S)
+        if left:
+            runner.kill_stragglers()
+            _wait(finished, left, timeout=10.0)
         result.pending = len(runner.todo)
         book.write_tables(final=True)
         raise SweepInterrupted(result) from None
     result.pending = len(runner.todo)
     book.write_tables(final=True)
     return result
+
+
+def _wait(finished: threading.Semaphore, left: int, *, timeout: float) -> int:
+    """Wait up to ``timeout`` for ``left`` workers to finish; how many still run."""
+    deadline = time.monotonic() + timeout
+    while left and (remaining := deadline - time.monotonic()) > 0:
+        if finished.acquire(timeout=min(0.5, remaining)):
+            left -= 1
+    return left
 
 
 class SweepInterrupted(KeyboardInterrupt):
