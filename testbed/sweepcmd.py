@@ -141,6 +141,7 @@ class _Display:
         self.finished = 0
         self.seconds: list[float] = []
         self.benches = 1
+        self._say_lock = threading.Lock()
         self._live: Any = None
         self._tail: _Tail | None = None
 
@@ -171,10 +172,12 @@ class _Display:
             self._live.__exit__(None, None, None)
 
     def say(self, line: str) -> None:
-        if self._live is not None:
-            self._live.console.print(line, markup=False, highlight=False)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        with self._say_lock:   # benches report from their own threads: one whole line at a time
+            if self._live is not None:
+                self._live.console.print(line, markup=False, highlight=False)
+            else:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
 
     def event(self, kind: str, point: Any, details: Mapping[str, Any]) -> None:
         if kind == "plan":
