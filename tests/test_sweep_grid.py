@@ -131,7 +131,7 @@ def test_the_grid_is_crossed_in_order_with_the_last_axis_fastest(tmp_path: Path)
     assert len({p.key for p in points}) == 12 and all(len(p.key) == 16 for p in points)
     nonn = points[0]
     assert nonn.experiment_overrides["partition.parts"] is None     # NoNN: one part per student
-    assert nonn.describe["parts"] == 2 and nonn.describe["method"] == "nonn"
+    assert nonn.describe["parts"] == 1 and nonn.describe["method"] == "nonn"   # the configuration's M
     down = points[3]   # nonn, availability 0.8, seed 0
     assert down.inventory_overrides == {"links.*.profile.outage_process": {
         "distribution": "exponential", "mean_up_s": 4.0, "mean_down_s": 1.0}}
@@ -209,11 +209,10 @@ def test_the_example_sweep_has_the_issues_grid() -> None:
     spec = load_sweep(EXAMPLES / "failure_rate.yaml")
     points = expand(spec, spec.benches)
     assert len(points) == 4 * 2 * 5 * 3
-    configs = {(p.describe["dataset"], p.describe["students"], p.describe["parts"] if p.describe["method"] ==
-                "resilient" else None) for p in points}
-    assert configs == {("fashion-mnist", 4, 2), ("fashion-mnist", 6, 3), ("digits", 4, 2), ("digits", 6, 3),
-                       ("fashion-mnist", 4, None), ("fashion-mnist", 6, None), ("digits", 4, None),
-                       ("digits", 6, None)}
+    configs = {(p.describe["dataset"], p.describe["students"], p.describe["parts"], p.describe["method"])
+               for p in points}
+    assert configs == {(d, s, m, method) for d in ("fashion-mnist", "digits") for s, m in ((4, 2), (6, 3))
+                       for method in ("nonn", "resilient")}
     assert sorted({p.describe["availability"] for p in points}) == [0.6, 0.8, 0.9, 0.95, 1.0]
     assert {p.benches for p in points if p.describe["students"] == 6} == {(1,)}
 

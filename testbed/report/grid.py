@@ -281,6 +281,8 @@ def expand(spec: SweepSpec, benches: Sequence[Path], *,
         raise ConfigError("no bench; expected benches: in the sweep file or --bench INVENTORY",
                           file=str(spec.path), key="benches")
     configs = spec.configs or (ConfigSpec(label="", settings=()),)
+    base = load_experiment(spec.experiment)
+    base_parts = base.partition.parts if base.partition is not None and base.partition.method == "resilient" else None
     names = [a[0] for a in spec.axes]
     points: list[Point] = []
     seen: dict[str, str] = {}
@@ -298,8 +300,10 @@ def expand(spec: SweepSpec, benches: Sequence[Path], *,
             sources = {k: src for k, (_, src) in merged.items()}
             values = {**({"config": config.label} if spec.configs else {}), **dict(zip(names, combo))}
             label = "/".join(f"{k}={_fmt_value(v)}" if k != "config" else str(v) for k, v in values.items())
+            m = next((v for s in reversed(settings) if s.key != "method"
+                      for k, (v, _) in _expand_setting(s, spec.outage).items() if k == "partition.parts"), base_parts)
             point = _check_point(spec, benches, label=label, values=values, exp_over=exp_over, inv_over=inv_over,
-                                 sources=sources, load_bench=load_bench)
+                                 sources=sources, load_bench=load_bench, config_parts=m)
             if point.key in seen:
                 raise ConfigError(f"points {seen[point.key]!r} and {label!r} have the same effective configuration; "
                                   "expected every point of the grid to differ", file=str(spec.path), key="grid")
@@ -310,7 +314,7 @@ def expand(spec: SweepSpec, benches: Sequence[Path], *,
 
 def _check_point(spec: SweepSpec, benches: Sequence[Path], *, label: str, values: Mapping[str, Any],
                  exp_over: Mapping[str, Any], inv_over: Mapping[str, Any], sources: Mapping[str, str],
-                 load_bench: Callable[..., Inventory]) -> Point:
+                 load_bench: Callable[..., Inventory], config_parts: int | None = None) -> Point:
     exp = load_experiment(spec.experiment, overrides=exp_over, sources=sources)
     fits: list[tuple[int, Inventory]] = []
     why: list[str] = []
@@ -336,7 +340,7 @@ def _check_point(spec: SweepSpec, benches: Sequence[Path], *, label: str, values
     return Point(key=key, label=label, values=MappingProxyType(dict(values)),
                  experiment_overrides=MappingProxyType(dict(exp_over)),
                  inventory_overrides=MappingProxyType(dict(inv_over)), sources=MappingProxyType(dict(sources)),
-                 benches=tuple(i for i, _ in fits), describe=MappingProxyType(describe(exp, fits[0][1])))
+                 benches=tuple(i for i, _ in fits), describe=MappingProxyType(describe(exp, fits[0][1], config_parts=config_parts)))
 
 
 # --------------------------------------------------------------------------- keys and descriptions
@@ -384,8 +388,12 @@ def point_key(exp: Experiment, signature: Mapping[str, Any]) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
-def describe(exp: Experiment, inv: Inventory) -> dict[str, Any]:
-    """The descriptive columns of a point (points.csv): what it ran, whatever its axes were."""
+def describe(exp: Experiment, inv: Inventory, *, config_parts: int | None = None) -> dict[str, Any]:
+    """The descriptive columns of a point (points.csv): what it ran, whatever its axes were.
+
+    ``parts`` is the configuration's M, so a NoNN point (one part per student) sits in the same
+    configuration as the resilient points it is compared with: the resilient method's parts, or
+    ``config_parts`` (what the configuration sets before ``method: nonn`` drops it), else S."""
     wearable_links = [l for l in inv.links]
     avail, mean_out = [], []
     for l in wearable_links:
@@ -399,7 +407,7 @@ def describe(exp: Experiment, inv: Inventory) -> dict[str, Any]:
     return {
         "dataset": exp.dataset.name,
         "students": exp.students,
-        "parts": (part.parts if part is not None and part.method == "resilient" else exp.students),
+        "parts": (part.parts if part is not None and part.method == "resilient" else config_parts or exp.students),
         "method": part.method if part is not None else "joint",
         "seed": exp.seed,
         "availability": round(min(avail), 6) if avail else 1.0,

@@ -1,0 +1,175 @@
+"""Bench: live accuracy against link availability, NoNN against the resilient method (issue 14).
+
+Runs `testbed sweep` on examples/sweeps/failure_rate.yaml (every wearable's link an on/off
+outage process, availabilities 1.0 to 0.6, three seeds, S = 4, M = 2 and S = 6, M = 3 on
+Fashion-MNIST and digits; resumable: a rerun continues where the last one stopped), then prints
+each cell's live accuracy (mean over seeds, 95 % interval, worst) beside its baseline, the
+offline expectation of the same bundles (their k-failure table weighted by the binomial
+probability of k links down), as a ratio, and the offline k-failure tables themselves.
+
+    .venv/bin/python bench/failure_sweep.py             # the whole sweep (hours on 2 cores; resumable)
+    .venv/bin/python bench/failure_sweep.py --quick     # digits S=4 M=2, 3 availabilities, 2 seeds (~6 min)
+    .venv/bin/python bench/failure_sweep.py --no-run    # only tabulate an existing sweep folder
+    ... --json    last line of stdout: {"sweep_dir", "rows", "offline", "points", "finished", "load_avg"}
+    ... --write   (full sweep only) docs/results/failure_sweep.{json,png} and the tables of failure_sweep.md
+
+--quick takes longer than the usual 60 s: one run of a simulated bench costs ~15 s of start-up
+and teardown beside its samples, and a sweep of fewer than a dozen runs measures nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testbed.report.sweepreport import aggregate, load_sweep, sweep_rows  # noqa: E402
+
+SWEEP = ROOT / "examples" / "sweeps" / "failure_rate.yaml"
+RESULTS = ROOT / "docs" / "results"
+START, END = "<!-- tables:start (bench/failure_sweep.py --write) -->", "<!-- tables:end -->"
+
+QUICK = """\
+name: failure-rate-quick
+experiment: {base}
+benches: [{bench}]
+set: {{run.samples: 150}}
+configs:
+  - label: digits-s4m2
+    set:
+      dataset: {{name: digits}}
+      partition.teacher: {{widths: [16, 32, 64], blocks: 1, epochs: 40, batch_size: 64, lr: 0.01}}
+      partition.graph: {{keep_fraction: 0.1, images: 1347}}
+      partition.student: {{width: 12, part_dim: 16, epochs: 40, batch_size: 64, lr: 0.01,
+                          temperature: 4.0, alpha: 0.9, beta: 1000.0, dropout: 0.0}}
+grid:
+  method: [nonn, resilient]
+  availability: [1.0, 0.8, 0.6]
+  seed: [0, 1]
+outage: {{mean_outage_s: 1.0}}
+"""
+
+
+def run_sweep(sweep_file: Path, out: Path) -> dict[str, Any]:
+    """`testbed sweep --headless --json` as a user runs it; its JSON line."""
+    proc = subprocess.run([sys.executable, "-m", "testbed", "sweep", str(sweep_file), "--headless", "--json",
+                           "--out", str(out)], stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise SystemExit(f"testbed sweep printed nothing (exit {proc.returncode})")
+    return json.loads(lines[-1])
+
+
+def offline_tables(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Per configuration and method: the bundles' k-failure table (mean over the seeds' bundles of
+    the mean and of the worst accuracy with k failed students), read from the runs' run.json."""
+    seen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for rec_path in sorted((sweep_dir / "points").glob("*.json")):
+        rec = json.loads(rec_path.read_text())
+        d = rec.get("describe") or {}
+        runs = [a for a in rec.get("attempts", []) if a.get("state") == "finished" and a.get("run_dir")]
+        if not runs:
+            continue
+        run_json = json.loads((sweep_dir / runs[-1]["run_dir"] / "run.json").read_text())
+        evaluation = (run_json.get("bundle") or {}).get("evaluation") or {}
+        key = (f"{d.get('dataset')} S={d.get('students')} M={d.get('parts')}", str(d.get("method")))
+        per_seed = seen.setdefault(key, {})
+        per_seed[int(d.get("seed", 0))] = {int(r["k"]): (r["mean"], r["worst"]) for r in evaluation.get("resilience", [])}
+    out = []
+    for (config, method), seeds in sorted(seen.items()):
+        ks = sorted(set.intersection(*(set(t) for t in seeds.values())))
+        out.append({"config": config, "method": method, "seeds": len(seeds),
+                    "k": [{"k": k, "mean": round(mean(t[k][0] for t in seeds.values()), 4),
+                           "worst": round(mean(t[k][1] for t in seeds.values()), 4)} for k in ks]})
+    return out
+
+
+def print_tables(rows: list[dict[str, Any]], offline: list[dict[str, Any]], load: str) -> list[str]:
+    lines = [f"load average {load}", "",
+             "| dataset | S | M | method | availability | live accuracy (mean ± 95 % CI) | worst seed | seeds | "
+             "offline expectation (baseline) | live / offline |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        live, off = r["accuracy_mean"], r["offline_expected_accuracy"]
+        ratio = f"{live / off:.3f}" if live is not None and off else "–"
+        ci = f" ± {r['accuracy_ci95']:.3f}" if r["accuracy_ci95"] is not None else ""
+        shown = f"{live:.3f}{ci}" if live is not None else "–"
+        worst = f"{r['accuracy_worst']:.3f}" if r["accuracy_worst"] is not None else "–"
+        lines.append(f"| {r['dataset']} | {r['S']} | {r['M']} | {r['method']} | {r['availability']:g} | {shown} | "
+                     f"{worst} | {r['seeds']}{' (+' + str(r['missing']) + ' missing)' if r['missing'] else ''} | "
+                     f"{off:.3f} | {ratio} |" if off is not None else
+                     f"| {r['dataset']} | {r['S']} | {r['M']} | {r['method']} | {r['availability']:g} | {shown} | "
+                     f"{worst} | {r['seeds']} | – | – |")
+    lines += ["", "Offline: accuracy with k failed students (mean over the seeds' bundles of the mean and the "
+              "worst over every set of k failed students)", "",
+              "| configuration | method | seeds | " + " | ".join(f"k={k}" for k in range(6)) + " |",
+              "|---|---|---|" + "---|" * 6]
+    for t in offline:
+        cells = {e["k"]: f"{e['mean']:.3f} (worst {e['worst']:.3f})" for e in t["k"]}
+        lines.append(f"| {t['config']} | {t['method']} | {t['seeds']} | "
+                     + " | ".join(cells.get(k, "") for k in range(6)) + " |")
+    return lines
+
+
+def write_docs(sweep_dir: Path, rows: list[dict[str, Any]], table_lines: list[str]) -> None:
+    doc = {"rows": [{k: r[k] for k in ("dataset", "S", "M", "method", "availability", "accuracy_mean",
+                                       "accuracy_ci95", "seeds")} | {"accuracy_worst": r["accuracy_worst"],
+                                                                      "offline_expected_accuracy":
+                                                                      r["offline_expected_accuracy"]}
+                    for r in rows]}
+    (RESULTS / "failure_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "testbed", "report", str(sweep_dir), "--out", f"{tmp}/r"], check=True,
+                       stdout=subprocess.DEVNULL)
+        shutil.copyfile(f"{tmp}/r/accuracy_vs_availability.png", RESULTS / "failure_sweep.png")
+    md = RESULTS / "failure_sweep.md"
+    text = md.read_text() if md.exists() else f"# Failure sweep\n\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    md.write_text(head + START + "\n" + "\n".join(table_lines) + "\n" + END + tail)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="digits S=4 M=2 only, 3 availabilities, 2 seeds")
+    ap.add_argument("--no-run", action="store_true", help="tabulate the sweep folder as it is")
+    ap.add_argument("--out", help="the sweep folder (default sweeps/failure-rate[-quick])")
+    ap.add_argument("--write", action="store_true", help="write docs/results/failure_sweep.{json,png,md tables}")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    sweep_dir = Path(args.out or ("sweeps/failure-rate-quick" if args.quick else "sweeps/failure-rate"))
+    if not args.no_run:
+        if args.quick:
+            with tempfile.TemporaryDirectory() as tmp:
+                quick = Path(tmp) / "quick.yaml"
+                quick.write_text(QUICK.format(base=SWEEP.parent / "base.yaml", bench=SWEEP.parent / "inventory-s4.yaml"))
+                line = run_sweep(quick, sweep_dir)
+        else:
+            line = run_sweep(SWEEP, sweep_dir)
+        print(f"sweep: {line}", file=sys.stderr)
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    sweep = load_sweep(sweep_dir)
+    rows = sweep_rows(aggregate(sweep))
+    offline = offline_tables(sweep_dir)
+    lines = print_tables(rows, offline, load)
+    print("\n".join(lines))
+    if args.write and not args.quick:
+        write_docs(sweep_dir, rows, lines)
+    finished = sum(1 for r in sweep.rows if r.get("state") == "finished")
+    if args.json:
+        print(json.dumps({"sweep_dir": str(sweep_dir), "rows": rows, "offline": offline, "points": len(sweep.rows),
+                          "finished": finished, "load_avg": load}, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
