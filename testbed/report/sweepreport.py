@@ -254,6 +254,8 @@ def availability_figure(cells: Sequence[Cell], out: Path) -> FigureFile:
     configs = sorted({c.config for c in cells}) or [Config("?", "?", "?")]
     colours = _method_colours([c.method for c in cells])
     fig, axes = _panels(len(configs))
+    avail = [c.availability for c in cells]
+    pad = max(0.02, 0.05 * (max(avail) - min(avail))) if avail else 0.05
     for ax, config in zip(axes, configs):
         mine = [c for c in cells if c.config == config]
         for method in sorted({c.method for c in mine}):
@@ -265,6 +267,8 @@ def availability_figure(cells: Sequence[Cell], out: Path) -> FigureFile:
         ax.set_xlabel("link availability")
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
+        if avail:   # every panel on the sweep's range, a panel without points included
+            ax.set_xlim(min(avail) - pad, max(avail) + pad)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right")
@@ -298,6 +302,8 @@ def latency_figure(sweep: SweepData, out: Path) -> FigureFile:
     configs = sorted({config_of(r) for r in rows}) or [Config("?", "?", "?")]
     colours = _method_colours([r.get("method") or "?" for r in rows])
     fig, axes = _panels(len(configs))
+    avail = [c.availability for c in cells]
+    pad = max(0.02, 0.05 * (max(avail) - min(avail))) if avail else 0.05
     for ax, config in zip(axes, configs):
         mine = _at_best_availability([r for r in rows if config_of(r) == config])
         for method in sorted({r.get("method") or "?" for r in mine}):
