@@ -302,8 +302,6 @@ def latency_figure(sweep: SweepData, out: Path) -> FigureFile:
     configs = sorted({config_of(r) for r in rows}) or [Config("?", "?", "?")]
     colours = _method_colours([r.get("method") or "?" for r in rows])
     fig, axes = _panels(len(configs))
-    avail = [c.availability for c in cells]
-    pad = max(0.02, 0.05 * (max(avail) - min(avail))) if avail else 0.05
     for ax, config in zip(axes, configs):
         mine = _at_best_availability([r for r in rows if config_of(r) == config])
         for method in sorted({r.get("method") or "?" for r in mine}):
