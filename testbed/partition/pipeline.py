@@ -50,6 +50,7 @@ from testbed.bundle import (FORMAT, MANIFEST, PARITY_TOLERANCE, ExportParityErro
                             trace_shard)
 from testbed.data import Dataset, load_dataset
 from testbed.errors import TestbedError
+from testbed.hashing import plain
 from testbed.partition.evaluate import ResilienceRow, merge_batch, resilience, unified_accuracy
 from testbed.partition.graph import (Partition, eigen_parts, filter_graph, intra_share, louvain_parts,
                                      random_parts, student_parts)
@@ -272,7 +273,7 @@ def _load_or_train_students(scfg: StudentsConfig, *, key: str, data: Dataset, vi
         att = part_attention(view.maps, parts)
         model = train_students(scfg, x=data.x_train, y=data.y_train, teacher_logits=view.logits, teacher_att=att,
                                progress=progress)
-        return model, {"key": key, "config": _jsonable(asdict(scfg))}
+        return model, {"key": key, "config": plain(asdict(scfg))}
 
     return weightcache.load_or_train(Path(cache_dir) / f"students-{key}",
                                      build=lambda: PartitionedStudents(scfg, mean=0.0, std=1.0), train=train,
@@ -367,8 +368,8 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
         "S": cfg.students, "M": scfg.slots, "part_dim": scfg.part_dim, "merge_rule": scfg.merge_rule,
         "student_part": sp, "part_filters": {str(j): list(p) for j, p in enumerate(part.parts)},
         "partition": report, "dataset": data.name, "classes": list(data.classes),
-        "config": _jsonable(asdict(cfg)), "config_key": key, "teacher": {
-            "key": view.config.key(), "config": _jsonable(asdict(view.config)),
+        "config": plain(asdict(cfg)), "config_key": key, "teacher": {
+            "key": view.config.key(), "config": plain(asdict(view.config)),
             "test_accuracy": view.record["test_accuracy"], "train_seconds": view.record.get("train_seconds")},
         "students_cached": cached, "shards": shards, "evaluation": evaluation,
         "numerics": numerics_record(), "data": view.data,
@@ -379,14 +380,6 @@ def _run_method(cfg: PartitionConfig, data: Dataset, view: _TeacherView, *, cach
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return PartitionResult(method=cfg.method, bundle_dir=out_dir, manifest=manifest, teacher_accuracy=teacher_acc,
                            accuracy=accuracy, rows=rows, partition=report, timings=timings, model=model)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def run_partition(cfg: PartitionConfig, *, cache_dir: Path, out_dir: Path,

@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from testbed.config import Experiment, Inventory, check_compatible, load_experim
 from testbed.config.checks import _got, _number, _Reader, _string
 from testbed.config.yamlfile import nearest_line, read_yaml
 from testbed.errors import ConfigError
+from testbed.hashing import plain
 
 __all__ = ["AXES", "DISTRIBUTIONS", "OutageSpec", "Point", "SweepSpec", "bench_signature", "canonical_experiment",
            "describe", "expand", "load_sweep", "point_key"]
@@ -346,26 +346,9 @@ def _check_point(spec: SweepSpec, benches: Sequence[Path], *, label: str, values
 # --------------------------------------------------------------------------- keys and descriptions
 
 
-def _plain(v: Any) -> Any:
-    """A value as canonical JSON data (dataclasses, mappings, tuples, paths, non-finite floats)."""
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v) if not f.name.startswith("_")}
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if hasattr(v, "as_dict"):
-        return _plain(v.as_dict())
-    return v
-
-
 def canonical_experiment(exp: Experiment) -> dict[str, Any]:
     """The experiment as data, without where it was read from or where its runs go."""
-    d = _plain(exp)
+    d = plain(exp)
     d.pop("path", None)
     d["run"].pop("output", None)
     return d
@@ -377,7 +360,7 @@ def bench_signature(inv: Inventory) -> dict[str, Any]:
                                 "compute_scale": b.compute_scale} for b in inv.boards.values()},
             "links": [{"name": l.name, "from": l.src, "to": l.dst, "transport": l.transport.type,
                        "encoding": l.encoding, "compression": l.compression,
-                       "compression_level": l.compression_level, "profile": _plain(l.profile.as_dict())}
+                       "compression_level": l.compression_level, "profile": plain(l.profile.as_dict())}
                       for l in inv.links]}
 
 
