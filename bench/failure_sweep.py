@@ -93,7 +93,36 @@ def offline_tables(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def print_tables(rows: list[dict[str, Any]], offline: list[dict[str, Any]], load: str) -> list[str]:
+def live_by_k(sweep_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per configuration and method, over every finished run: the samples by how many students'
+    parts were missing at the edge (k), with their live accuracy; and per availability the
+    fraction of parts missing, against the 1 − a the outage process was set to."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec_path in sorted((sweep_dir / "points").glob("*.json")):
+        rec = json.loads(rec_path.read_text())
+        d = rec.get("describe") or {}
+        runs = [a for a in rec.get("attempts", []) if a.get("state") == "finished" and a.get("run_dir")]
+        if not runs:
+            continue
+        s = int(d.get("students", 0))
+        entry = out.setdefault((f"{d.get('dataset')} S={s} M={d.get('parts')}", str(d.get("method"))),
+                               {"by_k": {}, "missing": {}})
+        lost = entry["missing"].setdefault(float(d.get("availability", 1.0)), [0, 0])
+        for line in (sweep_dir / runs[-1]["run_dir"] / "events.jsonl").read_text().splitlines():
+            if '"type":"result"' not in line:
+                continue
+            ev = json.loads(line)
+            k = len(ev.get("missing") or []) if ev.get("status") != "timed_out" else s
+            n_ok = entry["by_k"].setdefault(k, [0, 0])
+            n_ok[0] += 1
+            n_ok[1] += bool(ev.get("correct"))
+            lost[0] += k
+            lost[1] += s
+    return out
+
+
+def print_tables(rows: list[dict[str, Any]], offline: list[dict[str, Any]], load: str,
+                 by_k: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[str]:
     lines = [f"load average {load}", "",
              "| dataset | S | M | method | availability | live accuracy (mean ± 95 % CI) | worst seed | seeds | "
              "offline expectation (baseline) | live / offline |",
@@ -117,6 +146,25 @@ def print_tables(rows: list[dict[str, Any]], offline: list[dict[str, Any]], load
         cells = {e["k"]: f"{e['mean']:.3f} (worst {e['worst']:.3f})" for e in t["k"]}
         lines.append(f"| {t['config']} | {t['method']} | {t['seeds']} | "
                      + " | ".join(cells.get(k, "") for k in range(6)) + " |")
+    if by_k:
+        offline_mean = {(t["config"], t["method"]): {e["k"]: e["mean"] for e in t["k"]} for t in offline}
+        lines += ["", "Live, by the number k of students whose part was missing at the edge (every finished run, "
+                  "all availabilities pooled): samples, live accuracy, and the offline mean with k failed (baseline)",
+                  "", "| configuration | method | " + " | ".join(f"k={k}" for k in range(7)) + " |",
+                  "|---|---|" + "---|" * 7]
+        for (config, method), entry in sorted(by_k.items()):
+            ref = offline_mean.get((config, method), {})
+            cells = {k: f"{n} samples: {ok / n:.3f}" + (f" (offline {ref[k]:.3f})" if k in ref else "")
+                     for k, (n, ok) in entry["by_k"].items() if n}
+            lines.append(f"| {config} | {method} | " + " | ".join(cells.get(k, "") for k in range(7)) + " |")
+        lines += ["", "Parts missing at the edge, against the outage process's 1 − a (every finished run)", "",
+                  "| configuration | method | " + " | ".join(f"a={a:g}" for a in (1.0, 0.95, 0.9, 0.8, 0.6)) + " |",
+                  "|---|---|" + "---|" * 5]
+        for (config, method), entry in sorted(by_k.items()):
+            cells = {a: f"{lost / total:.3f} (1 − a = {1 - a:.2f})" for a, (lost, total) in entry["missing"].items()
+                     if total}
+            lines.append(f"| {config} | {method} | " + " | ".join(cells.get(a, "") for a in (1.0, 0.95, 0.9, 0.8, 0.6))
+                         + " |")
     return lines
 
 
@@ -160,7 +208,7 @@ def main() -> int:
     sweep = load_sweep(sweep_dir)
     rows = sweep_rows(aggregate(sweep))
     offline = offline_tables(sweep_dir)
-    lines = print_tables(rows, offline, load)
+    lines = print_tables(rows, offline, load, live_by_k(sweep_dir))
     print("\n".join(lines))
     if args.write and not args.quick:
         write_docs(sweep_dir, rows, lines)
