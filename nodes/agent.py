@@ -15,14 +15,18 @@ its data-plane transports, an agent obeys commands (``start``, ``trigger``, ``st
   publishes the prediction with which parts arrived.
 
 On ``start`` the link emulator's time zero is the orchestrator's (``t0_ns``), mapped onto the
-board's monotonic clock with the clock-sync estimate. A malformed command is reported as an
-``error`` telemetry and never stops the agent. It never imports ``testbed``. All blocking work
-runs on one worker thread per agent so paho's network thread only enqueues.
+board's monotonic clock with the clock-sync estimate. A ``trigger`` carries its sample's
+timeout on that run clock (``expires_s``); one that arrives after it (held up by the control
+plane, e.g. queued while the broker was down) is dropped and counted, not computed. A malformed
+command is reported as an ``error`` telemetry and never stops the agent. It never imports
+``testbed``. All blocking work runs on one worker thread per agent so paho's network thread
+only enqueues.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import queue
@@ -111,6 +115,7 @@ class Agent(ABC):
         self._transports: list[Transport] = []
         self._run_hash = 0
         self._t0: float | None = None  # the run's time zero on this board's monotonic clock
+        self.stale_triggers = 0        # triggers dropped because they came after their sample's timeout
         self._clock: ClockEstimate | None = None
         self._clock_sync = ClockSyncClient(lambda p: self._ctl.publish(self._topic("time"), p, qos=0))
         self._energy: BoardEnergy | None = None   # the board's power meter, when its inventory names one
@@ -295,11 +300,37 @@ class Agent(ABC):
             if isinstance(sample, bool) or not isinstance(sample, int):
                 self.tele("error", error=f"trigger command: sample: expected an integer; got {sample!r}")
                 return True
+            expires = msg.get("expires_s")
+            if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
+                                        or not math.isfinite(expires)):
+                self.tele("error", error=f"trigger command: expires_s: expected seconds on the run clock; "
+                                         f"got {str(expires)[:80]!r}")
+                return True
+            if expires is not None and self._expired(sample, expires):
+                return True
             self._trigger(sample)
         elif cmd == "stop":
             return False
         else:
             self.tele("error", error=f"unknown command {cmd!r}; expected start, trigger, stop")
+        return True
+
+    def _expired(self, sample: int, expires_s: float) -> bool:
+        """Whether a trigger comes after its sample's timeout (``expires_s`` on the run clock):
+        the orchestrator has already counted the sample as timed out, so computing it would only
+        delay the samples behind it (a backlog of triggers queued while the broker was down).
+        Such a trigger is dropped and counted; the first one and the total go to this agent's
+        log. Before the run clock starts nothing has expired."""
+        if self._t0 is None:
+            return False
+        late_s = time.monotonic() - self._t0 - expires_s
+        if late_s <= 0:
+            return False
+        self.stale_triggers += 1
+        if self.stale_triggers == 1:
+            print(f"agent {self.board}: trigger of sample {sample} dropped: it came {late_s:.2f} s after the "
+                  f"sample's timeout (the control plane held it up); later such triggers are dropped and "
+                  f"counted", file=sys.stderr, flush=True)
         return True
 
     def _ensure_started(self, start: RunStart | None = None) -> None:
@@ -584,7 +615,9 @@ def main(argv: list[str] | None = None, *, install_signals: bool = True,
     except NodeError as exc:
         print(f"agent {cfg.board}: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"agent {cfg.board}: stopped", file=sys.stderr, flush=True)
+    stale = f" ({agent.stale_triggers} trigger(s) dropped: they came after their sample's timeout)" \
+        if agent.stale_triggers else ""
+    print(f"agent {cfg.board}: stopped{stale}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,21 @@ def doctor_command(*, inventory: Path, names: list[str] | None = None, as_json: 
 
 
 def deploy_command(*, inventory: Path, experiment: Path | None, names: list[str] | None = None,
-                   bundle: Path | None = None, cache: Path | None = None, as_json: bool = False) -> int:
-    """Deploy ``experiment`` (or the experiment a ``bundle`` carries) to the chosen ssh boards."""
+                   bundle: Path | None = None, cache: Path | None = None, as_json: bool = False,
+                   require_signed: Sequence[Path] = ()) -> int:
+    """Deploy ``experiment`` (or the experiment a ``bundle`` carries) to the chosen ssh boards.
+    With ``require_signed`` (public key files) the ``bundle`` must be signed by one of them: it is
+    checked before anything of the bundle is read (its experiment copy included) and before any
+    board is contacted."""
     from testbed.bundle import bundle_experiment
     from testbed.config import load_experiment
-    from testbed.orchestrator import Orchestrator, check_runnable, default_cache_dir, prepare_bundle
+    from testbed.orchestrator import Orchestrator, check_runnable, default_cache_dir, prepare_bundle, require_bundle
 
     inv = load_inventory(inventory)
+    require_bundle(require_signed, bundle)
+    if require_signed and bundle is not None:
+        from testbed.signing import verify_bundle
+        verify_bundle(bundle, trusted=list(require_signed))
     if experiment is None:
         if bundle is None:
             raise ConfigError("give EXPERIMENT.yaml or --bundle DIR", file="testbed deploy")
@@ -77,7 +86,7 @@ def deploy_command(*, inventory: Path, experiment: Path | None, names: list[str]
     check_runnable(inv)
     cache = cache or default_cache_dir()
     console = _console(stderr=as_json)
-    prepared = prepare_bundle(exp, cache_dir=cache, inventory=inv, bundle_dir=bundle)
+    prepared = prepare_bundle(exp, cache_dir=cache, inventory=inv, bundle_dir=bundle, trusted=require_signed)
     orch = Orchestrator(inventory=inv, experiment=exp, prepared=prepared, run_dir=cache / "deploy-runs" / "none",
                         cache_dir=cache)
     outcomes = orch.deploy(names=chosen, staging=cache / "staging" / inv.bench)

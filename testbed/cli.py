@@ -165,10 +165,12 @@ def run_loaded(inv: Any, exp: Any, args: argparse.Namespace) -> int:
     print the summary (and the JSON line last on stdout)."""
     from testbed.config import check_compatible
     from testbed.orchestrator import (Orchestrator, check_runnable, default_cache_dir, new_run_id, prepare_bundle,
-                                      run_log)
+                                      require_bundle, run_log)
 
     check_compatible(exp, inv)
     check_runnable(inv)
+    trusted = [Path(p) for p in getattr(args, "require_signed", None) or ()]
+    require_bundle(trusted, Path(args.bundle) if args.bundle else None)   # before a run directory is made
     console = _console(stderr=args.json)
     cache = Path(args.cache) if args.cache else default_cache_dir()
     run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
@@ -183,8 +185,13 @@ def run_loaded(inv: Any, exp: Any, args: argparse.Namespace) -> int:
                 progress.say(line)
             prepared = prepare_bundle(exp, cache_dir=cache, progress=progress, inventory=inv,
                                       bundle_dir=Path(args.bundle) if args.bundle else None, threads=args.threads,
-                                      say=say)
+                                      say=say, trusted=trusted)
         log.add_build_log(prepared.build_log)
+        if prepared.signer is not None:
+            console.print(f"bundle: signed by {prepared.signer.describe()}, trusted by "
+                          f"{prepared.signer.trusted_file}", markup=False)
+            log.line(f"bundle {prepared.bundle_dir}: signed by {prepared.signer.describe()}, trusted by "
+                     f"{prepared.signer.trusted_file}")
         tr = prepared.training
         how = ("loaded from cache" if tr.get("cached") else
                f"trained in {tr['train_seconds']} s" if tr.get("train_seconds") is not None else "built")
@@ -368,25 +375,32 @@ def cmd_partition(args: argparse.Namespace) -> int:
         inv = load_inventory("inventory.yaml")
     cache = Path(args.cache) if args.cache else default_cache_dir()
     out = Path(args.out) if args.out else default_out_dir(exp, compare=args.compare)
+    key = None
+    if args.sign:   # before any work: a wrong path, a public key, a key others can read are refused now
+        from testbed.signing import load_private_key
+        key = load_private_key(Path(args.sign))
     configure_numerics(threads=args.threads)
     console = _console(stderr=args.json)
     with _Progress() as progress:
         if args.compare:
             from testbed.partition.build import compare
-            doc = compare(exp, out_dir=out, cache_dir=cache, progress=progress, force=args.force)
+            doc = compare(exp, out_dir=out, cache_dir=cache, progress=progress, force=args.force, sign=key)
         else:
             from testbed.partition.build import write_bundle
             built = write_bundle(exp, out_dir=out, cache_dir=cache, inventory=inv, progress=progress,
-                                 force=args.force)
+                                 force=args.force, sign=key)
+    signed = [f"signed by {key.fingerprint} ({key.path}): manifest.sig"] if key is not None else []
     if args.compare:
-        for line in [*doc.pop("text"), *doc.pop("notes")]:
+        for line in [*doc.pop("text"), *doc.pop("notes"), *signed]:
             console.print(line, markup=False)
     else:
         m = built.manifest
         doc = {"bundle": str(built.bundle_dir), "method": m["method"], "seconds": built.seconds,
                "bundle_key": m.get("bundle_key"), "numerics": m.get("numerics"), "evaluation": m.get("evaluation", {})}
-        for line in [*render_bundle(m, bundle_dir=built.bundle_dir), *built.notes]:
+        for line in [*render_bundle(m, bundle_dir=built.bundle_dir), *built.notes, *signed]:
             console.print(line, markup=False, soft_wrap=True)
+    if key is not None:
+        doc["signed_by"] = key.fingerprint
     if args.json:
         sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
     return 0
@@ -410,7 +424,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return deploy_command(inventory=Path(args.inventory), names=args.board,
                           experiment=Path(args.experiment) if args.experiment else None,
                           bundle=Path(args.bundle) if args.bundle else None,
-                          cache=Path(args.cache) if args.cache else None, as_json=args.json)
+                          cache=Path(args.cache) if args.cache else None, as_json=args.json,
+                          require_signed=[Path(p) for p in args.require_signed or ()])
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -450,6 +465,7 @@ def _add_bench_commands(sub: Any) -> None:
     p.add_argument("experiment", nargs="?", help="the experiment (optional with --bundle: the bundle carries the "
                                                  "one it was built from)")
     p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
+    _add_require_signed(p)
     p.add_argument("--board", action="append", help="only this board (repeatable)")
     p.add_argument("--cache", help="model and wheelhouse cache (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
@@ -478,6 +494,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
     p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
+    _add_require_signed(p)
     _add_threads_option(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set an experiment key (dotted, e.g. run.deadline_ms=200 or partition.method=nonn; the value "
@@ -487,6 +504,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
                         "link); repeatable")
     if demo:
         p.add_argument("--dataset", choices=("fashion-mnist", "digits"), help="override the demo's dataset")
+
+
+def _add_require_signed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--require-signed", action="append", metavar="PUBKEY",
+                   help="refuse the --bundle unless it is signed by a key in this public key file (KEY.pub, or a "
+                        "list of keys one a line), checked before anything of the bundle is read; repeatable")
 
 
 def _threads(text: str) -> int:
@@ -536,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "wrote; anything else there is kept)")
     part.add_argument("--inventory", help="inventory.yaml (the layer split reads link rate and board kinds)")
     part.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
+    part.add_argument("--sign", metavar="KEY",
+                      help="sign the bundle (with --compare: each method's) with this Ed25519 private key "
+                           "(testbed keygen; keep it out of shared folders): manifest.sig beside manifest.json")
     _add_threads_option(part)
     part.add_argument("--json", action="store_true", help="print one JSON object (bundle, evaluation) last on stdout")
     part.set_defaults(func=cmd_partition)

@@ -5,7 +5,8 @@ joint training with cross-entropy (testbed/training.py's loop), evaluation, and 
 cache keyed by a hash of the configuration. The student CNN and the merge layer are
 testbed/zoo.py's ``Student`` and ``MergeFC`` (the partition students use the same two): each
 student sees the whole input and emits a short vector; the merge shard concatenates the S
-vectors (zeros for a missing part) and applies one fully connected layer. It must not import
+vectors (zeros for a missing part) and applies one fully connected layer. The cache folder is
+``<key>-n<tag>`` (testbed/weightcache.py: the numerics and the data's sha256). It must not import
 testbed/partition (which builds on the modules below it, bundle.py among them). torch is imported
 here at module level: only laptop-side code (training, partitioning) imports this module,
 never a board.
@@ -81,9 +82,12 @@ def evaluate(model: UnifiedStudents, x: np.ndarray, y: np.ndarray, *, batch: int
     return accuracy(model, x, y, batch=batch)
 
 
-def load_or_train(cfg: StudentsConfig, data: Dataset, *, cache_dir: Path,
-                  progress: ProgressFn | None = None) -> tuple[UnifiedStudents, dict]:
-    """Return the trained model for ``cfg``, from ``cache_dir/<key>`` when present.
+def load_or_train(cfg: StudentsConfig, data: Dataset, *, cache_dir: Path, progress: ProgressFn | None = None,
+                  identity: dict | None = None) -> tuple[UnifiedStudents, dict]:
+    """Return the trained model for ``cfg``, from ``cache_dir/<key>-n<tag>`` when present (the
+    tag: this process's numerics and the data's identity, testbed/weightcache.py, so a dataset of
+    the same name with other files trains into another folder; ``identity`` when the caller
+    computed ``weightcache.data_identity(data)`` already).
 
     The second value is the training record (cached flag, seconds, test accuracy).
     """
@@ -93,4 +97,4 @@ def load_or_train(cfg: StudentsConfig, data: Dataset, *, cache_dir: Path,
                        "test_accuracy": evaluate(model, data.x_test, data.y_test)}
 
     return weightcache.load_or_train(cache_dir / cfg.key(), build=lambda: UnifiedStudents(cfg, mean=0.0, std=1.0),
-                                     train=train)
+                                     train=train, identity={"data": identity or weightcache.data_identity(data)})

@@ -2,7 +2,9 @@
 
 Holds ``prepare_bundle`` (train or load the model from the cache, export shards; a partition
 experiment's bundle is the one ``testbed partition`` wrote when its key is this experiment's,
-else the cache's, see testbed/partition/build.py's ``cached_bundle``), sample selection and
+else the cache's, see testbed/partition/build.py's ``cached_bundle``; a bundle given with
+``--bundle`` and ``--require-signed`` has its signature checked before anything of it is read,
+testbed.signing), sample selection and
 ``Orchestrator``: builds the run's one fault schedule (``testbed.faults``) and
 plans its kernel-shaped links (``testbed.shaping``) before anything starts, makes the netns
 boards' namespaces, starts (or reaches) the broker (listening on each namespace's veth too,
@@ -31,6 +33,7 @@ events or a log.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +44,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
@@ -58,20 +61,21 @@ from nodes.agentconfig import RunStart
 from nodes.clocksync import reply as clock_reply
 from nodes.mqtt import Login, MqttClient, topic
 from nodes.transport_settings import LOCAL_PAIR
-from testbed.broker import (ORCHESTRATOR_USER, BrokerAuth, EmbeddedBroker, ExternalBroker, board_user, external_login,
-                            free_port)
-from testbed.bundle import export_bundle, load_manifest
+from testbed.broker import (ORCHESTRATOR_USER, BrokerAuth, EmbeddedBroker, ExternalBroker, auth_kind, board_user,
+                            external_login, free_port)
+from testbed.bundle import MANIFEST, export_bundle, load_manifest
 from testbed.config import BoardSpec, Experiment, Inventory, LinkSpec, check_compatible
 from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.remote.network import MQTT_PORT, board_route, broker_address_for, ssh_data_port
-from testbed.errors import RunError
+from testbed.errors import ConfigError, RunError
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultEvent, FaultSchedule, RunClock
 from testbed.messages import Malformed, Rejected, parse
 from testbed.powerlog import PowerLog
 from testbed.runstate import EventLog, RunState
 from testbed.shaping import KERNEL_SSH, KernelShaped, naming_link, plan_kernel_links
+from testbed.signing import Signer, SignatureError, verify_bundle
 
 if TYPE_CHECKING:
     from testbed.remote.ssh import Boards
@@ -141,25 +145,32 @@ class Prepared:
     training: dict[str, Any]
     notes: tuple[str, ...] = ()      # lines for the user: which bundle and why (e.g. one not used)
     build_log: Path | None = None    # third-party output of a bundle built now (testbed.partition.build)
+    signer: Signer | None = None     # who signed a given bundle, when a signature was required (verified)
 
 
 def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None = None,
                    inventory: Inventory | None = None, bundle_dir: Path | None = None,
                    threads: int | None = None, partition_dir: Path | None = None,
-                   say: Callable[[str], None] | None = None) -> Prepared:
+                   say: Callable[[str], None] | None = None, trusted: Sequence[Path] = ()) -> Prepared:
     """The bundle to deploy: ``bundle_dir`` as given (verified), the experiment's partition
     bundle (testbed.partition.build.cached_bundle: ``partition_dir``, default the folder
     ``testbed partition`` writes, when it holds this experiment's key; else the cache's, built
     there when missing), or the spine's jointly trained students (trained or loaded from the
     cache, then exported). ``say`` hears each of ``Prepared.notes`` as soon as it is known.
 
+    ``trusted`` (public key files, ``--require-signed``): ``bundle_dir`` must be signed by one of
+    them (testbed.signing.verify_bundle, checked before anything of the bundle is read; the
+    signer is ``Prepared.signer``). Without ``bundle_dir`` it is refused (ConfigError): a bundle
+    built here from the experiment is this machine's own and carries no signature.
+
     First it sizes this process's torch threads to ``threads`` (None: testbed.training's
     DEFAULT_THREADS, 1; see ``configure_numerics``): the weights depend on the count, and so do the
     keys they are cached under."""
+    require_bundle(trusted, bundle_dir)
     from testbed.training import configure_numerics   # torch: laptop side only
     configure_numerics(threads=threads)
     if bundle_dir is not None:
-        return _given_bundle(experiment, Path(bundle_dir))
+        return _given_bundle(experiment, Path(bundle_dir), trusted=tuple(Path(p) for p in trusted))
     if experiment.partition is not None:
         return _partition_bundle(experiment, cache_dir=cache_dir, progress=progress, inventory=inventory,
                                  written=partition_dir, say=say)
@@ -173,8 +184,9 @@ def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: Progres
                          students=m.students, width=m.width, out_dim=m.out_dim, epochs=tr.epochs,
                          batch_size=tr.batch_size, lr=tr.lr, subset=tr.subset, seed=experiment.seed)
     cb = (lambda step, total, _loss: progress("train", step, total)) if progress else None
-    model, record = load_or_train(cfg, ds, cache_dir=cache_dir, progress=cb)
-    bundle_dir = weightcache.entry_dir(Path(cache_dir) / cfg.key()) / "bundle"   # beside the weights
+    data_id = weightcache.data_identity(ds)   # one identity: the bundle's folder is the weights' folder
+    model, record = load_or_train(cfg, ds, cache_dir=cache_dir, progress=cb, identity=data_id)
+    bundle_dir = weightcache.entry_dir(Path(cache_dir) / cfg.key(), identity={"data": data_id}) / "bundle"
     try:
         manifest = load_manifest(bundle_dir)
     except Exception:
@@ -185,8 +197,23 @@ def prepare_bundle(experiment: Experiment, *, cache_dir: Path, progress: Progres
     return Prepared(bundle_dir=bundle_dir, manifest=manifest, dataset=ds, training=record)
 
 
-def _given_bundle(experiment: Experiment, bundle_dir: Path) -> Prepared:
+def require_bundle(trusted: Sequence[Path], bundle_dir: Path | None) -> None:
+    """``--require-signed`` needs ``--bundle``: ConfigError (exit 2) naming the flag otherwise (a
+    bundle built here from the experiment is this machine's own and carries no signature)."""
+    if trusted and bundle_dir is None:
+        raise ConfigError("expected --bundle DIR with it (a signature is checked on a bundle that was handed to "
+                          "you; one built here from the experiment is this machine's own and is not signed)",
+                          file="--require-signed")
+
+
+def _given_bundle(experiment: Experiment, bundle_dir: Path, *, trusted: Sequence[Path] = ()) -> Prepared:
+    """``bundle_dir`` as the user gave it: with ``trusted``, its signature checked first (nothing
+    of the bundle is read before), then the manifest loaded (every shard's sha256 checked) and
+    matched to what was signed; then checked against the experiment."""
+    signer = verify_bundle(bundle_dir, trusted=trusted) if trusted else None
     manifest = load_manifest(bundle_dir)
+    if signer is not None:
+        _check_signed_manifest(bundle_dir, manifest, signer)
     if manifest.get("dataset") != experiment.dataset.name:
         raise RunError(f"{bundle_dir}: bundle was built for dataset {manifest.get('dataset')!r}; the experiment "
                        f"uses {experiment.dataset.name!r}")
@@ -194,7 +221,24 @@ def _given_bundle(experiment: Experiment, bundle_dir: Path) -> Prepared:
         raise RunError(f"{bundle_dir}: bundle has {manifest['students']} student shards; the experiment assigns "
                        f"{experiment.students}")
     ds = load_dataset(experiment.dataset.name, path=experiment.dataset.path, seed=experiment.seed)
-    return Prepared(bundle_dir=bundle_dir, manifest=manifest, dataset=ds, training=_bundle_record(manifest, True))
+    return Prepared(bundle_dir=bundle_dir, manifest=manifest, dataset=ds, training=_bundle_record(manifest, True),
+                    signer=signer)
+
+
+def _check_signed_manifest(bundle_dir: Path, manifest: dict[str, Any], signer: Signer) -> None:
+    """The manifest ``load_manifest`` returned is the one ``signer`` verified: manifest.json
+    still hashes to the verified sha256 and reads as the same document (SignatureError when it
+    was swapped between the two reads)."""
+    path = bundle_dir / MANIFEST
+    try:
+        data = path.read_bytes()
+        same = json.dumps(json.loads(data), sort_keys=True) == json.dumps(manifest, sort_keys=True)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SignatureError(f"{path}: cannot read it again after its signature was checked ({exc}); expected the "
+                             f"manifest as signed") from None
+    if hashlib.sha256(data).hexdigest() != signer.manifest_sha256 or not same:
+        raise SignatureError(f"{path}: changed while it was being read (its sha256 is no longer the one "
+                             f"{signer.describe()} signed); expected the manifest as signed")
 
 
 def _partition_bundle(experiment: Experiment, *, cache_dir: Path, progress: ProgressFn | None,
@@ -310,7 +354,8 @@ class Orchestrator:
                "bundle": {"dir": str(self.prepared.bundle_dir), "method": self.prepared.manifest.get("method"),
                           "config_key": self.prepared.manifest.get("bundle_key",
                                                                    self.prepared.manifest.get("config_key")),
-                          "evaluation": self.prepared.manifest["evaluation"]},
+                          "evaluation": self.prepared.manifest["evaluation"],
+                          "signed_by": self.prepared.signer.record() if self.prepared.signer is not None else None},
                "training": self.prepared.training,
                "broker": {"kind": broker.kind, "host": broker.host, "port": broker.port,
                           "fallback_reason": broker.fallback_reason, **self._auth_record(),
@@ -454,16 +499,10 @@ class Orchestrator:
             stack.callback(shutil.rmtree, self._secrets, True)
 
     def _auth_record(self) -> dict[str, Any]:
-        """How clients log in to this run's broker, for run.json, the events and the summary (no secret)."""
+        """How clients log in to this run's broker, for run.json, the events and the summary (no
+        secret), in ``testbed.broker.auth_kind``'s words (the one place for the rule)."""
         spec = self.inventory.broker
-        if spec.anonymous:
-            how = "anonymous"
-        elif spec.mode == "embedded":
-            how = "per-run users and ACL"
-        else:
-            how = " and ".join(w for w, on in (("password", spec.username is not None),
-                                               ("client certificate", spec.cert_file is not None)) if on)
-        return {"auth": how, "tls": spec.mode == "external" and spec.tls}
+        return {"auth": auth_kind(spec), "tls": spec.mode == "external" and spec.tls}
 
     def _own_login(self) -> Login:
         """The orchestrator's login: its run user (embedded), or the inventory's (external)."""
@@ -818,10 +857,15 @@ class Orchestrator:
             if next_sample < n and now >= t_start + next_sample * period:
                 sid = next_sample
                 pending[sid] = _Pending(trigger_at=time.monotonic(), label=int(labels[sid]))
-                payload = json.dumps({"cmd": "trigger", "sample": sid})
+                at_s = round(clock.offset(pending[sid].trigger_at), 6)
+                # QoS 1, and the sample's timeout on the run clock: a trigger the client queued while the
+                # broker was down (or one a busy board reads late) is dropped by the board once the
+                # sample has timed out here, never computed for a result nobody waits for
+                payload = json.dumps({"cmd": "trigger", "sample": sid, "at_s": at_s,
+                                      "expires_s": round(at_s + timeout, 6)})
                 for name in order:
                     ctl.publish(topic(inv.bench, "ctl", name), payload, qos=1)
-                self._event("trigger", sample=sid, at_s=round(clock.offset(pending[sid].trigger_at), 6))
+                self._event("trigger", sample=sid, at_s=at_s)
                 next_sample += 1
             for sid in [s for s, p in pending.items() if now - p.trigger_at > timeout]:
                 p = pending.pop(sid)

@@ -4,8 +4,9 @@ The demo bench (serial, BLE and MQTT links) runs with the default embedded mosqu
 users and ACL. Mid-run the test SIGKILLs that mosquitto, waits until the orchestrator has gone on
 triggering samples with no broker for longer than the run's timeout, then starts mosquitto again on the same port from the run's
 own config (the same password file and ACL, so the run's users log in again). Every sample is
-accounted for, the run finishes, samples triggered after the restart complete, and no process
-the run started is left behind.
+accounted for, the run finishes, samples triggered after the restart complete, the triggers queued
+during the outage whose samples had already timed out are dropped by the boards (no late results of
+them), and no process the run started is left behind.
 """
 from __future__ import annotations
 
@@ -164,6 +165,18 @@ def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path:
         assert "timed_out" not in recovered, f"a sample timed out once the run had recovered: {recovered}"
         assert results[n - 1] == "complete", "the run had not recovered by its last sample"
         assert not any(e["type"] in ("aborted", "interrupted") for e in events)
+        # a trigger the orchestrator's client queued while the broker was down reaches the boards after the
+        # broker is back; when its sample's timeout had passed by then, the boards drop it (nodes.agent:
+        # expires_s), so no board computes it and no late result comes of it. (A sample whose result the
+        # edge had queued before the kill, or one still live when the broker came back, may still be late.)
+        late = sorted(e["sample"] for e in events if e["type"] == "late_result")
+        assert s["late_results"] == len(late)
+        at = {e["sample"]: e["at_s"] for e in events if e["type"] == "trigger"}
+        timeout_s = 1.5   # digits_experiment's timeout_ms
+        expired = [sid for sid in range(down_at + 1, up_at) if at[sid] + timeout_s < at[up_at]]
+        assert expired, "the outage outlasts timeout_ms: some samples time out before the broker is back"
+        stale = sorted(set(late) & set(expired))
+        assert not stale, f"late results of samples whose timeout passed while the broker was down: {stale}"
         # nothing the run started outlives it (only the broker this test started is still up)
         alive = {(pid, start) for pid, start in started if (_proc_stat(pid) or (0, -1))[1] == start}
         assert not alive, [_cmdline(pid) for pid, _ in alive]

@@ -24,6 +24,11 @@ ai-edge-litert, TensorFlow's and absl's C++ logging, torch's and torchao's log h
 to fd 1 and 2 goes to ``partition-<key>/build.log`` (``testbed partition`` copies it into the
 output folder; ``testbed run`` into the run's testbed.log), not to the terminal.
 
+Signing (``--sign``): ``write_bundle`` and ``compare`` sign the bundles they write into the
+user's folder (``manifest.sig``, testbed.signing), inside the same folder write; the manifest
+records the experiment copy's sha256 so the signature covers it. The cache's bundle is never
+signed, and a signature changes no key: a signed ``bundles/<name>`` is still this experiment's.
+
 Every output folder is written by testbed.outdir's rule: created fresh, or our earlier output
 replaced with ``force`` (never a file we did not write), built in a temporary folder beside it
 and moved in only when complete and verified. It never deletes anything itself, never sets
@@ -50,11 +55,13 @@ from testbed import weightcache
 from testbed.bundle import EXPERIMENT_COPY, MANIFEST, BundleError, load_manifest, shard_for
 from testbed.config import Experiment, Inventory, PartitionSpec
 from testbed.data import Dataset, load_dataset
-from testbed.errors import TestbedError
+from testbed.errors import ConfigError, TestbedError
+from testbed.hashing import sha256_file
 from testbed.outdir import MARKER, output_dir
 from testbed.partition.evaluate import merge_batch
 from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfig, Progress, StudentSpec,
                                         TeacherSpec, mark, run_compare, run_partition)
+from testbed.signing import SIGNATURE, LabKey, sign_bundle
 from testbed.training import numerics
 
 PARITY_SAMPLES = 64
@@ -157,9 +164,10 @@ def _short(v: Any) -> str:
 
 def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: Inventory | None = None,
                  progress: Progress | None = None, force: bool = False, _adopt: bool = False,
-                 data: Dataset | None = None) -> Built:
+                 data: Dataset | None = None, sign: LabKey | None = None) -> Built:
     """Run ``exp``'s partition section into ``out_dir`` and return the verified bundle (its
-    manifest carries ``bundle_key`` and ``bundle_inputs``).
+    manifest carries ``bundle_key`` and ``bundle_inputs``), signed by ``sign`` when given
+    (``manifest.sig``, written in the staging folder so the output marker lists it).
 
     ``out_dir`` must be new or empty, or (with ``force``) hold only an earlier output of ours plus
     files we keep; else ConfigError before any work (testbed.outdir). An exception while building
@@ -167,6 +175,7 @@ def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: 
     spec = exp.partition
     if spec is None:
         raise TestbedError(f"{exp.path}: no partition section; expected one for `testbed partition`")
+    _key_outside(sign, Path(out_dir))
     t0 = time.monotonic()
     with output_dir(Path(out_dir), force=force, writer="testbed partition", adopt=_adopt) as out:
         stage = out.staging
@@ -192,14 +201,31 @@ def build_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: 
             _add_litert(manifest, modules, out_dir=stage, data=data, quantize=spec.quantize, progress=progress)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
         verified = load_manifest(stage)      # before it replaces anything
+        if sign is not None:
+            sign_bundle(stage, sign)
     return Built(bundle_dir=out.dest, manifest=verified, dataset=data, cached=cached,
                  seconds=round(time.monotonic() - t0, 2), notes=tuple(out.notes()))
 
 
 def _set_experiment(manifest: dict[str, Any], exp: Experiment, folder: Path) -> None:
-    """The bundle carries the experiment file it was asked for: a copy in ``folder`` and its name."""
-    manifest["experiment"] = {"name": exp.name, "file": str(exp.path), "copy": EXPERIMENT_COPY}
+    """The bundle carries the experiment file it was asked for: a copy in ``folder``, its name
+    and its sha256 (so a signature over the manifest covers the copy too, testbed.signing)."""
     shutil.copyfile(exp.path, folder / EXPERIMENT_COPY)
+    manifest["experiment"] = {"name": exp.name, "file": str(exp.path), "copy": EXPERIMENT_COPY,
+                              "sha256": sha256_file(folder / EXPERIMENT_COPY)}
+
+
+def _key_outside(sign: LabKey | None, out_dir: Path) -> None:
+    """Refuse, before any work, a signing key inside the folder the bundle is written to (with
+    ``--force`` a file there is kept, and would travel with the bundle)."""
+    if sign is None:
+        return
+    try:
+        Path(sign.path).resolve().relative_to(Path(out_dir).resolve())
+    except ValueError:
+        return
+    raise ConfigError(f"is inside the output folder {out_dir}; expected a private key kept outside every folder "
+                      f"that is passed on", file=str(sign.path))
 
 
 def cached_bundle(exp: Experiment, *, cache_dir: Path, inventory: Inventory | None = None,
@@ -272,18 +298,22 @@ def _written_bundle(folder: Path, *, key: str, inputs: Mapping[str, Any]) -> dic
 
 
 def write_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: Inventory | None = None,
-                 progress: Progress | None = None, force: bool = False) -> Built:
+                 progress: Progress | None = None, force: bool = False, sign: LabKey | None = None) -> Built:
     """``testbed partition``: ``exp``'s bundle (``cached_bundle``: the cache's, or built there)
     written into ``out_dir`` by testbed.outdir's rule (refused before any work, as for
-    ``build_bundle``), with the experiment file it was asked for (its copy and
-    ``manifest.experiment``) and the build's ``build.log``. The shards are the cache's, byte for
-    byte, so ``testbed run`` finds the same bundle either way."""
+    ``build_bundle``), with the experiment file it was asked for (its copy, its name and sha256
+    in ``manifest.experiment``) and the build's ``build.log``. The shards are the cache's, byte
+    for byte, so ``testbed run`` finds the same bundle either way. With ``sign`` (``--sign``)
+    this copy is signed (``manifest.sig``, in the same folder write, so the marker lists it and
+    ``--force`` replaces it); the cache's bundle never is, and a signature does not change the
+    bundle's key, so ``testbed run`` still uses a signed ``out_dir``."""
+    _key_outside(sign, Path(out_dir))
     t0 = time.monotonic()
     with output_dir(Path(out_dir), force=force, writer="testbed partition") as out:
         built = cached_bundle(exp, cache_dir=Path(cache_dir), inventory=inventory, progress=progress)
         stage = out.staging
         for f in sorted(built.bundle_dir.iterdir()):
-            if f.is_file() and not f.is_symlink() and f.name not in (MARKER, MANIFEST, EXPERIMENT_COPY):
+            if f.is_file() and not f.is_symlink() and f.name not in (MARKER, MANIFEST, EXPERIMENT_COPY, SIGNATURE):
                 shutil.copyfile(f, stage / f.name)
         log = built.bundle_dir.parent / BUILD_LOG
         if log.is_file():
@@ -292,6 +322,8 @@ def write_bundle(exp: Experiment, *, out_dir: Path, cache_dir: Path, inventory: 
         _set_experiment(manifest, exp, stage)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
         verified = load_manifest(stage)
+        if sign is not None:
+            sign_bundle(stage, sign)
     how = (f"built in {built.seconds:.0f} s into the cache ({built.bundle_dir})" if built.build_log is not None else
            f"the cache's bundle of this configuration ({built.bundle_dir}), built earlier with the same key")
     return Built(bundle_dir=out.dest, manifest=verified, dataset=built.dataset, cached=built.cached,
@@ -410,15 +442,17 @@ def _bundle_accuracy(manifest: dict[str, Any], *, out_dir: Path, x: np.ndarray, 
 
 
 def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path, progress: Progress | None = None,
-            force: bool = False) -> dict[str, Any]:
+            force: bool = False, sign: LabKey | None = None) -> dict[str, Any]:
     """NoNN and the resilient method on ``exp``'s teacher and seed: bundles in ``out_dir/<method>``
     and ``comparison.{json,md,png}`` (report.write_compare), all in one output folder by
-    testbed.outdir's rule (``force`` as for ``build_bundle``). Returns write_compare's summary
-    with ``notes`` (lines on what the folder write kept or replaced).
+    testbed.outdir's rule (``force`` as for ``build_bundle``); with ``sign`` each method's bundle
+    is signed in the same write. Returns write_compare's summary with ``notes`` (lines on what
+    the folder write kept or replaced).
     ``partition.method`` is ignored (a ``layer`` section compares with its students/parts)."""
     spec = exp.partition
     if spec is None:
         raise TestbedError(f"{exp.path}: no partition section; expected one for `testbed partition --compare`")
+    _key_outside(sign, Path(out_dir))
     cfg = _config(exp)
     if cfg.parts > cfg.students // 2:
         raise TestbedError(f"{exp.path}: --compare needs the resilient method's M <= S/2; got S = {cfg.students}, "
@@ -428,5 +462,7 @@ def compare(exp: Experiment, *, out_dir: Path, cache_dir: Path, progress: Progre
         result = run_compare(cfg, cache_dir=Path(cache_dir), out_dir=out.staging, progress=progress)
         for method in result.results:
             load_manifest(out.staging / method)      # both bundles verify before anything is replaced
+            if sign is not None:
+                sign_bundle(out.staging / method, sign)
         doc = write_compare((result, cfg), out_dir=out.staging, final_dir=out.dest)
     return {**doc, "notes": out.notes()}
