@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,7 @@ from testbed.data import Dataset, load_dataset
 from testbed.deploy import AgentProcess, agent_config, deploy_local
 from testbed.remote.network import MQTT_PORT, board_route, broker_address_for, ssh_data_port
 from testbed.errors import ConfigError, RunError
+from testbed.hashing import plain
 from testbed.fabric import NETNS_DEV, BoardNamespaces, LocalFabric, check_netns
 from testbed.faults import FaultEvent, FaultSchedule, RunClock
 from testbed.messages import Malformed, Rejected, parse
@@ -350,7 +351,7 @@ class Orchestrator:
         doc = {"run": run_id, "created": datetime.now(timezone.utc).isoformat(), "seed": seed,
                "inventory": {"path": str(self.inventory.path), "text": self.inventory.path.read_text()},
                "experiment": {"path": str(self.experiment.path), "text": self.experiment.path.read_text(),
-                              "effective": _jsonable(self.experiment)},
+                              "effective": plain(self.experiment)},
                "bundle": {"dir": str(self.prepared.bundle_dir), "method": self.prepared.manifest.get("method"),
                           "config_key": self.prepared.manifest.get("bundle_key",
                                                                    self.prepared.manifest.get("config_key")),
@@ -421,7 +422,7 @@ class Orchestrator:
                                 else profiles[lk.name].rate_bps, "profile": profiles[lk.name].as_dict(),
                                 "shaper": shapers[lk.name]}
                                for lk in inv.links],
-                        faults=[_jsonable(f) for f in exp.faults])
+                        faults=[plain(f) for f in exp.faults])
             ctl = stack.enter_context(MqttClient(host=broker.host, port=broker.port, login=self._own_login(),
                                                  client_id=f"orchestrator-{run_id}", on_message=self._on_mqtt))
             self._ctl = ctl
@@ -959,19 +960,3 @@ async def _remove_files(s: Any, names: list[str]) -> None:
     from testbed.remote.ssh import quote_path
     run = board_path(s.board, "run")
     await s.run("rm -f " + " ".join(quote_path(run + "/" + n) for n in names), check=False)
-
-
-def _jsonable(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj) if not f.name.startswith("_")}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and obj == float("inf"):
-        return None
-    if hasattr(obj, "items"):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    return obj

@@ -14,6 +14,7 @@ from conftest import last_json, read_jsonl, run_cli
 from testbed.bundle import BundleError, load_manifest
 from testbed.config import check_compatible, load_experiment, load_inventory
 from testbed.errors import ConfigError
+from testbed.hashing import sha256_file
 
 TINY = """\
   teacher: {widths: [8, 16, 32], epochs: 6, batch_size: 64, lr: 0.01}
@@ -129,7 +130,8 @@ def test_partition_writes_a_verified_bundle(tmp_path: Path, model_cache: Path) -
     assert [r["k"] for r in m["evaluation"]["resilience"]] == [0, 1, 2, 3]
     assert "shard student_0" in proc.stderr and "k = 3 failed" in proc.stderr  # --json: the report goes to stderr
     assert (tmp_path / "b" / "experiment.yaml").read_text() == path.read_text()   # the bundle carries its experiment
-    assert m["experiment"] == {"name": "tiny-part", "file": str(path), "copy": "experiment.yaml"}
+    assert m["experiment"] == {"name": "tiny-part", "file": str(path), "copy": "experiment.yaml",
+                               "sha256": sha256_file(tmp_path / "b" / "experiment.yaml")}
     # the thread count it trained with is recorded and keyed; the folder holds the cache's bundle of that key
     assert m["numerics"]["threads"] == m["evaluation"]["numerics"]["threads"] == 1 == doc["numerics"]["threads"]
     assert m["bundle_inputs"]["numerics"]["threads"] == 1 and m["bundle_inputs"]["data"]["name"] == "digits"
