@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed.reportcmd import add_report_commands
     from testbed.signcmd import add_sign_commands
     from testbed.sweepcmd import add_sweep_commands
-    add_sweep_commands(sub)
+    add_sweep_commands(sub, threads_option=_add_threads_option)
     add_report_commands(sub)
     add_sign_commands(sub)
     return parser

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from testbed.errors import ConfigError
 __all__ = ["add_sweep_commands", "sweep_command"]
 
 
-def add_sweep_commands(sub: Any) -> None:
+def add_sweep_commands(sub: Any, *, threads_option: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``sweep``; ``threads_option`` adds the CLI's one ``--threads`` option (as on run)."""
     p = sub.add_parser("sweep", help="run a grid of experiments (resumable); one run directory per point")
     p.add_argument("sweep", help="the sweep YAML file (base experiment, benches, grid)")
     p.add_argument("--inventory", help="run on this bench instead of the sweep file's benches")
@@ -30,8 +31,7 @@ def add_sweep_commands(sub: Any) -> None:
                                                     "parallel, one run each at a time); replaces the file's")
     p.add_argument("--out", help="the sweep folder (default sweeps/<name>); rerunning resumes it")
     p.add_argument("--cache", help="model cache folder (default $HBC_TESTBED_CACHE or ~/.cache/hbc-testbed)")
-    from testbed.cli import _add_threads_option
-    _add_threads_option(p)
+    threads_option(p)
     p.add_argument("--headless", action="store_true", help="progress lines on stderr, no live dashboard")
     p.add_argument("--dry-run", action="store_true", help="list the points and their keys, run nothing")
     p.add_argument("--json", action="store_true", help='print {"sweep_dir", "points", "done", "skipped", "failed"} '
