@@ -106,7 +106,10 @@ def live_by_k(sweep_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
             continue
         s = int(d.get("students", 0))
         entry = out.setdefault((f"{d.get('dataset')} S={s} M={d.get('parts')}", str(d.get("method"))),
-                               {"by_k": {}, "missing": {}})
+                               {"by_k": {}, "missing": {}, "part_lost": {}})
+        run_json = json.loads((sweep_dir / runs[-1]["run_dir"] / "run.json").read_text())
+        student_of = _students_of(run_json)
+        m = int(d.get("parts") or s) if d.get("method") == "resilient" else s
         lost = entry["missing"].setdefault(float(d.get("availability", 1.0)), [0, 0])
         for line in (sweep_dir / runs[-1]["run_dir"] / "events.jsonl").read_text().splitlines():
             if '"type":"result"' not in line:
@@ -116,9 +119,21 @@ def live_by_k(sweep_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
             n_ok = entry["by_k"].setdefault(k, [0, 0])
             n_ok[0] += 1
             n_ok[1] += bool(ev.get("correct"))
+            if 0 < k < s and student_of:   # did a part lose every student that carries it (i mod M)?
+                arrived = {student_of[b] % m for b in ev.get("arrived") or [] if b in student_of}
+                part_gone = len(arrived) < m
+                n_ok = entry["part_lost"].setdefault((k, part_gone), [0, 0])
+                n_ok[0] += 1
+                n_ok[1] += bool(ev.get("correct"))
             lost[0] += k
             lost[1] += s
     return out
+
+
+def _students_of(run_json: dict[str, Any]) -> dict[str, int]:
+    """board -> student index, from the effective experiment recorded in run.json."""
+    effective = ((run_json.get("experiment") or {}).get("effective") or {})
+    return {b: int(v) for b, v in (effective.get("assignment") or {}).items() if isinstance(v, int)}
 
 
 def print_tables(rows: list[dict[str, Any]], offline: list[dict[str, Any]], load: str,
@@ -157,6 +172,18 @@ def print_tables(rows: list[dict[str, Any]], offline: list[dict[str, Any]], load
             cells = {k: f"{n} samples: {ok / n:.3f}" + (f" (offline {ref[k]:.3f})" if k in ref else "")
                      for k, (n, ok) in entry["by_k"].items() if n}
             lines.append(f"| {config} | {method} | " + " | ".join(cells.get(k, "") for k in range(7)) + " |")
+        lines += ["", "Resilient, by k missing and whether a part lost every student that carries it (a part is "
+                  "carried by students i with i mod M = part): samples and live accuracy", "",
+                  "| configuration | k | every part still carried | a part lost |", "|---|---|---|---|"]
+        for (config, method), entry in sorted(by_k.items()):
+            if method != "resilient":
+                continue
+            for k in sorted({k for k, _ in entry["part_lost"]}):
+                cells = []
+                for lost in (False, True):
+                    n, ok = entry["part_lost"].get((k, lost), (0, 0))
+                    cells.append(f"{n} samples: {ok / n:.3f}" if n else "–")
+                lines.append(f"| {config} | {k} | {cells[0]} | {cells[1]} |")
         lines += ["", "Parts missing at the edge, against the outage process's 1 − a (every finished run)", "",
                   "| configuration | method | " + " | ".join(f"a={a:g}" for a in (1.0, 0.95, 0.9, 0.8, 0.6)) + " |",
                   "|---|---|" + "---|" * 5]
