@@ -69,7 +69,7 @@ def sweep_command(path: Path, *, inventory: str | None, benches: list[str] | Non
         result, code = stop.result, 130
     if code == 0 and result.failed:
         code = 1
-    print(f"sweep {spec.name}: {result.points} points, {result.done} done, {result.skipped} skipped (done "
+    print(f"sweep {spec.name}: {_count(result.points, 'point')}, {result.done} done, {result.skipped} skipped (done "
           f"before), {result.failed} failed, {result.interrupted} interrupted, {result.pending} not run"
           f"\nsweep folder: {result.sweep_dir} (points.csv, sweep.json; testbed report {result.sweep_dir})",
           file=sys.stderr)
@@ -77,6 +77,10 @@ def sweep_command(path: Path, *, inventory: str | None, benches: list[str] | Non
         sys.stdout.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
         sys.stdout.flush()
     return code
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _dry_run(points: list[Any], benches: list[Path], *, as_json: bool) -> int:
@@ -183,7 +187,8 @@ class _Display:
         if kind == "plan":
             self.benches = max(1, int(details["benches"]))
             self.set_total(int(details["todo"]))
-            self.say(f"{details['points']} points, {details['todo']} to run on {details['benches']} bench(es)")
+            self.say(f"{_count(details['points'], 'point')}, {details['todo']} to run on "
+                     f"{_count(details['benches'], 'bench', 'benches')}")
         elif kind == "skip":
             self.say(f"skip {point.label}: finished before")
         elif kind == "start":
