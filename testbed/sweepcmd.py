@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -150,13 +151,21 @@ class _Display:
         self._tail: _Tail | None = None
 
     def __enter__(self) -> _Display:
+        # A copy of stderr taken now: a bundle build in this process sends fd 2 to its build log
+        # (testbed.partition.build), and the other benches' lines must still reach the terminal.
+        try:
+            self.stream: Any = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8",
+                                         errors="replace")
+            self._own = True
+        except (AttributeError, OSError, ValueError):   # stderr without a descriptor (captured)
+            self.stream, self._own = sys.stderr, False
         if self.live:
             from rich.console import Console, Group
             from rich.live import Live
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             from testbed.dashboard import render
-            self.console = Console(stderr=True)
+            self.console = Console(file=self.stream)
             self.bar = Progress(TextColumn("sweep {task.description}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total} points"), TimeElapsedColumn(),
                                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
@@ -174,14 +183,16 @@ class _Display:
             self._tail.close()
         if self._live is not None:
             self._live.__exit__(None, None, None)
+        if self._own:
+            self.stream.close()
 
     def say(self, line: str) -> None:
         with self._say_lock:   # benches report from their own threads: one whole line at a time
             if self._live is not None:
                 self._live.console.print(line, markup=False, highlight=False)
             else:
-                sys.stderr.write(line + "\n")
-                sys.stderr.flush()
+                self.stream.write(line + "\n")
+                self.stream.flush()
 
     def event(self, kind: str, point: Any, details: Mapping[str, Any]) -> None:
         if kind == "plan":
