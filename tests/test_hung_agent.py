@@ -1,0 +1,256 @@
+"""A whole run survives a hung agent: alive, but no longer answering (#13).
+
+The demo bench (wrist over serial, chest over BLE, ankle over MQTT, the edge) runs from the CLI.
+Once results come in, the test SIGSTOPs one board's agent process and leaves it stopped: it
+holds its sockets, its pty and its BLE connection, but reads, sends and answers nothing, not even
+the broker's keepalive. The run must not wait on it:
+
+- a hung wearable: the edge merges without its part, so every later sample is partial (that
+  board missing) or timed out, never lost; accuracy is still computed; the broker drops the
+  silent client after its keepalive and publishes its last will, so the board is reported
+  ``offline`` (each wearable in turn: its link is serial over a pty, BLE through bumble's
+  controllers or MQTT, and each leaves the edge's end of it differently);
+- a hung edge: no result comes, every later sample times out on the orchestrator's clock and
+  the run still ends by itself.
+
+Either way every triggered sample is accounted for, the run ends ``finished``, and the run's
+teardown kills the stopped agent (SIGKILL reaches a stopped process; SIGTERM waits for a
+SIGCONT that never comes): no process the run started is left behind, stopped or not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                 reason="needs /proc to find the run's agent processes")]
+
+T = TypeVar("T")
+# 8 s at 20 Hz. The agent stops before sample N - 20 (``_hang`` checks), so from the stop to the
+# end of the run's wait for its agents to stop (testbed.orchestrator: _stop_agents, 15 s) is longer
+# than the broker's keepalive (1.5 x nodes.mqtt's 10 s): the last will "offline" comes within the run.
+N = 160
+
+
+def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Popen[str],
+               timeout: float = 300.0) -> T:
+    """``cond()``'s first truthy value; fails if the run ends first or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)   # polling files and /proc that other processes write: no event to wait on
+
+
+def _events(run_dir: Path) -> list[dict]:
+    """The run's events so far (a line being written is left for the next look)."""
+    out = []
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, parent pid, start time in clock ticks) of ``pid``; None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) is not None:
+            out[int(entry.name)] = st
+    return out
+
+
+def _descendants(root: int) -> set[tuple[int, int]]:
+    """Every live process under ``root``, as (pid, start time) so a reused pid is not mistaken."""
+    procs = _processes()
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (_, ppid, start) in procs.items():
+            if ppid == parent and (pid, start) not in found:
+                found.add((pid, start))
+                todo.append(pid)
+    return found
+
+
+def _alive(pid: int, start: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[2] == start
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _agent_pid(run: int, run_dir: Path, board: str) -> int:
+    """The pid of ``board``'s agent: a child of the run whose command line is
+    ``... -m nodes.agent --config <run_dir>/boards/<board>/agent.json``."""
+    config = str((run_dir / "boards" / board / "agent.json").resolve())
+    found = [pid for pid, (_, ppid, _) in _processes().items()
+             if ppid == run and "nodes.agent" in (cmd := _cmdline(pid)) and config in cmd]
+    assert len(found) == 1, f"expected one agent of {board} under the run, found {found}"
+    return found[0]
+
+
+def _start_run(tmp_path: Path, model_cache: Path) -> subprocess.Popen[str]:
+    exp = digits_experiment(tmp_path / "exp.yaml", samples=N, rate_hz=20.0, output=tmp_path / "runs")
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    return subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
+                             "--headless", "--json"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
+
+
+def _hang(proc: subprocess.Popen[str], tmp_path: Path, board: str) -> tuple[Path, int, int, set[tuple[int, int]]]:
+    """Once 10 results are complete, SIGSTOP ``board``'s agent. Returns the run directory, the
+    agent's pid, the last sample triggered before the stop took hold, and the run's process tree
+    as it was then."""
+    def sampling() -> Path | None:
+        for ev in (tmp_path / "runs").glob("*/events.jsonl"):
+            if '"sampling_start"' in ev.read_text():
+                return ev.parent
+        return None
+    run_dir = wait_until(sampling, "sampling to start", proc=proc)
+
+    def completed() -> int:
+        return sum(1 for e in _events(run_dir) if e["type"] == "result" and e["status"] == "complete")
+    wait_until(lambda: completed() >= 10, "results before the stop", proc=proc)
+    pid = _agent_pid(proc.pid, run_dir, board)
+    started = _descendants(proc.pid)   # the agents, socat, bumble's controllers, mosquitto
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: (_proc_stat(pid) or ("?",))[0] == "T", f"{board}'s agent to stop", proc=proc)
+    before = max((e["sample"] for e in _events(run_dir) if e["type"] == "trigger"), default=-1)
+    assert before < N - 20, "the run had nearly ended before the agent stopped; raise N"
+    return run_dir, pid, before, started
+
+
+def _finish(proc: subprocess.Popen[str], run_dir: Path, pid: int,
+            started: set[tuple[int, int]]) -> tuple[dict, list[dict]]:
+    """The run's exit, its --json line and events; fails if it leaves any process it started behind."""
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    s = last_json(out)
+    alive = [(p, _cmdline(p), (_proc_stat(p) or ("?",))[0]) for p, start in started if _alive(p, start)]
+    assert not alive, f"processes of the run still alive after it ended: {alive}"
+    assert _proc_stat(pid) is None, "the stopped agent outlived the run"
+    leftovers = [p for p in _processes() if str(run_dir) in _cmdline(p)]
+    assert not leftovers, [_cmdline(p) for p in leftovers]
+    return s, read_jsonl(run_dir / "events.jsonl")
+
+
+def _accounting(s: dict, events: list[dict]) -> dict[int, dict]:
+    assert s["samples"] == s["triggered"] == N and s["not_triggered"] == 0
+    assert s["completed"] + s["timed_out"] + s["unresolved"] == s["triggered"]
+    results = {e["sample"]: e for e in events if e["type"] == "result"}
+    assert len([e for e in events if e["type"] == "result"]) == len(results), "one result per sample"
+    assert sorted(results) == list(range(N)), "every triggered sample resolved"
+    assert s["unresolved"] == 0
+    summary = json.loads((Path(s["run_dir"]) / "summary.json").read_text())
+    assert {k: summary[k] for k in ("state", "completed", "timed_out", "unresolved")} == \
+        {k: s[k] for k in ("state", "completed", "timed_out", "unresolved")}
+    return results
+
+
+def _cleanup(proc: subprocess.Popen[str], pid: int | None) -> None:
+    """After a failed check: let the stopped agent run again, Ctrl-C the run so it stops what it
+    started, and SIGKILL the agent if it is somehow still there."""
+    if pid is not None and _proc_stat(pid) is not None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    if pid is not None and _proc_stat(pid) is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("board", ["wrist", "chest", "ankle"])
+def test_a_hung_wearable_makes_later_samples_partial_and_is_killed_at_teardown(
+        tmp_path: Path, model_cache: Path, board: str) -> None:
+    proc = _start_run(tmp_path, model_cache)
+    pid: int | None = None
+    try:
+        run_dir, pid, before, started = _hang(proc, tmp_path, board)
+        s, events = _finish(proc, run_dir, pid, started)
+        assert s["state"] == "finished" and s["stopped"] is None, s.get("stopped")
+        results = _accounting(s, events)
+        after = [results[sid] for sid in range(before + 1, N)]
+        kinds = [(r["status"], tuple(r["missing"])) for r in after]
+        assert not any(st == "complete" for st, _ in kinds), f"a sample completed with {board} stopped: {kinds}"
+        partial = [r for r in after if r["status"] == "partial"]
+        assert partial, f"no sample after the stop was merged without {board}: {kinds}"
+        assert all(r["missing"] == [board] for r in partial), kinds
+        assert all(board not in r["arrived"] for r in partial)
+        assert s["accuracy"] is not None and s["accuracy_partial"] is not None
+        assert s["partial"] >= len(partial)
+        # the broker dropped the silent client after its keepalive and published its last will
+        boards = {b["name"]: b for b in s["boards"]}
+        assert boards[board]["status"] == "offline", boards[board]
+        assert boards[board]["samples"] <= before + 1
+        assert all(b["status"] == "stopped" for name, b in boards.items() if name != board), boards
+        assert any(e["type"] == "status" and e.get("board") == board and e.get("state") == "offline"
+                   for e in events)
+        assert not any(e["type"] in ("aborted", "interrupted") for e in events)
+    finally:
+        _cleanup(proc, pid)
+
+
+def test_a_hung_edge_times_samples_out_and_the_run_still_ends(tmp_path: Path, model_cache: Path) -> None:
+    proc = _start_run(tmp_path, model_cache)
+    pid: int | None = None
+    try:
+        run_dir, pid, before, started = _hang(proc, tmp_path, "edge")
+        s, events = _finish(proc, run_dir, pid, started)
+        # the run's own timeout logic ends it: nothing waits on the edge, nothing aborts
+        assert s["state"] == "finished" and s["stopped"] is None, s.get("stopped")
+        assert not any(e["type"] in ("aborted", "interrupted") for e in events)
+        results = _accounting(s, events)
+        after = [results[sid]["status"] for sid in range(before + 1, N)]
+        assert set(after) == {"timed_out"}, f"with the edge stopped no result can come: {after}"
+        assert s["timed_out"] >= len(after)
+        assert s["late_results"] == sum(e["type"] == "late_result" for e in events)
+        boards = {b["name"]: b for b in s["boards"]}
+        assert boards["edge"]["status"] == "offline", boards["edge"]
+        assert all(b["status"] == "stopped" for name, b in boards.items() if name != "edge"), boards
+    finally:
+        _cleanup(proc, pid)
