@@ -338,10 +338,15 @@ class _Runner:
                     child.proc.send_signal(signal.SIGINT)
 
     def kill_stragglers(self) -> None:
+        """SIGKILL a run that did not stop in time, with its process group: the run leads its own
+        group (started with process_group=0) and its agents and broker are in it."""
         with self.lock:
             for child in self.children.values():
                 if child.proc.poll() is None:
-                    child.proc.kill()
+                    try:
+                        os.killpg(child.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
 
 def _new_run_dir(runs_dir: Path, before: set[str]) -> Path | None:
