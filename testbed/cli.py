@@ -173,6 +173,12 @@ def run_loaded(inv: Any, exp: Any, args: argparse.Namespace) -> int:
     require_bundle(trusted, Path(args.bundle) if args.bundle else None)   # before a run directory is made
     console = _console(stderr=args.json)
     cache = Path(args.cache) if args.cache else default_cache_dir()
+    bundle = Path(args.bundle) if args.bundle else None
+    if getattr(args, "prepare_only", False):   # the bundle only: no boards, no run directory
+        with _Progress() as progress:
+            prepared = prepare_bundle(exp, cache_dir=cache, progress=progress, inventory=inv, bundle_dir=bundle,
+                                      threads=args.threads, say=progress.say, trusted=trusted)
+        return _print_prepared(prepared, console=console, as_json=args.json)
     run_dir = Path(exp.run.output) / f"{new_run_id()}-{exp.name}"
     with run_log(run_dir) as log:
         log.line(f"testbed run {exp.path} on {inv.path} ({exp.name}), cache {cache}")
@@ -183,9 +189,8 @@ def run_loaded(inv: Any, exp: Any, args: argparse.Namespace) -> int:
             def say(line: str) -> None:
                 log.line(line)
                 progress.say(line)
-            prepared = prepare_bundle(exp, cache_dir=cache, progress=progress, inventory=inv,
-                                      bundle_dir=Path(args.bundle) if args.bundle else None, threads=args.threads,
-                                      say=say, trusted=trusted)
+            prepared = prepare_bundle(exp, cache_dir=cache, progress=progress, inventory=inv, bundle_dir=bundle,
+                                      threads=args.threads, say=say, trusted=trusted)
         log.add_build_log(prepared.build_log)
         if prepared.signer is not None:
             console.print(f"bundle: signed by {prepared.signer.describe()}, trusted by "
@@ -220,6 +225,19 @@ def run_loaded(inv: Any, exp: Any, args: argparse.Namespace) -> int:
     _print_summary(console, summary)
     if args.json:
         sys.stdout.write(json.dumps(summary, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _print_prepared(prepared: Any, *, console: Any, as_json: bool) -> int:
+    """--prepare-only: the bundle the run would deploy, built or loaded, and nothing run."""
+    tr = prepared.training
+    console.print(f"bundle {prepared.bundle_dir}: {'loaded from the cache' if tr.get('cached') else 'built'}, "
+                  f"offline test accuracy {tr['test_accuracy']:.4f}", markup=False)
+    if as_json:
+        doc = {"bundle_dir": str(prepared.bundle_dir), "cached": bool(tr.get("cached")),
+               "test_accuracy": tr["test_accuracy"], "method": prepared.manifest.get("method")}
+        sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
         sys.stdout.flush()
     return 0
 
@@ -496,6 +514,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--bundle", help="deploy this bundle directory (from `testbed partition`) instead of building one")
     _add_require_signed(p)
     _add_threads_option(p)
+    p.add_argument("--prepare-only", action="store_true",
+                   help="build (or load from the cache) the bundle this run would deploy, then stop: no boards, "
+                        "no run directory (with --json: its folder as JSON)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set an experiment key (dotted, e.g. run.deadline_ms=200 or partition.method=nonn; the value "
                         "is YAML), checked by the file's rules; repeatable")

@@ -60,12 +60,11 @@ def sweep_command(path: Path, *, inventory: str | None, benches: list[str] | Non
     # and the runs it starts then inherit SIGINT at its default, so a forwarded one stops them.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     display = _Display(live=not headless and sys.stderr.isatty())
-    prepare = _Preparer(spec, bench_paths, cache_dir=cache_dir, threads=threads, say=display.say)
     code = 0
     try:
         with display:
             result = run_sweep(spec, benches=bench_paths, sweep_dir=sweep_dir, cache_dir=cache_dir, threads=threads,
-                               on_event=display.event, prepare=prepare)
+                               on_event=display.event)
     except SweepInterrupted as stop:
         result, code = stop.result, 130
     if code == 0 and result.failed:
@@ -93,46 +92,6 @@ def _dry_run(points: list[Any], benches: list[Path], *, as_json: bool) -> int:
                            [str(benches[i]) for i in p.benches], "set": p.set_args()} for p in points]}
         sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
     return 0
-
-
-class _Preparer:
-    """Builds each bundle the points need once, before any point runs (the runs then load it
-    from the cache), and returns its manifest for the offline expectation."""
-
-    def __init__(self, spec: Any, benches: list[Path], *, cache_dir: Path, threads: int | None,
-                 say: Any) -> None:
-        self.spec, self.benches, self.cache_dir, self.threads, self.say = spec, benches, cache_dir, threads, say
-        self.done: dict[str, dict[str, Any]] = {}
-
-    def __call__(self, point: Any) -> Mapping[str, Any] | None:
-        from testbed.config import load_experiment, load_inventory
-        from testbed.report.sweep import bundle_identity
-
-        exp = load_experiment(self.spec.experiment, overrides=point.experiment_overrides, sources=point.sources)
-        inv = load_inventory(self.benches[point.benches[0]], overrides=point.inventory_overrides,
-                             sources=point.sources)
-        ident = bundle_identity(point, exp) + (json.dumps([l.profile.rate_bps for l in inv.links])
-                                               if exp.partition is not None and exp.partition.method == "layer"
-                                               else "")
-        if ident not in self.done:
-            from testbed.orchestrator import prepare_bundle
-
-            self.say(f"bundle {len(self.done) + 1}: {point.label} ({exp.dataset.name}, {exp.students} students, "
-                     f"{point.describe['method']}, seed {exp.seed})")
-            t0 = time.monotonic()
-            prepared = prepare_bundle(exp, cache_dir=self.cache_dir, inventory=inv, progress=self._progress,
-                                      threads=self.threads, say=self.say)
-            cached = prepared.training.get("cached")
-            self.say(f"  {'loaded from the cache' if cached else 'built'} in {time.monotonic() - t0:.1f} s: "
-                     f"offline accuracy {prepared.training.get('test_accuracy', float('nan')):.4f}")
-            self.done[ident] = prepared.manifest
-        return self.done[ident]
-
-    def _progress(self, phase: str, step: int, total: int, loss: float | None = None) -> None:
-        now = time.monotonic()
-        if step == total or now - getattr(self, "_last", 0.0) >= 10.0:
-            self._last = now
-            self.say(f"  training {phase}: {step}/{total} steps")
 
 
 class _Display:
@@ -200,6 +159,10 @@ class _Display:
             self.set_total(int(details["todo"]))
             self.say(f"{_count(details['points'], 'point')}, {details['todo']} to run on "
                      f"{_count(details['benches'], 'bench', 'benches')}")
+        elif kind == "prepare":
+            self.say(f"bundle for {point.label}")
+        elif kind == "say":
+            self.say(str(details["line"]))
         elif kind == "skip":
             self.say(f"skip {point.label}: finished before")
         elif kind == "start":

@@ -159,6 +159,13 @@ def test_run_set_makes_one_point_by_hand_and_bad_values_name_the_flag(tmp_path: 
     assert summary["samples"] == 12
     run_start = json.loads((tmp_path / summary["run_dir"] / "events.jsonl").read_text().splitlines()[0])
     assert [l["rate_bps"] for l in run_start["links"]] == [164000, 1312500]
+    # --prepare-only: the bundle this run deploys, from the cache, and nothing run
+    prep = run_cli("run", "exp.yaml", "--inventory", "bench-x.yaml", "--set", "run.samples=12", "--prepare-only",
+                   "--json", "--output", "p", cache=model_cache, cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    doc = last_json(prep.stdout)
+    assert doc["cached"] is True and (Path(doc["bundle_dir"]) / "manifest.json").is_file()
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_folder_that_is_not_the_sweeps_own_is_refused(tmp_path: Path, model_cache: Path) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from linkemu.errors import HarnessError
+from testbed.config import load_experiment, load_inventory
 from testbed.errors import ConfigError
 from testbed.report.grid import Point, SweepSpec, canonical_experiment, expand
 
@@ -237,7 +237,7 @@ class _Runner:
 
     def __init__(self, book: _Book, *, todo: list[Point], benches: Sequence[Path], command: Callable[..., list[str]],
                  on_event: Callable[[str, Point, dict[str, Any]], None],
-                 prepare: Callable[[Point], Mapping[str, Any] | None] | None = None) -> None:
+                 identity: Callable[[Point], str] | None = None) -> None:
         self.book = book
         self.todo = list(todo)
         self.benches = benches
@@ -246,8 +246,9 @@ class _Runner:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.children: dict[int, _Child] = {}
-        self.prepare = prepare
+        self.identity = identity          # None: each run builds its own bundle
         self.prepare_lock = threading.Lock()
+        self.manifests: dict[str, dict[str, Any]] = {}
 
     def _next(self, bench: int) -> Point | None:
         with self.lock:
@@ -263,24 +264,56 @@ class _Runner:
                 return
             self._run_point(point, bench)
 
-    def _prepared(self, point: Point) -> str | None:
-        """Build or load the point's bundle (one at a time); the error that stops it, if any."""
-        if self.prepare is None:
+    def _prepared(self, point: Point, bench: int) -> str | None:
+        """Build or load the point's bundle, one at a time, in a ``testbed run --prepare-only``
+        child (its own process group: Ctrl-C is forwarded to it; its output is its own, so a
+        build's log never swallows the sweep's lines); the error that stops it, if any."""
+        if self.identity is None:
             return None
         with self.prepare_lock:
             if self.stop.is_set():
                 return "stopped before it ran"
-            self.on_event("prepare", point, {})
-            try:
-                manifest = self.prepare(point)
-            except HarnessError as exc:
-                return str(exc)
-        if manifest is not None:
-            self.book.set_offline(point.key, offline_expected_accuracy(manifest, float(point.describe["availability"])))
+            ident = self.identity(point)
+            if ident not in self.manifests:
+                self.on_event("prepare", point, {})
+                error = self._build(point, bench, ident)
+                if error is not None:
+                    return error
+        manifest = self.manifests[ident]
+        self.book.set_offline(point.key, offline_expected_accuracy(manifest, float(point.describe["availability"])))
+        return None
+
+    def _build(self, point: Point, bench: int, ident: str) -> str | None:
+        argv = self.command(point, self.benches[bench], None)
+        with self.lock:
+            if self.stop.is_set():
+                return "stopped before it ran"
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    text=True, process_group=0)
+            self.children[-1 - bench] = _Child(proc=proc, point=point, bench=bench, runs_dir=self.book.root)
+        lines: list[str] = []
+        try:
+            assert proc.stderr is not None and proc.stdout is not None
+            for line in proc.stderr:
+                lines.append(line.rstrip())
+                self.on_event("say", point, {"line": "  " + line.rstrip()})
+            out = proc.stdout.read()
+            code = proc.wait()
+        finally:
+            with self.lock:
+                self.children.pop(-1 - bench, None)
+        if code != 0:
+            errors = [ln for ln in lines if ln.startswith("testbed: error:")]
+            return "stopped before it ran" if code == 130 else ((errors or lines or [f"exit {code}"])[-1])
+        try:
+            doc = json.loads([ln for ln in out.splitlines() if ln.strip()][-1])
+            self.manifests[ident] = json.loads((Path(doc["bundle_dir"]) / "manifest.json").read_text())
+        except (IndexError, KeyError, OSError, ValueError) as exc:
+            return f"the bundle's manifest could not be read ({exc})"
         return None
 
     def _run_point(self, point: Point, bench: int) -> None:
-        if (error := self._prepared(point)) is not None:
+        if (error := self._prepared(point, bench)) is not None:
             if self.stop.is_set():
                 with self.lock:
                     self.todo.insert(0, point)
@@ -379,13 +412,13 @@ ProgressFn = Callable[[str, Point | None, Mapping[str, Any]], None]
 
 def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cache_dir: Path,
               threads: int | None = None, on_event: ProgressFn | None = None,
-              prepare: Callable[[Point], Mapping[str, Any] | None] | None = None) -> SweepResult:
+              prepare: bool = True) -> SweepResult:
     """Run every point of ``spec`` that has no finished run; see the module docstring.
 
-    ``prepare`` builds (or loads from the cache) a point's bundle just before the point runs, one
-    point at a time whatever the benches (training in parallel would only share the cores), and
-    returns its manifest (for the offline expectation); None leaves the build to the run.
-    ``on_event`` hears ("skip" | "plan" | "prepare" | "start" | "end", point, details); "plan"
+    ``prepare`` builds (or loads from the cache) a point's bundle just before the point runs
+    (``testbed run --prepare-only``), one at a time whatever the benches (training in parallel
+    would only share the cores), for its offline expectation; False leaves the build to the run.
+    ``on_event`` hears ("skip" | "plan" | "prepare" | "say" | "start" | "end", point, details); "plan"
     (point None) gives the number of points to run. SIGINT must not be ignored in this process
     (the CLI sets its handler): the runs inherit its disposition, and Ctrl-C is forwarded to them.
     """
@@ -404,10 +437,21 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
     event("plan", None, {"points": len(points), "todo": len(todo),
                          "benches": len({b for p in todo for b in p.benches})})
 
-    def command(point: Point, bench: Path, runs_dir: Path) -> list[str]:
-        argv = [sys.executable, "-m", "testbed", "run", str(spec.experiment), "--inventory", str(bench),
-                "--headless", "--json", "--output", str(runs_dir), "--cache", str(cache_dir), *point.set_args()]
+    def command(point: Point, bench: Path, runs_dir: Path | None) -> list[str]:
+        """The point's ``testbed run`` (None: ``--prepare-only``, its bundle only)."""
+        where = ["--prepare-only"] if runs_dir is None else ["--headless", "--output", str(runs_dir)]
+        argv = [sys.executable, "-m", "testbed", "run", str(spec.experiment), "--inventory", str(bench), "--json",
+                *where, "--cache", str(cache_dir), *point.set_args()]
         return argv + (["--threads", str(threads)] if threads else [])
+
+    def identity(point: Point) -> str:
+        exp = load_experiment(spec.experiment, overrides=point.experiment_overrides, sources=point.sources)
+        ident = bundle_identity(exp)
+        if exp.partition is not None and exp.partition.method == "layer":   # its cut depends on the links
+            inv = load_inventory(benches[point.benches[0]], overrides=point.inventory_overrides,
+                                 sources=point.sources)
+            ident += json.dumps([l.profile.as_dict() for l in inv.links], sort_keys=True, default=str)
+        return ident
 
     def hear(kind: str, point: Point, details: dict[str, Any]) -> None:
         if kind == "end":
@@ -418,7 +462,8 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
                 result.interrupted += state == "interrupted"
         event(kind, point, details)
 
-    runner = _Runner(book, todo=todo, benches=benches, command=command, on_event=hear, prepare=prepare)
+    runner = _Runner(book, todo=todo, benches=benches, command=command, on_event=hear,
+                     identity=identity if prepare else None)
     used = sorted({b for p in todo for b in p.benches})
     # Finished workers are counted by an event, not by Thread.join: a join that Ctrl-C interrupts
     # marks a still running thread as stopped (CPython 3.11), and the sweep would stop waiting.
@@ -469,7 +514,7 @@ class SweepInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def bundle_identity(point: Point, exp: Any) -> str:
+def bundle_identity(exp: Any) -> str:
     """Which points share a bundle: the experiment without its run, faults and assignment."""
     d = canonical_experiment(exp)
     for k in ("run", "faults", "assignment", "name"):
