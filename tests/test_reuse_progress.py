@@ -118,14 +118,16 @@ def test_run_uses_the_bundle_partition_wrote_and_says_when_it_cannot(tmp_path: P
     assert "as testbed partition wrote it" in (run_dir / "testbed.log").read_text()
 
     # another effective configuration: the written bundle is not used, and the run says so in one line
+    # (its own empty cache: another test of the session may have trained this configuration with 2 threads)
+    fresh = tmp_path / "cache-2-threads"
     proc = run_cli("run", str(path), "--headless", "--json", "--samples", "5", "--threads", "2",
-                   "--output", str(tmp_path / "runs"), cache=model_cache, cwd=tmp_path)
+                   "--output", str(tmp_path / "runs"), cache=fresh, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
     said = [ln for ln in proc.stderr.splitlines() if "bundles/tiny-part" in ln]
     assert len(said) == 1 and "built from another configuration (numerics.threads: 1 -> 2), not used" in said[0]
     run_json = json.loads((Path(s["run_dir"]) / "run.json").read_text())
-    assert run_json["bundle"]["dir"].startswith(str(model_cache / "partition-"))
+    assert run_json["bundle"]["dir"].startswith(str(fresh / "partition-"))
     assert run_json["bundle"]["config_key"] != written["bundle_key"]
     assert "teacher done" in proc.stderr        # a run on an empty cache (for 2 threads) talks while it trains
 
