@@ -69,13 +69,23 @@ def run_sweep(sweep_file: Path, out: Path) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def _described(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    """points.csv rows by key: the description the sweep wrote last (a point's record may be older)."""
+    import csv
+    with open(sweep_dir / "points.csv", encoding="utf-8") as fh:
+        return {row["key"]: row for row in csv.DictReader(fh)}
+
+
 def offline_tables(sweep_dir: Path) -> list[dict[str, Any]]:
     """Per configuration and method: the bundles' k-failure table (mean over the seeds' bundles of
     the mean and of the worst accuracy with k failed students), read from the runs' run.json."""
     seen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    described = _described(sweep_dir)
     for rec_path in sorted((sweep_dir / "points").glob("*.json")):
         rec = json.loads(rec_path.read_text())
-        d = rec.get("describe") or {}
+        d = described.get(rec.get("key", ""))
+        if d is None:
+            continue
         runs = [a for a in rec.get("attempts", []) if a.get("state") == "finished" and a.get("run_dir")]
         if not runs:
             continue
@@ -83,7 +93,7 @@ def offline_tables(sweep_dir: Path) -> list[dict[str, Any]]:
         evaluation = (run_json.get("bundle") or {}).get("evaluation") or {}
         key = (f"{d.get('dataset')} S={d.get('students')} M={d.get('parts')}", str(d.get("method")))
         per_seed = seen.setdefault(key, {})
-        per_seed[int(d.get("seed", 0))] = {int(r["k"]): (r["mean"], r["worst"]) for r in evaluation.get("resilience", [])}
+        per_seed[int(d.get("seed") or 0)] = {int(r["k"]): (r["mean"], r["worst"]) for r in evaluation.get("resilience", [])}
     out = []
     for (config, method), seeds in sorted(seen.items()):
         ks = sorted(set.intersection(*(set(t) for t in seeds.values())))
@@ -98,9 +108,12 @@ def live_by_k(sweep_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
     parts were missing at the edge (k), with their live accuracy; and per availability the
     fraction of parts missing, against the 1 − a the outage process was set to."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    described = _described(sweep_dir)
     for rec_path in sorted((sweep_dir / "points").glob("*.json")):
         rec = json.loads(rec_path.read_text())
-        d = rec.get("describe") or {}
+        d = described.get(rec.get("key", ""))
+        if d is None:
+            continue
         runs = [a for a in rec.get("attempts", []) if a.get("state") == "finished" and a.get("run_dir")]
         if not runs:
             continue
@@ -110,7 +123,7 @@ def live_by_k(sweep_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
         run_json = json.loads((sweep_dir / runs[-1]["run_dir"] / "run.json").read_text())
         student_of = _students_of(run_json)
         m = int(d.get("parts") or s) if d.get("method") == "resilient" else s
-        lost = entry["missing"].setdefault(float(d.get("availability", 1.0)), [0, 0])
+        lost = entry["missing"].setdefault(float(d.get("availability") or 1.0), [0, 0])
         for line in (sweep_dir / runs[-1]["run_dir"] / "events.jsonl").read_text().splitlines():
             if '"type":"result"' not in line:
                 continue
