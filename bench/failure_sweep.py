@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 from statistics import mean
+from collections.abc import Iterator
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,20 +77,23 @@ def _described(sweep_dir: Path) -> dict[str, dict[str, str]]:
         return {row["key"]: row for row in csv.DictReader(fh)}
 
 
-def offline_tables(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Per configuration and method: the bundles' k-failure table (mean over the seeds' bundles of
-    the mean and of the worst accuracy with k failed students), read from the runs' run.json."""
-    seen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+def _finished_runs(sweep_dir: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    """(the point's points.csv row, its finished run directory) for every point that finished."""
     described = _described(sweep_dir)
     for rec_path in sorted((sweep_dir / "points").glob("*.json")):
         rec = json.loads(rec_path.read_text())
         d = described.get(rec.get("key", ""))
-        if d is None:
-            continue
         runs = [a for a in rec.get("attempts", []) if a.get("state") == "finished" and a.get("run_dir")]
-        if not runs:
-            continue
-        run_json = json.loads((sweep_dir / runs[-1]["run_dir"] / "run.json").read_text())
+        if d is not None and runs:
+            yield d, sweep_dir / runs[-1]["run_dir"]
+
+
+def offline_tables(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Per configuration and method: the bundles' k-failure table (mean over the seeds' bundles of
+    the mean and of the worst accuracy with k failed students), read from the runs' run.json."""
+    seen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for d, run_dir in _finished_runs(sweep_dir):
+        run_json = json.loads((run_dir / "run.json").read_text())
         evaluation = (run_json.get("bundle") or {}).get("evaluation") or {}
         key = (f"{d.get('dataset')} S={d.get('students')} M={d.get('parts')}", str(d.get("method")))
         per_seed = seen.setdefault(key, {})
@@ -108,23 +112,15 @@ def live_by_k(sweep_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
     parts were missing at the edge (k), with their live accuracy; and per availability the
     fraction of parts missing, against the 1 − a the outage process was set to."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    described = _described(sweep_dir)
-    for rec_path in sorted((sweep_dir / "points").glob("*.json")):
-        rec = json.loads(rec_path.read_text())
-        d = described.get(rec.get("key", ""))
-        if d is None:
-            continue
-        runs = [a for a in rec.get("attempts", []) if a.get("state") == "finished" and a.get("run_dir")]
-        if not runs:
-            continue
+    for d, run_dir in _finished_runs(sweep_dir):
         s = int(d.get("students", 0))
         entry = out.setdefault((f"{d.get('dataset')} S={s} M={d.get('parts')}", str(d.get("method"))),
                                {"by_k": {}, "missing": {}, "part_lost": {}})
-        run_json = json.loads((sweep_dir / runs[-1]["run_dir"] / "run.json").read_text())
+        run_json = json.loads((run_dir / "run.json").read_text())
         student_of = _students_of(run_json)
         m = int(d.get("parts") or s) if d.get("method") == "resilient" else s
         lost = entry["missing"].setdefault(float(d.get("availability") or 1.0), [0, 0])
-        for line in (sweep_dir / runs[-1]["run_dir"] / "events.jsonl").read_text().splitlines():
+        for line in (run_dir / "events.jsonl").read_text().splitlines():
             if '"type":"result"' not in line:
                 continue
             ev = json.loads(line)

@@ -17,83 +17,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from runwatch import alive, cmdline, descendants, processes, run_events, wait_until
 from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
 from testbed.broker import wait_listening
 
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
                                                 if Path(p).exists()), None)
-T = TypeVar("T")
-
-
-def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Popen[str],
-               timeout: float = 300.0) -> T:
-    """``cond()``'s first truthy value; fails if the run ends first or ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)   # polling a file another process writes: no event to wait on
-
-
-def _events(run_dir: Path) -> list[dict]:
-    """The run's events so far (a line being written is left for the next look)."""
-    out = []
-    for line in (run_dir / "events.jsonl").read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of ``pid``, None when it is gone (or a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[1]), int(fields[19])
-
-
-def _processes() -> dict[int, tuple[int, int]]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) is not None:
-            out[int(entry.name)] = st
-    return out
-
-
-def _descendants(root: int) -> set[tuple[int, int]]:
-    """Every live process under ``root``, as (pid, start time) so a reused pid is not mistaken."""
-    procs = _processes()
-    found, todo = set(), [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, start) in procs.items():
-            if ppid == parent and (pid, start) not in found:
-                found.add((pid, start))
-                todo.append(pid)
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _refuses(host: str, port: int) -> bool:
@@ -129,16 +62,16 @@ def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path:
         assert "allow_anonymous false" in conf.read_text()
 
         def completed() -> int:
-            return sum(1 for e in _events(run_dir) if e["type"] == "result" and e["status"] == "complete")
+            return sum(1 for e in run_events(run_dir) if e["type"] == "result" and e["status"] == "complete")
         wait_until(lambda: completed() >= 10, "results before the kill", proc=proc)
-        first = [pid for pid, (ppid, _) in _processes().items()
-                 if ppid == proc.pid and str(conf) in _cmdline(pid)]
+        first = [pid for pid, (_, ppid, _) in processes().items()
+                 if ppid == proc.pid and str(conf) in cmdline(pid)]
         assert len(first) == 1, f"expected the run's one mosquitto, found {first}"
         os.kill(first[0], signal.SIGKILL)
         wait_until(lambda: _refuses(host, port), "the broker's port to close", proc=proc)
 
         def triggered() -> int:
-            return max((e["sample"] for e in _events(run_dir) if e["type"] == "trigger"), default=-1)
+            return max((e["sample"] for e in run_events(run_dir) if e["type"] == "trigger"), default=-1)
         down_at = triggered()   # the broker stays down longer than timeout_ms (40 samples at 20 Hz: 2 s)
         wait_until(lambda: triggered() >= down_at + 40, "samples triggered with the broker down", proc=proc)
         # the same config: same port, same password file and ACL, so the run's users log in again
@@ -148,7 +81,7 @@ def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path:
         wait_listening(host, port, timeout=15.0, proc=second)
         up_at = triggered()
         assert up_at < n - 1, "the run ended its sampling before the broker came back; raise n"
-        started = _descendants(proc.pid)   # the agents, link helpers and everything else the run started
+        started = descendants(proc.pid)   # the agents, link helpers and everything else the run started
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
         s = last_json(out)
@@ -178,11 +111,11 @@ def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path:
         stale = sorted(set(late) & set(expired))
         assert not stale, f"late results of samples whose timeout passed while the broker was down: {stale}"
         # nothing the run started outlives it (only the broker this test started is still up)
-        alive = {(pid, start) for pid, start in started if (_proc_stat(pid) or (0, -1))[1] == start}
-        assert not alive, [_cmdline(pid) for pid, _ in alive]
+        left = {(pid, start) for pid, start in started if alive(pid, start)}
+        assert not left, [cmdline(pid) for pid, _ in left]
         assert second is not None and second.poll() is None
-        leftovers = [pid for pid in _processes() if pid != second.pid and str(run_dir) in _cmdline(pid)]
-        assert not leftovers, [_cmdline(pid) for pid in leftovers]
+        leftovers = [pid for pid in processes() if pid != second.pid and str(run_dir) in cmdline(pid)]
+        assert not leftovers, [cmdline(pid) for pid in leftovers]
     finally:
         if proc.poll() is None:   # a failed check: Ctrl-C lets the run stop what it started
             proc.send_signal(signal.SIGINT)

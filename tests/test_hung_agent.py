@@ -24,101 +24,29 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from runwatch import alive, cmdline, descendants, proc_stat, processes, run_events, wait_until
 from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                  reason="needs /proc to find the run's agent processes")]
 
-T = TypeVar("T")
 # 8 s at 20 Hz. The agent stops before sample N - 20 (``_hang`` checks), so from the stop to the
 # end of the run's wait for its agents to stop (testbed.orchestrator: _stop_agents, 15 s) is longer
 # than the broker's keepalive (1.5 x nodes.mqtt's 10 s): the last will "offline" comes within the run.
 N = 160
 
 
-def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Popen[str],
-               timeout: float = 300.0) -> T:
-    """``cond()``'s first truthy value; fails if the run ends first or ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)   # polling files and /proc that other processes write: no event to wait on
-
-
-def _events(run_dir: Path) -> list[dict]:
-    """The run's events so far (a line being written is left for the next look)."""
-    out = []
-    for line in (run_dir / "events.jsonl").read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, parent pid, start time in clock ticks) of ``pid``; None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _processes() -> dict[int, tuple[str, int, int]]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) is not None:
-            out[int(entry.name)] = st
-    return out
-
-
-def _descendants(root: int) -> set[tuple[int, int]]:
-    """Every live process under ``root``, as (pid, start time) so a reused pid is not mistaken."""
-    procs = _processes()
-    found, todo = set(), [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (_, ppid, start) in procs.items():
-            if ppid == parent and (pid, start) not in found:
-                found.add((pid, start))
-                todo.append(pid)
-    return found
-
-
-def _alive(pid: int, start: int) -> bool:
-    st = _proc_stat(pid)
-    return st is not None and st[2] == start
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _agent_pid(run: int, run_dir: Path, board: str) -> int:
     """The pid of ``board``'s agent: a child of the run whose command line is
     ``... -m nodes.agent --config <run_dir>/boards/<board>/agent.json``."""
     config = str((run_dir / "boards" / board / "agent.json").resolve())
-    found = [pid for pid, (_, ppid, _) in _processes().items()
-             if ppid == run and "nodes.agent" in (cmd := _cmdline(pid)) and config in cmd]
+    found = [pid for pid, (_, ppid, _) in processes().items()
+             if ppid == run and "nodes.agent" in (cmd := cmdline(pid)) and config in cmd]
     assert len(found) == 1, f"expected one agent of {board} under the run, found {found}"
     return found[0]
 
@@ -144,13 +72,13 @@ def _hang(proc: subprocess.Popen[str], tmp_path: Path, board: str) -> tuple[Path
     run_dir = wait_until(sampling, "sampling to start", proc=proc)
 
     def completed() -> int:
-        return sum(1 for e in _events(run_dir) if e["type"] == "result" and e["status"] == "complete")
+        return sum(1 for e in run_events(run_dir) if e["type"] == "result" and e["status"] == "complete")
     wait_until(lambda: completed() >= 10, "results before the stop", proc=proc)
     pid = _agent_pid(proc.pid, run_dir, board)
-    started = _descendants(proc.pid)   # the agents, socat, bumble's controllers, mosquitto
+    started = descendants(proc.pid)   # the agents, socat, bumble's controllers, mosquitto
     os.kill(pid, signal.SIGSTOP)
-    wait_until(lambda: (_proc_stat(pid) or ("?",))[0] == "T", f"{board}'s agent to stop", proc=proc)
-    before = max((e["sample"] for e in _events(run_dir) if e["type"] == "trigger"), default=-1)
+    wait_until(lambda: (proc_stat(pid) or ("?",))[0] == "T", f"{board}'s agent to stop", proc=proc)
+    before = max((e["sample"] for e in run_events(run_dir) if e["type"] == "trigger"), default=-1)
     assert before < N - 20, "the run had nearly ended before the agent stopped; raise N"
     return run_dir, pid, before, started
 
@@ -161,11 +89,11 @@ def _finish(proc: subprocess.Popen[str], run_dir: Path, pid: int,
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     s = last_json(out)
-    alive = [(p, _cmdline(p), (_proc_stat(p) or ("?",))[0]) for p, start in started if _alive(p, start)]
-    assert not alive, f"processes of the run still alive after it ended: {alive}"
-    assert _proc_stat(pid) is None, "the stopped agent outlived the run"
-    leftovers = [p for p in _processes() if str(run_dir) in _cmdline(p)]
-    assert not leftovers, [_cmdline(p) for p in leftovers]
+    left = [(p, cmdline(p), (proc_stat(p) or ("?",))[0]) for p, start in started if alive(p, start)]
+    assert not left, f"processes of the run still alive after it ended: {left}"
+    assert proc_stat(pid) is None, "the stopped agent outlived the run"
+    leftovers = [p for p in processes() if str(run_dir) in cmdline(p)]
+    assert not leftovers, [cmdline(p) for p in leftovers]
     return s, read_jsonl(run_dir / "events.jsonl")
 
 
@@ -185,7 +113,7 @@ def _accounting(s: dict, events: list[dict]) -> dict[int, dict]:
 def _cleanup(proc: subprocess.Popen[str], pid: int | None) -> None:
     """After a failed check: let the stopped agent run again, Ctrl-C the run so it stops what it
     started, and SIGKILL the agent if it is somehow still there."""
-    if pid is not None and _proc_stat(pid) is not None:
+    if pid is not None and proc_stat(pid) is not None:
         try:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
@@ -197,7 +125,7 @@ def _cleanup(proc: subprocess.Popen[str], pid: int | None) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-    if pid is not None and _proc_stat(pid) is not None:
+    if pid is not None and proc_stat(pid) is not None:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
