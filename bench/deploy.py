@@ -39,7 +39,6 @@ With --json the last line of stdout is
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from linkemu.errors import HarnessError
-from testbed.errors import ConfigError, TestbedError
+from testbed.errors import ConfigError
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 RUN_LOG = "testbed.log"   # the laptop side's own log in a run directory
+STOP_WAIT_S = 15.0         # how long agents have to stop after the stop command before they are killed
 
 
 @dataclass
@@ -926,10 +927,18 @@ class Orchestrator:
         for name, agent in self._agents.items():
             if agent.poll() is None:
                 ctl.publish(topic(inv.bench, "ctl", name), json.dumps({"cmd": "stop"}), qos=1)
-        deadline = time.monotonic() + 15.0
+        deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline and any(a.poll() is None for a in self._agents.values()):
             self._drain(0.1)
         self._drain(0.3)  # final telemetry and "stopped" statuses
+        for name, agent in self._agents.items():
+            if agent.poll() is None:   # hung (or stopped by a signal): it cannot hear the stop command
+                self._event("error", board=name, error=f"{name}'s agent did not stop within {STOP_WAIT_S:g} s of "
+                                                       f"the stop command; killed (SIGKILL)")
+                try:
+                    agent.kill()
+                except Exception as exc:   # noqa: BLE001 - teardown goes on; the agent's own stop() retries
+                    self._event("error", board=name, error=f"could not kill {name}'s agent: {exc}")
 
 
 _REMOTE_LOGIN = {"password": "broker.password", "ca_file": "broker-ca.pem", "cert_file": "broker-cert.pem",

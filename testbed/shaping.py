@@ -140,7 +140,6 @@ def plan_kernel_links(inventory: Inventory, profiles: Mapping[str, LinkProfile],
     board_caps: dict[str, dict[str, Any]] = {}
 
     def caps_of(choice: ShaperChoice) -> dict[str, Any]:
-        nonlocal caps
         key = choice.board.name if choice.kind == KERNEL_SSH else ""
         if key not in board_caps:
             try:

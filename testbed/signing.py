@@ -246,8 +246,8 @@ def load_private_key(path: Path) -> LabKey:
         else:
             key = ser.load_pem_private_key(data, password=None)
     except TypeError:
-        raise ConfigError(f"is protected by a passphrase; expected an unencrypted key, kept readable by its "
-                          f"owner only", file=str(path)) from None
+        raise ConfigError("is protected by a passphrase; expected an unencrypted key, kept readable by its "
+                          "owner only", file=str(path)) from None
     except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(f"cannot be read as a private key; expected {what}", file=str(path)) from None
     except Exception as exc:   # the parser's own errors: never its message, which may quote the file

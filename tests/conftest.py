@@ -19,6 +19,22 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
+def two_wearable_inventory(*, bench: str, profile: str = "hbc-1312k") -> str:
+    """A simulated bench of two wearables (a, b) and an edge over MQTT with an embedded broker;
+    ``profile`` is a-edge's link profile (b-edge keeps hbc-1312k)."""
+    return f"""\
+bench: {bench}
+broker: {{mode: embedded}}
+boards:
+  a: {{role: wearable, kind: sim, connect: local, runtime: torch}}
+  b: {{role: wearable, kind: sim, connect: local, runtime: torch}}
+  edge: {{role: edge, kind: sim, connect: local, runtime: torch}}
+links:
+  - {{name: a-edge, from: a, to: edge, transport: {{type: mqtt}}, profile: {profile}}}
+  - {{name: b-edge, from: b, to: edge, transport: {{type: mqtt}}, profile: hbc-1312k}}
+"""
+
+
 def digits_experiment(path: Path, *, samples: int = 30, rate_hz: float = 20.0, faults: str = "",
                       deadline_ms: float = 250, timeout_ms: float = 1500, output: Path | None = None) -> Path:
     """An experiment on the demo bench with scikit-learn's digits (trains in seconds)."""

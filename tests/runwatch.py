@@ -1,18 +1,33 @@
-"""Watching a run from outside, for whole-run tests: ``wait_until`` a condition on what the run
-writes, its ``run_events`` so far, and the process table from /proc (a process's state, parent and
+"""Watching a run from outside, for whole-run tests: ``start_run`` (``testbed run --headless
+--json`` on the demo bench, as a child), ``wait_until`` a condition on what the run writes,
+``sampling_run_dir`` once it samples, its ``run_events`` so far, and the process table from /proc (a process's state, parent and
 start time, so a reused pid is not mistaken for the one started; a process tree; command lines).
 Linux only; no psutil (not a dependency).
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def start_run(exp: Path, *, cwd: Path, model_cache: Path) -> subprocess.Popen[str]:
+    """``testbed run EXP`` on the demo bench, headless with its JSON line, in the session's model
+    cache; Ctrl-C (SIGINT) stops it as a terminal's would."""
+    from conftest import DEMO_INVENTORY, ROOT, sigint_default
+
+    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    return subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
+                             "--headless", "--json"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
 
 
 def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Popen[str],
@@ -26,6 +41,16 @@ def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Pope
         assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)   # polling files and /proc that other processes write: no event to wait on
+
+
+def sampling_run_dir(runs: Path, *, proc: subprocess.Popen[str]) -> Path:
+    """The run directory under ``runs`` once its run has started sampling."""
+    def sampling() -> Path | None:
+        for ev in runs.glob("*/events.jsonl"):
+            if '"sampling_start"' in ev.read_text():
+                return ev.parent
+        return None
+    return wait_until(sampling, "sampling to start", proc=proc)
 
 
 def run_events(run_dir: Path) -> list[dict]:

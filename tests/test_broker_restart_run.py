@@ -16,13 +16,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from runwatch import alive, cmdline, descendants, processes, run_events, wait_until
-from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
+from runwatch import alive, cmdline, descendants, processes, run_events, sampling_run_dir, start_run, wait_until
+from conftest import digits_experiment, last_json, read_jsonl
 from testbed.broker import wait_listening
 
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -43,19 +42,10 @@ def _refuses(host: str, port: int) -> bool:
 def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path: Path, model_cache: Path) -> None:
     n = 160
     exp = digits_experiment(tmp_path / "exp.yaml", samples=n, rate_hz=20.0, output=tmp_path / "runs")
-    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
-                             "--headless", "--json"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
+    proc = start_run(exp, cwd=tmp_path, model_cache=model_cache)
     second: subprocess.Popen[bytes] | None = None
     try:
-        def sampling() -> Path | None:
-            for ev in (tmp_path / "runs").glob("*/events.jsonl"):
-                if '"sampling_start"' in ev.read_text():
-                    return ev.parent
-            return None
-        run_dir = wait_until(sampling, "sampling to start", proc=proc)
+        run_dir = sampling_run_dir(tmp_path / "runs", proc=proc)
         broker = json.loads((run_dir / "run.json").read_text())["broker"]
         assert broker["kind"] == "mosquitto" and broker["auth"] == "per-run users and ACL"
         host, port, conf = broker["host"], broker["port"], run_dir / "broker" / "mosquitto.conf"

@@ -15,7 +15,8 @@ the broker's keepalive. The run must not wait on it:
 
 Either way every triggered sample is accounted for, the run ends ``finished``, and the run's
 teardown kills the stopped agent (SIGKILL reaches a stopped process; SIGTERM waits for a
-SIGCONT that never comes): no process the run started is left behind, stopped or not.
+SIGCONT that never comes) and says so in its events: no process the run started is left
+behind, stopped or not.
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from runwatch import alive, cmdline, descendants, proc_stat, processes, run_events, wait_until
-from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
+from runwatch import (alive, cmdline, descendants, proc_stat, processes, run_events, sampling_run_dir,
+                      start_run, wait_until)
+from conftest import digits_experiment, last_json, read_jsonl
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(),
@@ -53,23 +54,14 @@ def _agent_pid(run: int, run_dir: Path, board: str) -> int:
 
 def _start_run(tmp_path: Path, model_cache: Path) -> subprocess.Popen[str]:
     exp = digits_experiment(tmp_path / "exp.yaml", samples=N, rate_hz=20.0, output=tmp_path / "runs")
-    env = {**os.environ, "HBC_TESTBED_CACHE": str(model_cache),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    return subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(DEMO_INVENTORY),
-                             "--headless", "--json"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
+    return start_run(exp, cwd=tmp_path, model_cache=model_cache)
 
 
 def _hang(proc: subprocess.Popen[str], tmp_path: Path, board: str) -> tuple[Path, int, int, set[tuple[int, int]]]:
     """Once 10 results are complete, SIGSTOP ``board``'s agent. Returns the run directory, the
     agent's pid, the last sample triggered before the stop took hold, and the run's process tree
     as it was then."""
-    def sampling() -> Path | None:
-        for ev in (tmp_path / "runs").glob("*/events.jsonl"):
-            if '"sampling_start"' in ev.read_text():
-                return ev.parent
-        return None
-    run_dir = wait_until(sampling, "sampling to start", proc=proc)
+    run_dir = sampling_run_dir(tmp_path / "runs", proc=proc)
 
     def completed() -> int:
         return sum(1 for e in run_events(run_dir) if e["type"] == "result" and e["status"] == "complete")
@@ -83,9 +75,10 @@ def _hang(proc: subprocess.Popen[str], tmp_path: Path, board: str) -> tuple[Path
     return run_dir, pid, before, started
 
 
-def _finish(proc: subprocess.Popen[str], run_dir: Path, pid: int,
-            started: set[tuple[int, int]]) -> tuple[dict, list[dict]]:
-    """The run's exit, its --json line and events; fails if it leaves any process it started behind."""
+def _finish(proc: subprocess.Popen[str], run_dir: Path, pid: int, started: set[tuple[int, int]], *,
+            board: str) -> tuple[dict, list[dict]]:
+    """The run's exit, its --json line and events; fails if it leaves any process it started behind
+    or if its events do not say that ``board``'s agent was killed."""
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     s = last_json(out)
@@ -94,7 +87,10 @@ def _finish(proc: subprocess.Popen[str], run_dir: Path, pid: int,
     assert proc_stat(pid) is None, "the stopped agent outlived the run"
     leftovers = [p for p in processes() if str(run_dir) in cmdline(p)]
     assert not leftovers, [cmdline(p) for p in leftovers]
-    return s, read_jsonl(run_dir / "events.jsonl")
+    events = read_jsonl(run_dir / "events.jsonl")
+    killed = [e for e in events if e["type"] == "error" and e.get("board") == board]
+    assert any("did not stop" in e["error"] and "killed" in e["error"] for e in killed), killed
+    return s, events
 
 
 def _accounting(s: dict, events: list[dict]) -> dict[int, dict]:
@@ -139,7 +135,7 @@ def test_a_hung_wearable_makes_later_samples_partial_and_is_killed_at_teardown(
     pid: int | None = None
     try:
         run_dir, pid, before, started = _hang(proc, tmp_path, board)
-        s, events = _finish(proc, run_dir, pid, started)
+        s, events = _finish(proc, run_dir, pid, started, board=board)
         assert s["state"] == "finished" and s["stopped"] is None, s.get("stopped")
         results = _accounting(s, events)
         after = [results[sid] for sid in range(before + 1, N)]
@@ -168,7 +164,7 @@ def test_a_hung_edge_times_samples_out_and_the_run_still_ends(tmp_path: Path, mo
     pid: int | None = None
     try:
         run_dir, pid, before, started = _hang(proc, tmp_path, "edge")
-        s, events = _finish(proc, run_dir, pid, started)
+        s, events = _finish(proc, run_dir, pid, started, board="edge")
         # the run's own timeout logic ends it: nothing waits on the edge, nothing aborts
         assert s["state"] == "finished" and s["stopped"] is None, s.get("stopped")
         assert not any(e["type"] in ("aborted", "interrupted") for e in events)

@@ -137,7 +137,7 @@ def test_an_interrupted_build_leaves_the_previous_bundle_and_no_temporary_folder
     written: list[str] = []
 
     def interrupted(*args, **kwargs):
-        result = real(*args, **kwargs)            # shards and a manifest are written by now
+        real(*args, **kwargs)                     # shards and a manifest are written by now
         written.extend(p.name for p in Path(kwargs["out_dir"]).iterdir())
         raise KeyboardInterrupt
 

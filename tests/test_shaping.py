@@ -4,7 +4,6 @@ namespace a kernel link is applied in is gone)."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 

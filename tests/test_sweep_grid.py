@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import two_wearable_inventory
 from testbed.config import load_experiment, load_inventory
 from testbed.config.overlay import apply_overrides, parse_assignment
 from testbed.errors import ConfigError
@@ -17,18 +18,6 @@ from testbed.report.grid import OutageSpec, expand, load_sweep
 from testbed.report.sweep import offline_expected_accuracy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sweeps"
-
-INVENTORY = """\
-bench: {bench}
-broker: {{mode: embedded}}
-boards:
-  a: {{role: wearable, kind: sim, connect: local, runtime: torch}}
-  b: {{role: wearable, kind: sim, connect: local, runtime: torch}}
-  edge: {{role: edge, kind: sim, connect: local, runtime: torch}}
-links:
-  - {{name: a-edge, from: a, to: edge, transport: {{type: mqtt}}, profile: {profile}}}
-  - {{name: b-edge, from: b, to: edge, transport: {{type: mqtt}}, profile: hbc-1312k}}
-"""
 
 EXPERIMENT = """\
 name: g
@@ -47,7 +36,7 @@ run: {{samples: {samples}, rate_hz: 20, deadline_ms: 250, timeout_ms: 1500, outp
 def files(tmp_path: Path, sweep: str, *, samples: int = 30, output: str = "runs", profile: str = "hbc-1312k",
           bench: str = "one") -> Path:
     (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(samples=samples, output=output))
-    (tmp_path / "inv.yaml").write_text(INVENTORY.format(bench=bench, profile=profile))
+    (tmp_path / "inv.yaml").write_text(two_wearable_inventory(bench=bench, profile=profile))
     (tmp_path / "sweep.yaml").write_text(sweep)
     return tmp_path / "sweep.yaml"
 
@@ -197,11 +186,11 @@ def test_a_point_no_bench_can_run_and_disagreeing_benches_are_refused(tmp_path: 
         expand(spec, spec.benches)
     spec = load_sweep(files(tmp_path, GRID))
     other = tmp_path / "inv2.yaml"
-    other.write_text(INVENTORY.format(bench="two", profile="hbc-164k"))
+    other.write_text(two_wearable_inventory(bench="two", profile="hbc-164k"))
     with pytest.raises(ConfigError, match="differ in boards or links"):
         expand(spec, [tmp_path / "inv.yaml", other])
     same = tmp_path / "inv3.yaml"
-    same.write_text(INVENTORY.format(bench="three", profile="hbc-1312k"))
+    same.write_text(two_wearable_inventory(bench="three"))
     assert all(p.benches == (0, 1) for p in expand(spec, [tmp_path / "inv.yaml", same]))
 
 
@@ -233,6 +222,12 @@ def test_offline_expectation_is_the_k_failure_table_weighted_by_the_binomial() -
     assert offline_expected_accuracy(manifest, a) == pytest.approx(brute)
     assert offline_expected_accuracy(manifest, 1.0) == pytest.approx(0.9)
     assert offline_expected_accuracy({"students": 4, "evaluation": {}}, a) is None
+    # a bundle is untrusted: a malformed table gives no expectation, never an exception
+    for bad in ({"students": "four", "evaluation": manifest["evaluation"]},
+                {"students": 4, "evaluation": {"resilience": [{"k": "x", "mean": 0.5}]}},
+                {"students": 4, "evaluation": {"resilience": [{"k": k, "mean": 7.0} for k in range(4)]}},
+                {"students": 4, "evaluation": "no"}):
+        assert offline_expected_accuracy(bad, a) is None
 
 
 def test_outage_spec_turns_an_availability_into_an_on_off_process() -> None:
@@ -241,3 +236,27 @@ def test_outage_spec_turns_an_availability_into_an_on_off_process() -> None:
     proc = spec.process(0.6)
     assert proc is not None and proc["mean_down_s"] / (proc["mean_up_s"] + proc["mean_down_s"]) == pytest.approx(0.4)
     json.dumps(proc)
+
+
+def test_the_book_rewrites_a_renamed_points_record_and_counts_what_finished_before(tmp_path: Path) -> None:
+    from testbed.report.sweep import _Book
+
+    spec = load_sweep(files(tmp_path, GRID))
+    benches = [tmp_path / "inv.yaml"]
+    points = expand(spec, benches)
+    done, other = points[0], points[1]
+    (tmp_path / "out" / "points").mkdir(parents=True)
+    old = {"key": done.key, "label": "an old label", "describe": {"method": "old"},
+           "attempts": [{"state": "finished", "run_dir": None, "seconds": 1.0}]}
+    (tmp_path / "out" / "points" / f"{done.key}.json").write_text(json.dumps(old))
+    (tmp_path / "out" / "points" / f"{other.key}.json").write_text('{"key": "x", "attempts": "torn"}')
+    book = _Book(root=tmp_path / "out", spec=spec, points=points, benches=benches)
+    book.load()
+    rec = json.loads((tmp_path / "out" / "points" / f"{done.key}.json").read_text())
+    assert rec["label"] == done.label and rec["describe"] == dict(done.describe)
+    assert rec["attempts"] == old["attempts"] and rec["state"] == "finished"
+    assert book.records[other.key]["state"] == "pending"   # a torn record is a point not yet run
+    assert book.skipped == 1
+    book.write_tables()
+    doc = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert (doc["done"], doc["skipped"], doc["pending"]) == (1, 1, len(points) - 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, last_json, run_cli, sigint_default
+from conftest import ROOT, last_json, run_cli, sigint_default, two_wearable_inventory
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +37,11 @@ assignment: {a: 0, b: 1, edge: merge}
 run: {samples: 20, rate_hz: 20, deadline_ms: 250, timeout_ms: 1500}
 """
 
-INVENTORY = """\
-bench: {bench}
-broker: {{mode: embedded}}
-boards:
-  a: {{role: wearable, kind: sim, connect: local, runtime: torch}}
-  b: {{role: wearable, kind: sim, connect: local, runtime: torch}}
-  edge: {{role: edge, kind: sim, connect: local, runtime: torch}}
-links:
-  - {{name: a-edge, from: a, to: edge, transport: {{type: mqtt}}, profile: hbc-1312k}}
-  - {{name: b-edge, from: b, to: edge, transport: {{type: mqtt}}, profile: hbc-1312k}}
-"""
-
 
 def sweep_files(folder: Path, grid: str) -> Path:
     (folder / "exp.yaml").write_text(EXPERIMENT)
     for bench in ("x", "y"):
-        (folder / f"bench-{bench}.yaml").write_text(INVENTORY.format(bench=f"sweep-{bench}"))
+        (folder / f"bench-{bench}.yaml").write_text(two_wearable_inventory(bench=f"sweep-{bench}"))
     (folder / "sweep.yaml").write_text(f"name: tiny\nexperiment: exp.yaml\nbenches: [bench-x.yaml]\n"
                                        f"outage: {{mean_outage_s: 0.5}}\ngrid:\n{grid}")
     return folder / "sweep.yaml"

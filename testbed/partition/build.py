@@ -59,7 +59,7 @@ from testbed.errors import ConfigError, TestbedError
 from testbed.hashing import sha256_file
 from testbed.outdir import MARKER, output_dir
 from testbed.partition.evaluate import merge_batch
-from testbed.partition.pipeline import (CompareResult, GraphSpec, PartitionConfig, Progress, StudentSpec,
+from testbed.partition.pipeline import (GraphSpec, PartitionConfig, Progress, StudentSpec,
                                         TeacherSpec, mark, run_compare, run_partition)
 from testbed.signing import SIGNATURE, LabKey, sign_bundle
 from testbed.training import numerics

@@ -33,7 +33,6 @@ It runs nothing and writes nothing; ``testbed.report.sweep`` runs the points.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -377,9 +376,8 @@ def describe(exp: Experiment, inv: Inventory, *, config_parts: int | None = None
     ``parts`` is the configuration's M, so a NoNN point (one part per student) sits in the same
     configuration as the resilient points it is compared with: the resilient method's parts, or
     ``config_parts`` (what the configuration sets before ``method: nonn`` drops it), else S."""
-    wearable_links = [l for l in inv.links]
     avail, mean_out = [], []
-    for l in wearable_links:
+    for l in inv.links:
         proc = l.profile.outage_process
         if proc is None:
             avail.append(1.0)

@@ -108,10 +108,13 @@ def offline_expected_accuracy(manifest: Mapping[str, Any], availability: float) 
     links up independently with probability ``availability``, so k of them fail with the
     binomial probability, and every set of k failed students is equally likely, which is what
     the bundle's k-failure table averages over (None: no such table)."""
-    rows = (manifest.get("evaluation") or {}).get("resilience") or []
-    s = int(manifest.get("students") or 0)
-    by_k = {int(r["k"]): float(r["mean"]) for r in rows if isinstance(r, dict) and "k" in r and "mean" in r}
-    if s < 1 or not all(k in by_k for k in range(s)):
+    try:   # a bundle is untrusted input: a malformed table gives no expectation, never an exception
+        rows = (manifest.get("evaluation") or {}).get("resilience") or []
+        s = int(manifest.get("students") or 0)
+        by_k = {int(r["k"]): float(r["mean"]) for r in rows if isinstance(r, dict) and "k" in r and "mean" in r}
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if s < 1 or not all(k in by_k for k in range(s)) or not all(0.0 <= v <= 1.0 for v in by_k.values()):
         return None
     chance = 1.0 / max(1, len(manifest.get("classes") or [])) if manifest.get("classes") else 0.0
     by_k.setdefault(s, chance)   # every student lost: the edge has nothing to merge
@@ -132,28 +135,34 @@ class _Book:
     benches: Sequence[Path]
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    skipped: int = 0      # points finished before this invocation
 
     def load(self) -> None:
+        """Read each point's record; a record whose label or description no longer matches the
+        sweep file (same key: the configuration is unchanged, only its naming) is rewritten."""
         for p in self.points:
-            rec = _read_json(self.root / "points" / f"{p.key}.json")
-            if rec is None or rec.get("key") != p.key:
+            path = self.root / "points" / f"{p.key}.json"
+            rec = _read_json(path)
+            if rec is None or rec.get("key") != p.key or not isinstance(rec.get("attempts"), list):
                 rec = {"key": p.key, "attempts": []}
+            before = json.dumps(rec, sort_keys=True, default=str)
             rec.update({"key": p.key, "label": p.label, "values": dict(p.values),
                         "experiment_overrides": dict(p.experiment_overrides),
                         "inventory_overrides": dict(p.inventory_overrides), "describe": dict(p.describe)})
             rec["state"] = _state(rec)
             self.records[p.key] = rec
+            if rec["attempts"] and json.dumps(rec, sort_keys=True, default=str) != before:
+                _write_atomic(path, json.dumps(rec, indent=1, default=str))
+        self.skipped = sum(self.finished(p.key) for p in self.points)
 
     def finished(self, key: str) -> bool:
         return self.records[key]["state"] == "finished"
 
-    def attempt(self, key: str, attempt: dict[str, Any], *, offline: float | None = None) -> None:
+    def attempt(self, key: str, attempt: dict[str, Any]) -> None:
         with self.lock:
             rec = self.records[key]
             rec["attempts"].append(attempt)
             rec["state"] = _state(rec)
-            if offline is not None:
-                rec["offline_expected_accuracy"] = offline
             _write_atomic(self.root / "points" / f"{key}.json", json.dumps(rec, indent=1, default=str))
             self.write_tables()
 
@@ -161,14 +170,14 @@ class _Book:
         with self.lock:
             self.records[key]["offline_expected_accuracy"] = value
 
-    def write_tables(self, *, final: bool = False) -> None:
+    def write_tables(self) -> None:
         states = [self.records[p.key]["state"] for p in self.points]
         doc = {"format": FORMAT, "name": self.spec.name, "sweep_file": str(self.spec.path),
                "experiment": str(self.spec.experiment), "benches": [str(b) for b in self.benches],
                "axes": {n: list(v) for n, v, _ in self.spec.axes},
                "configs": [c.label for c in self.spec.configs],
                "points": [self._point_entry(p) for p in self.points],
-               "done": states.count("finished"), "skipped": 0, "failed": states.count("failed"),
+               "done": states.count("finished"), "skipped": self.skipped, "failed": states.count("failed"),
                "interrupted": states.count("interrupted"), "pending": states.count("pending"),
                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_atomic(self.root / "sweep.json", json.dumps(doc, indent=1, default=str))
@@ -262,7 +271,19 @@ class _Runner:
             point = self._next(bench)
             if point is None:
                 return
-            self._run_point(point, bench)
+            try:
+                self._run_point(point, bench)
+            except Exception as exc:   # noqa: BLE001 - one point's fault is recorded; the bench goes on
+                self._failed(point, bench, f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, point: Point, bench: int, error: str) -> None:
+        """Record an attempt that never ran, with the error that stopped it."""
+        now = time.time()
+        attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)), "seconds": 0.0,
+                   "t_start": round(now, 3), "t_end": round(now, 3), "bench": str(self.benches[bench]), "exit": None,
+                   "state": "failed", "run_dir": None, "command": None, "error": error}
+        self.book.attempt(point.key, attempt)
+        self.on_event("end", point, {**attempt, "summary": None})
 
     def _prepared(self, point: Point, bench: int) -> str | None:
         """Build or load the point's bundle, one at a time, in a ``testbed run --prepare-only``
@@ -318,11 +339,7 @@ class _Runner:
                 with self.lock:
                     self.todo.insert(0, point)
                 return
-            attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": 0.0, "t_start": time.time(),
-                       "t_end": time.time(), "bench": str(self.benches[bench]), "exit": None, "state": "failed",
-                       "run_dir": None, "command": None, "error": error}
-            self.book.attempt(point.key, attempt)
-            self.on_event("end", point, {**attempt, "summary": None})
+            self._failed(point, bench, error)
             return
         root = self.book.root
         runs_dir = root / "runs" / point.key
@@ -428,7 +445,7 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
     book.load()
     result = SweepResult(sweep_dir=sweep_dir, points=len(points))
     todo = [p for p in points if not book.finished(p.key)]
-    result.skipped = len(points) - len(todo)
+    result.skipped = book.skipped
     event = on_event or (lambda *a: None)
     for p in points:
         if book.finished(p.key):
@@ -490,10 +507,10 @@ def run_sweep(spec: SweepSpec, *, benches: Sequence[Path], sweep_dir: Path, cach
             runner.kill_stragglers()
             _wait(finished, left, timeout=10.0)
         result.pending = len(runner.todo)
-        book.write_tables(final=True)
+        book.write_tables()
         raise SweepInterrupted(result) from None
     result.pending = len(runner.todo)
-    book.write_tables(final=True)
+    book.write_tables()
     return result
 
 
