@@ -1,6 +1,6 @@
 """Watching a run from outside, for whole-run tests: ``start_run`` (``testbed run --headless
 --json`` on the demo bench, as a child), ``wait_until`` a condition on what the run writes,
-``sampling_run_dir`` once it samples, its ``run_events`` so far, and the process table from /proc (a process's state, parent and
+``sampling_run_dir`` once it samples, ``stop_run`` after a failed check, its ``run_events`` so far, and the process table from /proc (a process's state, parent and
 start time, so a reused pid is not mistaken for the one started; a process tree; command lines).
 Linux only; no psutil (not a dependency).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,17 @@ def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Pope
         assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)   # polling files and /proc that other processes write: no event to wait on
+
+
+def stop_run(proc: subprocess.Popen[str]) -> None:
+    """After a failed check: Ctrl-C the run, so it stops what it started; SIGKILL after 60 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def sampling_run_dir(runs: Path, *, proc: subprocess.Popen[str]) -> Path:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from runwatch import alive, cmdline, descendants, processes, run_events, sampling_run_dir, start_run, wait_until
+from runwatch import (alive, cmdline, descendants, processes, run_events, sampling_run_dir, start_run, stop_run,
+                      wait_until)
 from conftest import digits_experiment, last_json, read_jsonl
 from testbed.broker import wait_listening
 
@@ -107,13 +108,7 @@ def test_an_authenticated_run_survives_its_broker_killed_and_restarted(tmp_path:
         leftovers = [pid for pid in processes() if pid != second.pid and str(run_dir) in cmdline(pid)]
         assert not leftovers, [cmdline(pid) for pid in leftovers]
     finally:
-        if proc.poll() is None:   # a failed check: Ctrl-C lets the run stop what it started
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        stop_run(proc)
         if second is not None:
             second.terminate()
             second.wait(timeout=10)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from runwatch import (alive, cmdline, descendants, proc_stat, processes, run_events, sampling_run_dir,
-                      start_run, wait_until)
+                      start_run, stop_run, wait_until)
 from conftest import digits_experiment, last_json, read_jsonl
 
 pytestmark = [pytest.mark.slow,
@@ -114,13 +114,7 @@ def _cleanup(proc: subprocess.Popen[str], pid: int | None) -> None:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+    stop_run(proc)
     if pid is not None and proc_stat(pid) is not None:
         try:
             os.kill(pid, signal.SIGKILL)

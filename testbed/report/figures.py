@@ -67,3 +67,11 @@ def shade_windows(ax: Any, windows: Sequence[tuple[float, float]], *, color: str
 def no_data(ax: Any, text: str) -> None:
     """Say in the middle of ``ax`` that there is nothing to draw."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777")
+
+
+def legend(ax: Any, *, loc: str = "best", empty: str | None = None) -> None:
+    """A legend on ``ax`` when anything drawn has a label; else, given ``empty``, say so instead."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=loc, fontsize=8)
+    elif empty is not None:
+        no_data(ax, empty)

@@ -22,7 +22,7 @@ from typing import Any
 from testbed.errors import ConfigError
 from testbed.report.compare import compare_rows, flatten_summary, format_rel, format_value
 from testbed.report.document import FigureFile, Report, Section, Table
-from testbed.report.figures import cdf, colour, new_figure, no_data, save_png, shade_windows
+from testbed.report.figures import cdf, colour, legend, new_figure, no_data, save_png, shade_windows
 from testbed.runstate import DROP_CAUSES, RunState, SampleResult, read_events
 
 __all__ = ["LinkSeries", "RunData", "is_run_dir", "load_run", "load_summary", "rolling_accuracy", "run_report",
@@ -243,8 +243,7 @@ def accuracy_figure(runs: list[RunData], out: Path) -> FigureFile:
     ax.set_xlabel("trigger time (s since the first trigger)")
     ax.set_ylabel(f"accuracy (last {_window(runs[0])} samples)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left", fontsize=8)
+    legend(ax, loc="lower left")
     ax.set_title("Accuracy over time" + ("" if single else ", runs overlaid"))
     caption = ("Rolling accuracy by trigger time; shaded: each link's outages"
                + ("; ticks at the bottom: partial (orange) and timed-out (red) samples" if single else ""))
@@ -281,10 +280,7 @@ def latency_figure(runs: list[RunData], out: Path) -> FigureFile:
         ax.set_ylabel("fraction of samples")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=8)
-        else:
-            no_data(ax, "no measurement")
+        legend(ax, loc="lower right", empty="no measurement")
     fig.tight_layout()
     return save_png(fig, out / "latency.png",
                     caption="CDFs of end-to-end latency (resolved samples) and of each link's one-way time "
@@ -315,8 +311,7 @@ def links_figure(run: RunData, out: Path) -> FigureFile:
             twin.plot(series.t, series.queue_bytes, color="#7f7f7f", lw=1, label="queue (bytes)")
             twin.set_ylabel("queue (bytes)")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", fontsize=8)
+        legend(ax, loc="upper left")
     axes[-1][0].set_xlabel("time (s since the first trigger)")
     first = min([0.0, *(s.t[0] for s in run.links.values() if s.t)])
     axes[-1][0].set_xlim(left=first, right=max(run.t_end, first + 1e-3))

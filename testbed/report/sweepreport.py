@@ -22,7 +22,7 @@ from typing import Any
 
 from testbed.errors import ConfigError
 from testbed.report.document import FigureFile, Report, Section, Table
-from testbed.report.figures import colour, new_figure, no_data, save_png
+from testbed.report.figures import colour, legend, new_figure, no_data, save_png
 
 __all__ = ["SWEEP_JSON", "POINTS_CSV", "SweepData", "Config", "Cell", "is_sweep_dir", "load_sweep", "t975",
            "mean_ci95", "aggregate", "sweep_rows", "sweep_report"]
@@ -270,8 +270,7 @@ def availability_figure(cells: Sequence[Cell], out: Path) -> FigureFile:
         if avail:   # every panel on the sweep's range, a panel without points included
             ax.set_xlim(min(avail) - pad, max(avail) + pad)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right")
+        legend(ax, loc="lower right")
     fig.tight_layout()
     return save_png(fig, out / "accuracy_vs_availability.png",
                     caption="Accuracy against link availability: mean over seeds with its 95 % interval "
@@ -315,10 +314,7 @@ def latency_figure(sweep: SweepData, out: Path) -> FigureFile:
         ax.set_xlabel("slowest link rate (bit/s)")
         ax.set_ylabel("latency (ms)")
         ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        else:
-            no_data(ax, "no latency")
+        legend(ax, empty="no latency")
     fig.tight_layout()
     return save_png(fig, out / "latency_vs_rate.png",
                     caption="End-to-end latency p50 (solid) and p95 (dotted) against the slowest link's rate; "
