@@ -206,6 +206,23 @@ def test_the_example_sweep_has_the_issues_grid() -> None:
     assert {p.benches for p in points if p.describe["students"] == 6} == {(1,)}
 
 
+def test_the_example_link_rate_sweep_reuses_the_failure_sweeps_digits_bundles() -> None:
+    from testbed.report.sweep import bundle_identity
+
+    rate = load_sweep(EXAMPLES / "link_rate.yaml")
+    points = expand(rate, rate.benches)
+    assert sorted({(p.describe["method"], p.describe["rate_bps"]) for p in points}) == sorted(
+        (m, float(r)) for m in ("nonn", "resilient") for r in (1312500, 164000, 41000, 20000, 12000))
+    assert {p.describe["availability"] for p in points} == {1.0}
+    failure = load_sweep(EXAMPLES / "failure_rate.yaml")
+    wanted = {bundle_identity(load_experiment(failure.experiment, overrides=p.experiment_overrides, sources={}))
+              for p in expand(failure, failure.benches)
+              if p.values.get("config") == "digits-s4m2" and p.describe["seed"] == 0}
+    got = {bundle_identity(load_experiment(rate.experiment, overrides=p.experiment_overrides, sources={}))
+           for p in points}
+    assert got == wanted and len(got) == 2   # one bundle per method, trained once for both sweeps
+
+
 # --------------------------------------------------------------------------- offline expectation
 
 
