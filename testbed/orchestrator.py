@@ -927,14 +927,18 @@ class Orchestrator:
         for name, agent in self._agents.items():
             if agent.poll() is None:
                 ctl.publish(topic(inv.bench, "ctl", name), json.dumps({"cmd": "stop"}), qos=1)
+        def offline(name: str) -> bool:   # its last will came: it cannot hear the stop command
+            return self.state.boards[name].status == "offline"
+
         deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline and any(a.poll() is None for a in self._agents.values()):
+        while time.monotonic() < deadline and any(a.poll() is None and not offline(n) for n, a in self._agents.items()):
             self._drain(0.1)
         self._drain(0.3)  # final telemetry and "stopped" statuses
         for name, agent in self._agents.items():
-            if agent.poll() is None:   # hung (or stopped by a signal): it cannot hear the stop command
-                self._event("error", board=name, error=f"{name}'s agent did not stop within {STOP_WAIT_S:g} s of "
-                                                       f"the stop command; killed (SIGKILL)")
+            if agent.poll() is None:   # hung (or stopped by a signal)
+                why = ("is offline (the broker published its last will)" if offline(name)
+                       else f"did not stop within {STOP_WAIT_S:g} s of the stop command")
+                self._event("error", board=name, error=f"{name}'s agent {why}; killed (SIGKILL)")
                 try:
                     agent.kill()
                 except Exception as exc:   # noqa: BLE001 - teardown goes on; the agent's own stop() retries

@@ -89,7 +89,8 @@ def _finish(proc: subprocess.Popen[str], run_dir: Path, pid: int, started: set[t
     assert not leftovers, [cmdline(p) for p in leftovers]
     events = read_jsonl(run_dir / "events.jsonl")
     killed = [e for e in events if e["type"] == "error" and e.get("board") == board]
-    assert any("did not stop" in e["error"] and "killed" in e["error"] for e in killed), killed
+    assert any(("did not stop" in e["error"] or "is offline" in e["error"]) and "killed" in e["error"]
+               for e in killed), killed
     return s, events
 
 
