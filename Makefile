@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 APT_PACKAGES := mosquitto dataset-fashion-mnist socat iproute2 nftables openssh-server openssh-client sudo
 STAMP := $(VENV)/.installed
 ARGS ?=
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20   # the slowest tests, so CI shows where the wall time goes
 
 .PHONY: all demo test deps venv clean
 
