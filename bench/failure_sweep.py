@@ -18,13 +18,8 @@ and teardown beside its samples, and a sweep of fewer than a dozen runs measures
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from statistics import mean
 from collections.abc import Iterator
@@ -33,41 +28,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sweepbench import (EXAMPLES, RESULTS, copy_figure, load_avg, parse_args, run_unless_told_not,  # noqa: E402
+                        write_between)
 from testbed.report.sweepreport import aggregate, load_sweep, sweep_rows  # noqa: E402
 
-SWEEP = ROOT / "examples" / "sweeps" / "failure_rate.yaml"
-RESULTS = ROOT / "docs" / "results"
+SWEEP = EXAMPLES / "failure_rate.yaml"
 START, END = "<!-- tables:start (bench/failure_sweep.py --write) -->", "<!-- tables:end -->"
 
-QUICK = """\
-name: failure-rate-quick
-experiment: {base}
-benches: [{bench}]
-set: {{run.samples: 150}}
-configs:
-  - label: digits-s4m2
-    set:
-      dataset: {{name: digits}}
-      partition.teacher: {{widths: [16, 32, 64], blocks: 1, epochs: 40, batch_size: 64, lr: 0.01}}
-      partition.graph: {{keep_fraction: 0.1, images: 1347}}
-      partition.student: {{width: 12, part_dim: 16, epochs: 40, batch_size: 64, lr: 0.01,
-                          temperature: 4.0, alpha: 0.9, beta: 1000.0, dropout: 0.0}}
+QUICK_GRID = """\
 grid:
   method: [nonn, resilient]
   availability: [1.0, 0.8, 0.6]
   seed: [0, 1]
-outage: {{mean_outage_s: 1.0}}
+outage: {mean_outage_s: 1.0}
 """
-
-
-def run_sweep(sweep_file: Path, out: Path) -> dict[str, Any]:
-    """`testbed sweep --headless --json` as a user runs it; its JSON line."""
-    proc = subprocess.run([sys.executable, "-m", "testbed", "sweep", str(sweep_file), "--headless", "--json",
-                           "--out", str(out)], stdout=subprocess.PIPE, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if not lines:
-        raise SystemExit(f"testbed sweep printed nothing (exit {proc.returncode})")
-    return json.loads(lines[-1])
 
 
 def _described(sweep_dir: Path) -> dict[str, dict[str, str]]:
@@ -211,36 +185,15 @@ def write_docs(sweep_dir: Path, rows: list[dict[str, Any]], table_lines: list[st
                                                                       r["offline_expected_accuracy"]}
                     for r in rows]}
     (RESULTS / "failure_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "testbed", "report", str(sweep_dir), "--out", f"{tmp}/r"], check=True,
-                       stdout=subprocess.DEVNULL)
-        shutil.copyfile(f"{tmp}/r/accuracy_vs_availability.png", RESULTS / "failure_sweep.png")
-    md = RESULTS / "failure_sweep.md"
-    text = md.read_text() if md.exists() else f"# Failure sweep\n\n{START}\n{END}\n"
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    md.write_text(head + START + "\n" + "\n".join(table_lines) + "\n" + END + tail)
+    copy_figure(sweep_dir, "accuracy_vs_availability.png", RESULTS / "failure_sweep.png")
+    write_between(RESULTS / "failure_sweep.md", START, END, table_lines)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="digits S=4 M=2 only, 3 availabilities, 2 seeds")
-    ap.add_argument("--no-run", action="store_true", help="tabulate the sweep folder as it is")
-    ap.add_argument("--out", help="the sweep folder (default sweeps/failure-rate[-quick])")
-    ap.add_argument("--write", action="store_true", help="write docs/results/failure_sweep.{json,png,md tables}")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    sweep_dir = Path(args.out or ("sweeps/failure-rate-quick" if args.quick else "sweeps/failure-rate"))
-    if not args.no_run:
-        if args.quick:
-            with tempfile.TemporaryDirectory() as tmp:
-                quick = Path(tmp) / "quick.yaml"
-                quick.write_text(QUICK.format(base=SWEEP.parent / "base.yaml", bench=SWEEP.parent / "inventory-s4.yaml"))
-                line = run_sweep(quick, sweep_dir)
-        else:
-            line = run_sweep(SWEEP, sweep_dir)
-        print(f"sweep: {line}", file=sys.stderr)
-    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    args = parse_args(__doc__, quick="digits S=4 M=2 only, 3 availabilities, 2 seeds", default_out="failure-rate")
+    sweep_dir = args.out
+    run_unless_told_not(args, sweep=SWEEP, quick_name="failure-rate-quick", quick_grid=QUICK_GRID)
+    load = load_avg()
     sweep = load_sweep(sweep_dir)
     rows = sweep_rows(aggregate(sweep))
     offline = offline_tables(sweep_dir)

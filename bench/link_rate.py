@@ -19,48 +19,23 @@ teardown beside its samples, and it trains the digits bundle (about 40 s) on an 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-SWEEP = ROOT / "examples" / "sweeps" / "link_rate.yaml"
-RESULTS = ROOT / "docs" / "results"
+from sweepbench import EXAMPLES, RESULTS, copy_figure, load_avg, parse_args, run_unless_told_not, write_between
+
+SWEEP = EXAMPLES / "link_rate.yaml"
 DOC = RESULTS / "failure_sweep.md"
 START, END = "<!-- rate-tables:start (bench/link_rate.py --write) -->", "<!-- rate-tables:end -->"
 
-QUICK = """\
-name: link-rate-quick
-experiment: {base}
-benches: [{bench}]
-set:
-  run.samples: 150
-  dataset: {{name: digits}}
-  partition.teacher: {{widths: [16, 32, 64], blocks: 1, epochs: 40, batch_size: 64, lr: 0.01}}
-  partition.graph: {{keep_fraction: 0.1, images: 1347}}
-  partition.student: {{width: 12, part_dim: 16, epochs: 40, batch_size: 64, lr: 0.01,
-                      temperature: 4.0, alpha: 0.9, beta: 1000.0, dropout: 0.0}}
+QUICK_GRID = """\
 grid:
   method: [nonn]
   rate_bps: [1312500, 12000]
 """
-
-
-def run_sweep(sweep_file: Path, out: Path) -> dict[str, Any]:
-    """`testbed sweep --headless --json` as a user runs it; its JSON line."""
-    proc = subprocess.run([sys.executable, "-m", "testbed", "sweep", str(sweep_file), "--headless", "--json",
-                           "--out", str(out)], stdout=subprocess.PIPE, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if not lines:
-        raise SystemExit(f"testbed sweep printed nothing (exit {proc.returncode})")
-    return json.loads(lines[-1])
 
 
 def _num(row: dict[str, str], key: str) -> float | None:
@@ -135,37 +110,15 @@ def print_tables(rows: list[dict[str, Any]], load: str) -> list[str]:
 
 def write_docs(sweep_dir: Path, rows: list[dict[str, Any]], table_lines: list[str]) -> None:
     (RESULTS / "link_rate.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "testbed", "report", str(sweep_dir), "--out", f"{tmp}/r"], check=True,
-                       stdout=subprocess.DEVNULL)
-        shutil.copyfile(f"{tmp}/r/latency_vs_rate.png", RESULTS / "link_rate.png")
-    text = DOC.read_text()
-    if START not in text:
-        raise SystemExit(f"{DOC}: no {START} marker to write the tables after")
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(head + START + "\n" + "\n".join(table_lines) + "\n" + END + tail)
+    copy_figure(sweep_dir, "latency_vs_rate.png", RESULTS / "link_rate.png")
+    write_between(DOC, START, END, table_lines)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="NoNN at two rates, 150 samples")
-    ap.add_argument("--no-run", action="store_true", help="tabulate the sweep folder as it is")
-    ap.add_argument("--out", help="the sweep folder (default sweeps/link-rate[-quick])")
-    ap.add_argument("--write", action="store_true", help="write docs/results/link_rate.{json,png} and the md tables")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    sweep_dir = Path(args.out or ("sweeps/link-rate-quick" if args.quick else "sweeps/link-rate"))
-    if not args.no_run:
-        if args.quick:
-            with tempfile.TemporaryDirectory() as tmp:
-                quick = Path(tmp) / "quick.yaml"
-                quick.write_text(QUICK.format(base=SWEEP.parent / "base.yaml", bench=SWEEP.parent / "inventory-s4.yaml"))
-                line = run_sweep(quick, sweep_dir)
-        else:
-            line = run_sweep(SWEEP, sweep_dir)
-        print(f"sweep: {line}", file=sys.stderr)
-    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    args = parse_args(__doc__, quick="NoNN at two rates, 150 samples", default_out="link-rate")
+    sweep_dir = args.out
+    run_unless_told_not(args, sweep=SWEEP, quick_name="link-rate-quick", quick_grid=QUICK_GRID)
+    load = load_avg()
     rows = point_rows(sweep_dir)
     lines = print_tables(rows, load)
     print("\n".join(lines))
