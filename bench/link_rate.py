@@ -6,7 +6,8 @@ S = 4, M = 2) and prints per point the live accuracy beside its baseline, the bu
 accuracy with every student present (the offline table knows no rate), as a ratio; the share
 of samples complete, partial and timed out; end-to-end latency p50/p95 beside the same method's
 at the top rate (a ratio); and what the links carried: the mean frame, the load it offers at the
-run's sample rate against the link's rate (utilisation), frames dropped by a full queue.
+run's sample rate against the link's rate (utilisation), frames the links dropped, and the
+one-way time of the parts that reached a merge (a part later than the deadline has none).
 
     .venv/bin/python bench/link_rate.py             # 10 points, ~10 min on 2 cores (+1 min per bundle to train)
     .venv/bin/python bench/link_rate.py --quick     # NoNN at 1312.5 and 12 kbit/s, 150 samples (~2-3 min)
@@ -69,7 +70,7 @@ def point_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "latency_p50_ms": _num(r, "latency_ms.p50"), "latency_p95_ms": _num(r, "latency_ms.p95"),
             "frame_bytes": round(frame, 1) if frame else None,
             "utilisation": round(offered / rate, 3) if offered and rate else None,
-            "dropped_queue": int(sum(_num(r, f"links.{lk}.dropped_queue") or 0.0 for lk in links)),
+            "dropped": int(sum(_num(r, f"links.{lk}.dropped") or 0.0 for lk in links)),
             "one_way_p95_ms": max((_num(r, f"links.{lk}.one_way_ms_p95") or 0.0 for lk in links), default=None),
         })
     out.sort(key=lambda x: (x["method"], -(x["rate_bps"] or 0.0)))
@@ -89,7 +90,7 @@ def print_tables(rows: list[dict[str, Any]], load: str) -> list[str]:
              "Live against the link rate (no outages, one seed; offline: the bundle with every student, which "
              "knows no rate; latency ratio: against the same method at the top rate)", "",
              "| method | rate (bit/s) | utilisation | live accuracy | offline | live / offline | complete | partial "
-             "| timed out | latency p50 / p95 (ms) | p95 / top rate's | queue drops | slowest link one-way p95 (ms) |",
+             "| timed out | latency p50 / p95 (ms) | p95 / top rate's | link drops | slowest link one-way p95, parts merged in time (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = (r["accuracy"] / r["offline_accuracy"] if r["accuracy"] is not None and r["offline_accuracy"]
@@ -100,7 +101,7 @@ def print_tables(rows: list[dict[str, Any]], load: str) -> list[str]:
         lines.append(f"| {r['method']} | {r['rate_bps']:.0f} | {_f(r['utilisation'], '.2f')} | {_f(r['accuracy'])} "
                      f"| {_f(r['offline_accuracy'])} | {_f(ratio)} | {_f(r['complete'])} | {_f(r['partial'])} "
                      f"| {_f(r['timed_out'])} | {_f(r['latency_p50_ms'], '.1f')} / {_f(r['latency_p95_ms'], '.1f')} "
-                     f"| {_f(lat, '.1f')} | {r['dropped_queue']} | {_f(r['one_way_p95_ms'], '.1f')} |")
+                     f"| {_f(lat, '.1f')} | {r['dropped']} | {_f(r['one_way_p95_ms'], '.1f')} |")
     frames = sorted({r["frame_bytes"] for r in rows if r["frame_bytes"]})
     if frames:
         lines += ["", f"Mean frame on the links: {', '.join(f'{b:g}' for b in frames)} bytes "
