@@ -93,7 +93,9 @@ def report_command(paths: Sequence[Path | str], *, out: Path | str | None = None
         figures = [f.name for f in report.figures()]
     for line in o.notes():
         console.print(line, markup=False)
-    console.print(f"report: {o.dest / 'report.html'} ({len(figures)} figures; report.md beside it)", markup=False)
+    n = len(figures)
+    console.print(f"report: {o.dest / 'report.html'} ({n} figure{'' if n == 1 else 's'}; report.md beside it)",
+                  markup=False)
     if as_json:
         doc = {"kind": "sweep" if kinds[0] == "sweep" else ("run" if len(inputs) == 1 else "runs"),
                "inputs": [str(p) for p in inputs], "out": str(o.dest), "html": str(o.dest / "report.html"),
