@@ -9,14 +9,14 @@ at the top rate (a ratio); and what the links carried: the mean frame, the load 
 run's sample rate against the link's rate (utilisation), frames the links dropped, and the
 one-way time of the parts that reached a merge (a part later than the deadline has none).
 
-    .venv/bin/python bench/link_rate.py             # 10 points, ~10 min on 2 cores (+1 min per bundle to train)
-    .venv/bin/python bench/link_rate.py --quick     # NoNN at 1312.5 and 12 kbit/s, 150 samples (~2-3 min)
+    .venv/bin/python bench/link_rate.py             # 10 points, 7 min measured on 2 cores (+40 s per bundle to train)
+    .venv/bin/python bench/link_rate.py --quick     # NoNN at 1312.5 and 12 kbit/s, 150 samples (53 s measured)
     .venv/bin/python bench/link_rate.py --no-run    # only tabulate an existing sweep folder
     ... --json    last line of stdout: {"sweep_dir", "rows", "load_avg"}
     ... --write   (full sweep only) docs/results/link_rate.{json,png} and the tables of failure_sweep.md
 
---quick takes longer than the usual 60 s: one run of a simulated bench costs ~15 s of start-up and
-teardown beside its samples, and it trains the digits bundle (about 40 s) on an empty cache.
+--quick finishes in about a minute with the digits bundle in the model cache (53 s measured);
+on an empty cache it trains that bundle first (about 40 s more).
 """
 from __future__ import annotations
 
