@@ -927,6 +927,7 @@ class Orchestrator:
         for name, agent in self._agents.items():
             if agent.poll() is None:
                 ctl.publish(topic(inv.bench, "ctl", name), json.dumps({"cmd": "stop"}), qos=1)
+
         def offline(name: str) -> bool:   # its last will came: it cannot hear the stop command
             return self.state.boards[name].status == "offline"
 

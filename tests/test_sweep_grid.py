@@ -243,7 +243,7 @@ def test_offline_expectation_is_the_k_failure_table_weighted_by_the_binomial() -
     for bad in ({"students": "four", "evaluation": manifest["evaluation"]},
                 {"students": 4, "evaluation": {"resilience": [{"k": "x", "mean": 0.5}]}},
                 {"students": 4, "evaluation": {"resilience": [{"k": k, "mean": 7.0} for k in range(4)]}},
-                {"students": 4, "evaluation": "no"}):
+                {"students": 4, "evaluation": "no"}, {**manifest, "classes": 10}):
         assert offline_expected_accuracy(bad, a) is None
 
 
@@ -267,12 +267,17 @@ def test_the_book_rewrites_a_renamed_points_record_and_counts_what_finished_befo
            "attempts": [{"state": "finished", "run_dir": None, "seconds": 1.0}]}
     (tmp_path / "out" / "points" / f"{done.key}.json").write_text(json.dumps(old))
     (tmp_path / "out" / "points" / f"{other.key}.json").write_text('{"key": "x", "attempts": "torn"}')
+    third = points[2]   # hand-edited attempts: unreadable ones are left out, the point runs again
+    (tmp_path / "out" / "points" / f"{third.key}.json").write_text(json.dumps(
+        {"key": third.key, "attempts": [7, {"state": "finished", "run_dir": "../../etc"},
+                                        {"state": "finished", "run_dir": "/etc"}, {"state": ["x"]}]}))
     book = _Book(root=tmp_path / "out", spec=spec, points=points, benches=benches)
     book.load()
     rec = json.loads((tmp_path / "out" / "points" / f"{done.key}.json").read_text())
     assert rec["label"] == done.label and rec["describe"] == dict(done.describe)
     assert rec["attempts"] == old["attempts"] and rec["state"] == "finished"
     assert book.records[other.key]["state"] == "pending"   # a torn record is a point not yet run
+    assert book.records[third.key]["state"] == "pending" and book.records[third.key]["attempts"] == []
     assert book.skipped == 1
     book.write_tables()
     doc = json.loads((tmp_path / "out" / "sweep.json").read_text())

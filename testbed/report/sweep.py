@@ -112,11 +112,12 @@ def offline_expected_accuracy(manifest: Mapping[str, Any], availability: float) 
         rows = (manifest.get("evaluation") or {}).get("resilience") or []
         s = int(manifest.get("students") or 0)
         by_k = {int(r["k"]): float(r["mean"]) for r in rows if isinstance(r, dict) and "k" in r and "mean" in r}
+        classes = len(manifest.get("classes") or [])
     except (AttributeError, TypeError, ValueError):
         return None
     if s < 1 or not all(k in by_k for k in range(s)) or not all(0.0 <= v <= 1.0 for v in by_k.values()):
         return None
-    chance = 1.0 / max(1, len(manifest.get("classes") or [])) if manifest.get("classes") else 0.0
+    chance = 1.0 / classes if classes else 0.0
     by_k.setdefault(s, chance)   # every student lost: the edge has nothing to merge
     q = 1.0 - availability
     return sum(math.comb(s, k) * q ** k * availability ** (s - k) * by_k[k] for k in range(s + 1))
@@ -146,6 +147,7 @@ class _Book:
             if rec is None or rec.get("key") != p.key or not isinstance(rec.get("attempts"), list):
                 rec = {"key": p.key, "attempts": []}
             before = json.dumps(rec, sort_keys=True, default=str)
+            rec["attempts"] = [a for a in rec["attempts"] if _sound_attempt(a, self.root)]
             rec.update({"key": p.key, "label": p.label, "values": dict(p.values),
                         "experiment_overrides": dict(p.experiment_overrides),
                         "inventory_overrides": dict(p.inventory_overrides), "describe": dict(p.describe)})
@@ -216,6 +218,19 @@ class _Book:
         for row in rows:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
         return buf.getvalue()
+
+
+def _sound_attempt(attempt: Any, root: Path) -> bool:
+    """Whether a recorded attempt can be read back (the records are files a person may edit): a
+    mapping whose state is text and whose run directory, if any, is a folder under the sweep's."""
+    if not isinstance(attempt, dict) or not isinstance(attempt.get("state", ""), str):
+        return False
+    run_dir = attempt.get("run_dir")
+    if run_dir is None:
+        return True
+    if not isinstance(run_dir, str) or Path(run_dir).is_absolute():
+        return False
+    return (root / run_dir).resolve().is_relative_to(root.resolve())
 
 
 def _last_run(rec: Mapping[str, Any]) -> dict[str, Any] | None:
