@@ -1,7 +1,8 @@
 """Watching a run from outside, for whole-run tests: ``start_run`` (``testbed run --headless
 --json`` on the demo bench, as a child), ``wait_until`` a condition on what the run writes,
-``sampling_run_dir`` once it samples, ``stop_run`` after a failed check, its ``run_events`` so far, and the process table from /proc (a process's state, parent and
-start time, so a reused pid is not mistaken for the one started; a process tree; command lines).
+``sampling_run_dir`` once it samples, ``stop_run`` after a failed check, its ``run_events`` so
+far, and the process table from /proc (a process's state, parent and start time, so a reused
+pid is not mistaken for the one started; a process tree; names and command lines).
 Linux only; no psutil (not a dependency).
 """
 from __future__ import annotations
@@ -39,17 +40,17 @@ def wait_until(cond: Callable[[], T | None], what: str, *, proc: subprocess.Pope
         got = cond()
         if got:
             return got
-        assert proc.poll() is None, f"the run ended while waiting for {what}: {proc.communicate()[1][-2000:]}"
+        assert proc.poll() is None, f"the run ended while waiting for {what}: {(proc.communicate()[1] or '')[-2000:]}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)   # polling files and /proc that other processes write: no event to wait on
 
 
-def stop_run(proc: subprocess.Popen[str]) -> None:
-    """After a failed check: Ctrl-C the run, so it stops what it started; SIGKILL after 60 s."""
+def stop_run(proc: subprocess.Popen[str], *, grace: float = 60.0) -> None:
+    """After a failed check: Ctrl-C the run, so it stops what it started; SIGKILL after ``grace`` s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.communicate(timeout=60)
+            proc.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
@@ -112,6 +113,14 @@ def descendants(root: int) -> set[tuple[int, int]]:
 def alive(pid: int, start: int) -> bool:
     st = proc_stat(pid)
     return st is not None and st[2] == start
+
+
+def comm(pid: int) -> str:
+    """The process's name (its executable's, as the kernel keeps it)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def cmdline(pid: int) -> str:

@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from conftest import DEMO_INVENTORY, ROOT, digits_experiment, last_json, read_jsonl, sigint_default
+from runwatch import comm, descendants, stop_run, wait_until
 from linkemu.profile import LinkProfile
 from linkemu.shaper import ShapedSender
 from nodes import agent as agent_mod
@@ -176,43 +177,6 @@ def test_old_link_telemetry_without_the_new_causes_still_folds() -> None:
 
 # ------------------------------------------------------------------------- a real run, its serial wire cut
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _wait_for(cond: Any, proc: subprocess.Popen[str], what: str) -> Any:
-    """Poll ``cond`` until it gives something (a wait for an event, not a timing assertion)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if (got := cond()) is not None:
-            return got
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}")
-        time.sleep(0.02)
-    raise AssertionError(f"no {what} within {WAIT_S} s")
-
-
 @pytest.mark.slow
 def test_a_cut_serial_wire_is_counted_as_send_drops_that_agree_with_the_wearable(
         tmp_path: Path, model_cache: Path) -> None:
@@ -236,19 +200,13 @@ def test_a_cut_serial_wire_is_counted_as_send_drops_that_agree_with_the_wearable
                     return True
             return None
 
-        _wait_for(wrist_sent, proc, "a frame sent on the wrist's serial link")
-        socat = [p for p in _descendants(proc.pid) if _comm(p) == "socat"]
+        wait_until(wrist_sent, "a frame sent on the wrist's serial link", proc=proc, timeout=WAIT_S)
+        socat = [p for p, _ in descendants(proc.pid) if comm(p) == "socat"]
         assert len(socat) == 1, f"expected the serial link's one socat pair, found {socat}"
         os.kill(socat[0], signal.SIGKILL)          # the wire is cut: both pty masters close
         proc.wait(timeout=WAIT_S)
     finally:
-        if proc.poll() is None:   # Ctrl-C: the run tears down its agents, broker and links itself
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_run(proc, grace=120)   # Ctrl-C: the run tears down its agents, broker and links itself
     assert proc.returncode == 0, err_path.read_text()[-2000:]
     s = last_json(out_path.read_text())
     assert s["completed"] + s["timed_out"] == n
