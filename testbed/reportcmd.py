@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import ConfigError
+from testbed.sweepcmd import counted
 
 __all__ = ["add_report_commands", "report_command", "compare_command", "classify", "default_out", "WRITER"]
 
@@ -93,8 +94,7 @@ def report_command(paths: Sequence[Path | str], *, out: Path | str | None = None
         figures = [f.name for f in report.figures()]
     for line in o.notes():
         console.print(line, markup=False)
-    n = len(figures)
-    console.print(f"report: {o.dest / 'report.html'} ({n} figure{'' if n == 1 else 's'}; report.md beside it)",
+    console.print(f"report: {o.dest / 'report.html'} ({counted(len(figures), 'figure')}; report.md beside it)",
                   markup=False)
     if as_json:
         doc = {"kind": "sweep" if kinds[0] == "sweep" else ("run" if len(inputs) == 1 else "runs"),

@@ -69,7 +69,7 @@ def sweep_command(path: Path, *, inventory: str | None, benches: list[str] | Non
         result, code = stop.result, 130
     if code == 0 and result.failed:
         code = 1
-    print(f"sweep {spec.name}: {_count(result.points, 'point')}, {result.done} done, {result.skipped} skipped (done "
+    print(f"sweep {spec.name}: {counted(result.points, 'point')}, {result.done} done, {result.skipped} skipped (done "
           f"before), {result.failed} failed, {result.interrupted} interrupted, {result.pending} not run"
           f"\nsweep folder: {result.sweep_dir} (points.csv, sweep.json; testbed report {result.sweep_dir})",
           file=sys.stderr)
@@ -79,7 +79,8 @@ def sweep_command(path: Path, *, inventory: str | None, benches: list[str] | Non
     return code
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``n`` and the noun, plural unless n is 1: "1 point", "3 benches"."""
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
@@ -157,8 +158,8 @@ class _Display:
         if kind == "plan":
             self.benches = max(1, int(details["benches"]))
             self.set_total(int(details["todo"]))
-            self.say(f"{_count(details['points'], 'point')}, {details['todo']} to run on "
-                     f"{_count(details['benches'], 'bench', 'benches')}")
+            self.say(f"{counted(details['points'], 'point')}, {details['todo']} to run on "
+                     f"{counted(details['benches'], 'bench', 'benches')}")
         elif kind == "prepare":
             self.say(f"bundle for {point.label}")
         elif kind == "say":
